@@ -1,0 +1,90 @@
+"""RetinaFace: backbone → 3-level FPN → SSH context modules → class / box / landmark heads.
+
+The network input is what the reference feeds its model: float32 ``[B, H, W, 3]``, BGR, minus
+the mean (104, 117, 123), unscaled, any H and W. :func:`preprocess` turns uint8 images into that
+and is used by the Detector and every export, so none of them takes anything but plain images.
+
+Outputs (a dict), anchors ordered level → row → column → min size, ``N = num_anchors(H, W)``:
+- ``bbox``      ``[B, N, 4]`` box deltas (dx, dy, dw, dh)
+- ``classes``   ``[B, N, 2]`` logits (background, face); softmax gives the reference's ``conf``
+- ``landmarks`` ``[B, N, 10]`` landmark deltas (x0, y0, ..., x4, y4)
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+from retinaface_tf.models.backbones import build_backbone
+from retinaface_tf.models.layers import UpsampleLike, activation, conv_bn
+
+BGR_MEAN = (104.0, 117.0, 123.0)
+
+
+def fpn(features, *, channels: int, leaky: float):
+    """The reference's FPN: 1x1 laterals, top-down nearest upsampling to the lateral's exact
+    size, 3x3 merges on levels 1 and 2."""
+    c1, c2, c3 = features
+    o1 = conv_bn(c1, channels, kernel=1, leaky=leaky, name="fpn_output1")
+    o2 = conv_bn(c2, channels, kernel=1, leaky=leaky, name="fpn_output2")
+    o3 = conv_bn(c3, channels, kernel=1, leaky=leaky, name="fpn_output3")
+    o2 = layers.Add(name="fpn_add2")([o2, UpsampleLike(name="fpn_up3")([o3, o2])])
+    o2 = conv_bn(o2, channels, leaky=leaky, name="fpn_merge2")
+    o1 = layers.Add(name="fpn_add1")([o1, UpsampleLike(name="fpn_up2")([o2, o1])])
+    o1 = conv_bn(o1, channels, leaky=leaky, name="fpn_merge1")
+    return [o1, o2, o3]
+
+
+def ssh(x, *, channels: int, leaky: float, name: str):
+    """Single Stage Headless context module: 3x3 ‖ 5x5 (two 3x3) ‖ 7x7 (three 3x3), then ReLU."""
+    c3 = conv_bn(x, channels // 2, leaky=None, name=f"{name}_conv3X3")
+    c5_1 = conv_bn(x, channels // 4, leaky=leaky, name=f"{name}_conv5X5_1")
+    c5 = conv_bn(c5_1, channels // 4, leaky=None, name=f"{name}_conv5X5_2")
+    c7_2 = conv_bn(c5_1, channels // 4, leaky=leaky, name=f"{name}_conv7X7_2")
+    c7 = conv_bn(c7_2, channels // 4, leaky=None, name=f"{name}_conv7x7_3")
+    out = layers.Concatenate(axis=-1, name=f"{name}_concat")([c3, c5, c7])
+    return activation(out, 0, name)
+
+
+def head(features, *, per_anchor: int, num_anchors: int, name: str):
+    outs = []
+    for i, f in enumerate(features):
+        y = layers.Conv2D(num_anchors * per_anchor, 1, name=f"{name}_{i}")(f)
+        outs.append(layers.Reshape((-1, per_anchor), name=f"{name}_{i}_flat")(y))
+    return layers.Concatenate(axis=1, name=name)(outs)
+
+
+def build_retinaface(*, backbone: str = "mobilenet025", fpn_channels: int = 64, fpn_leaky: float = 0.1,
+                     backbone_leaky: float = 0.1, num_anchors: int = 2, backbone_weights: str | None = None,
+                     name: str = "retinaface") -> keras.Model:
+    """The RetinaFace network as a Keras functional model (see the module docstring for I/O)."""
+    inputs = keras.Input((None, None, 3), name="image", dtype="float32")
+    body = build_backbone(backbone, leaky=backbone_leaky, weights=backbone_weights)
+    features = body(inputs)
+    pyramid = fpn(features, channels=fpn_channels, leaky=fpn_leaky)
+    contexts = [ssh(f, channels=fpn_channels, leaky=fpn_leaky, name=f"ssh{i + 1}") for i, f in enumerate(pyramid)]
+    outputs = {
+        "bbox": head(contexts, per_anchor=4, num_anchors=num_anchors, name="BboxHead"),
+        "classes": head(contexts, per_anchor=2, num_anchors=num_anchors, name="ClassHead"),
+        "landmarks": head(contexts, per_anchor=10, num_anchors=num_anchors, name="LandmarkHead"),
+    }
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_from_config(config, backbone_weights: str | None = None) -> keras.Model:
+    m = config.model
+    return build_retinaface(backbone=m.backbone, fpn_channels=m.fpn_channels, fpn_leaky=m.fpn_leaky,
+                            backbone_leaky=m.backbone_leaky, num_anchors=m.num_anchors,
+                            backbone_weights=backbone_weights or m.backbone_weights)
+
+
+def preprocess(images, *, channel_order: str = "bgr", mean=BGR_MEAN):
+    """uint8 (or float 0..255) ``[B, H, W, 3]`` images in ``channel_order`` → network input
+    (float32 BGR minus ``mean``). Graph-safe; shared by the Detector and every export."""
+    if channel_order not in ("bgr", "rgb"):
+        raise ValueError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
+    x = tf.cast(images, tf.float32)
+    if channel_order == "rgb":
+        x = tf.reverse(x, axis=[-1])
+    return x - tf.constant(mean, tf.float32)

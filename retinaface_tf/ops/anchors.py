@@ -1,0 +1,75 @@
+"""Anchors (priors) for any input size, in TF (graph-safe) and numpy.
+
+Layout equals the reference's ``PriorBox``: for each level (stride 8, 16, 32), feature map
+``ceil(H / step) x ceil(W / step)``, ordered level → row → column → min size; each anchor is
+``rel_center_xywh`` (normalised by the input width/height, so non-square inputs give non-square
+normalised anchors, exactly as the reference).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+DEFAULT_MIN_SIZES = ((16, 32), (64, 128), (256, 512))
+DEFAULT_STEPS = (8, 16, 32)
+
+
+def feature_map_sizes(height: int, width: int, steps=DEFAULT_STEPS) -> list[tuple[int, int]]:
+    """``[(ceil(H/step), ceil(W/step)), ...]``: the backbone's output sizes for any input."""
+    return [(-(-height // s), -(-width // s)) for s in steps]
+
+
+def num_anchors(height: int, width: int, min_sizes=DEFAULT_MIN_SIZES, steps=DEFAULT_STEPS) -> int:
+    return sum(fh * fw * len(ms) for (fh, fw), ms in zip(feature_map_sizes(height, width, steps), min_sizes))
+
+
+def generate_anchors_np(height: int, width: int, min_sizes=DEFAULT_MIN_SIZES, steps=DEFAULT_STEPS,
+                        clip: bool = False) -> np.ndarray:
+    """``[N, 4]`` float32 ``rel_center_xywh`` anchors for an ``height x width`` input (numpy)."""
+    out = []
+    for (fh, fw), sizes, step in zip(feature_map_sizes(height, width, steps), min_sizes, steps):
+        cy, cx = np.meshgrid((np.arange(fh) + 0.5) * step / height, (np.arange(fw) + 0.5) * step / width,
+                             indexing="ij")
+        sizes = np.asarray(sizes, dtype=np.float64)
+        level = np.stack(np.broadcast_arrays(cx[..., None], cy[..., None],
+                                             (sizes / width)[None, None, :], (sizes / height)[None, None, :]),
+                         axis=-1)
+        out.append(level.reshape(-1, 4))
+    anchors = np.concatenate(out, axis=0)
+    if clip:
+        anchors = np.clip(anchors, 0.0, 1.0)
+    return anchors.astype(np.float32)
+
+
+def generate_anchors(height, width, min_sizes=DEFAULT_MIN_SIZES, steps=DEFAULT_STEPS, clip: bool = False):
+    """TF twin of :func:`generate_anchors_np`; ``height``/``width`` may be scalar tensors.
+
+    Returns ``[N, 4]`` float32 ``rel_center_xywh``. The loop runs over the 3 pyramid levels of
+    the config (Python constants), never over tensor values.
+    """
+    height = tf.cast(height, tf.int32)
+    width = tf.cast(width, tf.int32)
+    h_f = tf.cast(height, tf.float32)
+    w_f = tf.cast(width, tf.float32)
+    out = []
+    for sizes, step in zip(min_sizes, steps):
+        fh = (height + step - 1) // step
+        fw = (width + step - 1) // step
+        ys = (tf.cast(tf.range(fh), tf.float32) + 0.5) * float(step) / h_f
+        xs = (tf.cast(tf.range(fw), tf.float32) + 0.5) * float(step) / w_f
+        cy, cx = tf.meshgrid(ys, xs, indexing="ij")  # [fh, fw]
+        a = len(sizes)
+        sizes_t = tf.constant(sizes, tf.float32)
+        shape = tf.stack([fh, fw, a])
+        level = tf.stack([
+            tf.broadcast_to(cx[..., None], shape),
+            tf.broadcast_to(cy[..., None], shape),
+            tf.broadcast_to(sizes_t / w_f, shape),
+            tf.broadcast_to(sizes_t / h_f, shape),
+        ], axis=-1)
+        out.append(tf.reshape(level, [-1, 4]))
+    anchors = tf.concat(out, axis=0)
+    if clip:
+        anchors = tf.clip_by_value(anchors, 0.0, 1.0)
+    return anchors

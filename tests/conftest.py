@@ -1,0 +1,48 @@
+"""Shared test fixtures.
+
+Real data comes from the folder ``../shared`` beside the repo (or ``$RETINAFACE_SHARED``); tests
+that need it skip with a clear reason when it is absent (a user's clone has none).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("RETINAFACE_SHARED", REPO.parent / "shared"))
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        pytest.skip(f"{what} not found at {path} (set RETINAFACE_SHARED to the shared data folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """../shared/reference: the PyTorch reference's weights and outputs."""
+    return _require(SHARED / "reference", "reference outputs")
+
+
+@pytest.fixture(scope="session")
+def widerface_dir() -> Path:
+    """../shared/widerface: WIDER FACE val subset, ground truth and train subset."""
+    return _require(SHARED / "widerface", "WIDER FACE test data")
+
+
+@pytest.fixture(scope="session")
+def official_pth(reference_dir) -> Path:
+    return _require(reference_dir / "mobilenet0.25_Final.pth", "official weights")
+
+
+@pytest.fixture(scope="session")
+def bundled_model():
+    """The bundled converted official mobilenet0.25 model (Keras), built once per session."""
+    from retinaface_tf.inference import load_model
+    return load_model()
