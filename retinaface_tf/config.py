@@ -15,8 +15,10 @@ from typing import Any
 
 import yaml
 
+from retinaface_tf.errors import RetinaFaceError
 
-class ConfigError(ValueError):
+
+class ConfigError(RetinaFaceError):
     """A config file or override is invalid. The message names the file and the field."""
 
 

@@ -20,8 +20,10 @@ import zipfile
 
 import numpy as np
 
+from retinaface_tf.errors import RetinaFaceError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(RetinaFaceError):
     """A checkpoint is corrupt, foreign or does not fit the model. The message names the file."""
 
 

@@ -1,0 +1,7 @@
+"""The one error base class: every user-facing error (bad file, bad config, bad checkpoint) is
+a ``RetinaFaceError`` whose message is one line naming the file and the line or field. The CLI
+prints it and exits non-zero."""
+
+
+class RetinaFaceError(ValueError):
+    pass
