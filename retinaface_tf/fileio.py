@@ -1,0 +1,142 @@
+"""File helpers: image reading with one-line errors, atomic directory/file writes, bundled assets."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from retinaface_tf.errors import RetinaFaceError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pbm")
+
+
+class ImageError(RetinaFaceError):
+    """An image cannot be used; the message names the file."""
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read any image file as a BGR uint8 ``[H, W, 3]`` array.
+
+    Grayscale is replicated to 3 channels, BGRA drops alpha, 16-bit and float images are scaled
+    to 8 bits. Raises :class:`ImageError` naming the file when it is missing, unreadable, not an
+    image, or has no pixels.
+    """
+    import cv2
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ImageError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise ImageError(f"{path}: is a directory, not an image")
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read: {exc.strerror}") from None
+    if data.size == 0:
+        raise ImageError(f"{path}: empty file")
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ImageError(f"{path}: not a readable image (corrupt or unsupported format)")
+    try:
+        return to_bgr_uint8(image)
+    except ValueError as exc:
+        raise ImageError(f"{path}: {exc}") from None
+
+
+def to_bgr_uint8(image: np.ndarray) -> np.ndarray:
+    """Convert an ``[H, W]`` / ``[H, W, 1|3|4]`` array of uint8/uint16/float to BGR uint8."""
+    import cv2
+
+    image = np.asarray(image)
+    if image.ndim not in (2, 3) or image.size == 0 or min(image.shape[:2]) == 0:
+        raise ValueError(f"zero-sized or malformed image of shape {image.shape}")
+    if image.dtype == np.uint16:
+        image = (image / 257.0 + 0.5).astype(np.uint8)
+    elif image.dtype.kind == "f":
+        finite_max = float(np.nanmax(image)) if image.size else 0.0
+        scale = 255.0 if finite_max <= 1.0 else 1.0
+        image = np.clip(np.nan_to_num(image) * scale + 0.5, 0, 255).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    elif image.shape[2] == 1:
+        image = cv2.cvtColor(image[..., 0], cv2.COLOR_GRAY2BGR)
+    elif image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    elif image.shape[2] != 3:
+        raise ValueError(f"unsupported number of channels {image.shape[2]}")
+    return np.ascontiguousarray(image)
+
+
+def list_images(paths) -> list[str]:
+    """Expand files and folders (recursively, sorted) into image paths. Files are kept as
+    given even with an unknown extension, so a non-image file gets its own clear error later."""
+    out = []
+    for p in paths:
+        p = os.fspath(p)
+        if os.path.isdir(p):
+            for root, _, files in sorted(os.walk(p)):
+                out.extend(os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS))
+        else:
+            out.append(p)
+    return out
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike, *, keep_other_files: bool = False):
+    """Yield a temporary directory next to ``target``; on success it replaces ``target`` in one
+    rename (an existing target is moved aside first and removed after). On error the temporary
+    directory is removed and ``target`` is left exactly as it was. ``keep_other_files`` copies
+    files of an existing ``target`` that the new content does not replace (a README, a
+    licence) into the new folder before the swap."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if keep_other_files and target.is_dir():
+        for item in target.iterdir():
+            if item.is_file() and not (tmp / item.name).exists():
+                shutil.copy2(item, tmp / item.name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a model folder should be readable like any other
+    backup = None
+    if target.exists():
+        backup = target.parent / f".{target.name}.old-{os.getpid()}"
+        os.replace(target, backup)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        if backup is not None:
+            os.replace(backup, target)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True) if backup.is_dir() else backup.unlink()
+
+
+def bundled_model_dir() -> Path:
+    """Folder of the bundled default model (converted official mobilenet0.25 weights)."""
+    source_tree = Path(__file__).resolve().parents[1] / "saved_models" / "mobilenet025"
+    if source_tree.is_dir():  # a checkout (editable install or run from source)
+        return source_tree
+    from importlib.resources import files
+
+    return Path(str(files("retinaface_tf.saved_models") / "mobilenet025"))
+
+
+def bundled_image() -> Path:
+    """The reference's MIT-licensed demo photo, bundled for the README's first command."""
+    from importlib.resources import files
+
+    return Path(str(files("retinaface_tf.assets") / "biubug6_test.jpg"))
