@@ -286,7 +286,7 @@ def format_prediction_lines(name: str, boxes_xyxy: np.ndarray, scores: np.ndarra
     scores = np.asarray(scores, dtype=np.float32).reshape(-1)
     out = [name, str(len(boxes))]
     for (x1, y1, x2, y2), s in zip(boxes, scores):
-        out.append(f"{x1} {y1} {x2 - x1} {y2 - y1} {s} ")
+        out.append(f"{x1} {y1} {x2 - x1} {y2 - y1} {str(s)} ")
     return "\n".join(out) + "\n"
 
 
