@@ -195,9 +195,13 @@ class Config:
             raise ConfigError(f"{source}: postprocess.iou_threshold must be in (0, 1], got {p.iou_threshold}")
         if p.max_detections < 1 or p.pre_nms_top_k < 1:
             raise ConfigError(f"{source}: postprocess.max_detections and pre_nms_top_k must be >= 1")
-        if d.image_size % max(a.steps):
+        # The network and the anchors agree for any size (both use ceil(size / step)); a
+        # training size must still put the finest anchor grid on whole pixels. cfg_re50's 840
+        # is not a multiple of 32, so the largest step cannot be required.
+        if d.image_size < max(a.steps) or d.image_size % min(a.steps):
             raise ConfigError(
-                f"{source}: data.image_size={d.image_size} must be divisible by the largest step {max(a.steps)}")
+                f"{source}: data.image_size={d.image_size} must be a multiple of the smallest step {min(a.steps)} "
+                f"and at least the largest step {max(a.steps)}")
         if self.train.batch_size < 1:
             raise ConfigError(f"{source}: train.batch_size must be >= 1, got {self.train.batch_size}")
 

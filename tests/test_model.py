@@ -1,0 +1,75 @@
+"""The Keras network: shapes for any input size, PyTorch-style upsampling, saving."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from retinaface_tf.models import build_retinaface, preprocess
+from retinaface_tf.models.layers import UpsampleLike
+from retinaface_tf.ops.anchors import num_anchors
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_retinaface()
+
+
+@pytest.mark.parametrize("h, w", [(640, 640), (75, 101), (333, 517), (32, 32)])
+def test_outputs_cover_every_anchor_for_any_size(model, h, w):
+    out = model(np.zeros((2, h, w, 3), np.float32))
+    n = num_anchors(h, w)
+    assert out["bbox"].shape == (2, n, 4)
+    assert out["classes"].shape == (2, n, 2)
+    assert out["landmarks"].shape == (2, n, 10)
+
+
+def test_upsample_like_uses_pytorch_nearest_rule():
+    # PyTorch F.interpolate(nearest, size) takes src = floor(dst * in / out); 5 -> 9 rows
+    x = np.arange(5 * 3, dtype=np.float32).reshape(1, 5, 3, 1)
+    like = np.zeros((1, 9, 6, 1), np.float32)
+    y = UpsampleLike()([x, like]).numpy()[0, :, :, 0]
+    rows = np.floor(np.arange(9) * 5 / 9).astype(int)
+    cols = np.floor(np.arange(6) * 3 / 6).astype(int)
+    np.testing.assert_array_equal(y, x[0, :, :, 0][rows][:, cols])
+
+
+def test_stride2_convs_pad_symmetrically():
+    """A bright pixel at (0, 0) must reach output (0, 0) of the first stride-2 conv (PyTorch pads
+    1 on each side; Keras 'same' would pad only after and shift the grid)."""
+    from retinaface_tf.models.backbones import mobilenet_v1_025
+    net = mobilenet_v1_025()
+    conv = net.get_layer("stage1_0_conv")
+    conv.kernel.assign(np.zeros((3, 3, 3, 8), np.float32))
+    k = np.zeros((3, 3, 3, 8), np.float32)
+    k[1, 1, 0, 0] = 1.0  # centre tap
+    conv.kernel.assign(k)
+    sub = keras.Model(net.inputs, conv.output)
+    x = np.zeros((1, 8, 8, 3), np.float32)
+    x[0, 2, 4, 0] = 1.0
+    y = sub(x).numpy()[0, :, :, 0]
+    assert y.shape == (4, 4) and y[1, 2] == 1.0 and y.sum() == 1.0
+
+
+def test_preprocess_bgr_and_rgb():
+    bgr = np.array([[[[10, 20, 30]]]], np.uint8)
+    np.testing.assert_allclose(preprocess(bgr).numpy().ravel(), [10 - 104, 20 - 117, 30 - 123])
+    np.testing.assert_allclose(preprocess(bgr[..., ::-1], channel_order="rgb").numpy().ravel(),
+                               [10 - 104, 20 - 117, 30 - 123])
+
+
+def test_keras_save_and_reload(tmp_path, model):
+    x = np.random.default_rng(0).normal(0, 50, (1, 96, 128, 3)).astype(np.float32)
+    ref = model(x)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    again = keras.saving.load_model(path)
+    out = again(x)
+    for k in ref:
+        np.testing.assert_allclose(out[k].numpy(), ref[k].numpy(), atol=1e-5)
+
+
+def test_resnet50_variant_builds():
+    m = build_retinaface(backbone="resnet50", fpn_channels=256, fpn_leaky=0.0)
+    out = m(np.zeros((1, 96, 160, 3), np.float32))
+    assert out["classes"].shape == (1, num_anchors(96, 160), 2)
