@@ -15,6 +15,7 @@ import sys
 COMMANDS = {
     "detect": "find faces in images (files or folders) and write annotated images / JSON",
     "convert": "convert reference PyTorch .pth checkpoints into Keras weights (no torch needed)",
+    "evaluate": "WIDER FACE easy/medium/hard AP (official protocol), PR curves, test-time augmentation",
 }
 
 

@@ -189,6 +189,37 @@ def load_ground_truth(directory: str | os.PathLike) -> GroundTruth:
     return GroundTruth(images, source=str(directory))
 
 
+def list_images(directory: str | os.PathLike, ground_truth: GroundTruth, *,
+                events: Iterable[str] | None = None) -> dict[ImageKey, Path]:
+    """The val images under ``directory/EVENT/NAME.jpg`` as ``{(event, name): path}`` in the
+    ground truth's order (a subset of events or images is fine). Event folders and images the
+    ground truth does not know raise :class:`PredictionError` naming them; ``events`` keeps only
+    those events."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise PredictionError(f"{directory}: image folder not found")
+    wanted = set(events) if events is not None else None
+    known = set(ground_truth.events)
+    if wanted is not None and wanted - known:
+        raise PredictionError(f"{directory}: unknown event {sorted(wanted - known)[0]!r} (not in the ground truth)")
+    found = {}
+    for event_dir in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if wanted is not None and event_dir.name not in wanted:
+            continue
+        if event_dir.name not in known:
+            raise PredictionError(f"{event_dir}: unknown event {event_dir.name!r} (not in the ground truth {ground_truth.source})")
+        for f in event_dir.iterdir():
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            key = (event_dir.name, f.stem)
+            if key not in ground_truth:
+                raise PredictionError(f"{f}: image not in event {event_dir.name!r} of the ground truth")
+            found[key] = f
+    if not found:
+        raise PredictionError(f"{directory}: no images found (expected EVENT/IMAGE.jpg)")
+    return {k: found[k] for k in ground_truth.images if k in found}
+
+
 # ----------------------------------------------------------------------------- prediction files
 def read_prediction_file(path: str | os.PathLike) -> tuple[str, np.ndarray]:
     """Read one prediction file in the official layout.

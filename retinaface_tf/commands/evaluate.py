@@ -1,0 +1,128 @@
+"""``retinaface-tf evaluate``: WIDER FACE easy / medium / hard AP with the official protocol.
+
+Either runs the detector over ``--images`` (optionally writing the predictions in the official
+layout) or scores an existing ``--predictions`` folder from any detector.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from retinaface_tf.commands import add_model_args
+
+DEFAULT_PLOT = "widerface_pr_curves.png"
+
+
+def add_parser(sub, name, help_text):
+    p = sub.add_parser(name, help=help_text, description=help_text + ". Run the detector with --images, "
+                       "or score an existing prediction folder with --predictions.")
+    p.add_argument("--ground-truth", "-g", required=True, metavar="DIR",
+                   help="folder with wider_face_val.mat and wider_{easy,medium,hard}_val.mat")
+    p.add_argument("--images", metavar="DIR", help="WIDER_val/images (EVENT/NAME.jpg); a subset of events or images "
+                   "is scored against their own ground truth only")
+    p.add_argument("--predictions", metavar="DIR", help="score this prediction folder (EVENT/NAME.txt) instead of "
+                   "running the detector; with --images, every listed image must have a file")
+    p.add_argument("--save-predictions", metavar="DIR", help="write the detector's predictions here in the official layout")
+    p.add_argument("--events", metavar="E1,E2", help="only these events (comma-separated folder names)")
+    p.add_argument("--complete", action="store_true",
+                   help="require a prediction for every ground-truth image (official full-val scoring)")
+    p.add_argument("--scale", choices=("original", "reference", "pyramid"), default="original",
+                   help="test scale: original size (default); the reference's short side 1600 / long side 2150; "
+                        "or the RetinaFace pyramid (short sides 500..1700) with flip and box voting")
+    flip = p.add_mutually_exclusive_group()
+    flip.add_argument("--flip", dest="flip", action="store_true", default=None,
+                      help="also run each scale horizontally flipped (default: only with --scale pyramid)")
+    flip.add_argument("--no-flip", dest="flip", action="store_false")
+    p.add_argument("--merge", choices=("vote", "nms"), default="vote",
+                   help="how several passes are merged: box voting (default) or NMS")
+    p.add_argument("--score-threshold", type=float, default=0.02,
+                   help="keep detections above this score (default 0.02, the reference's evaluation setting)")
+    p.add_argument("--nms-threshold", type=float, default=None, help="NMS IoU (default: the config's, 0.4)")
+    p.add_argument("--max-detections", type=int, default=5000,
+                   help="detections kept per image (default 5000: the reference's test_widerface.py keeps "
+                        "every box after NMS of the top 5000)")
+    p.add_argument("--plot", default=DEFAULT_PLOT, metavar="PNG",
+                   help=f"save the PR curves here (default ./{DEFAULT_PLOT})")
+    p.add_argument("--no-plot", action="store_true", help="do not save PR curves")
+    p.add_argument("--json", action="store_true", help="print the APs (and counts) as JSON on stdout")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_model_args(p)
+    return p
+
+
+def run(args) -> int:
+    from retinaface_tf.cli import CliError
+    from retinaface_tf.evaluation import widerface as W
+
+    if not args.images and not args.predictions:
+        raise CliError("give --images (run the detector) or --predictions (score a prediction folder)")
+    if args.predictions and args.save_predictions:
+        raise CliError("--save-predictions needs the detector (--images without --predictions)")
+    if not 0 <= args.score_threshold <= 1:
+        raise CliError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+    if args.max_detections < 1:
+        raise CliError(f"--max-detections must be >= 1, got {args.max_detections}")
+    events = [e for e in args.events.split(",") if e] if args.events else None
+
+    gt = W.load_ground_truth(args.ground_truth)
+    if events:
+        unknown = [e for e in events if e not in gt.events]
+        if unknown:
+            raise CliError(f"--events: unknown event {unknown[0]!r} (not in {args.ground_truth})")
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    seconds_per_image = None
+    t0 = time.perf_counter()
+    if args.predictions:
+        expected = None
+        if args.images:
+            expected = list(W.list_images(args.images, gt, events=events))
+        elif args.complete:
+            expected = [k for k in gt.images if events is None or k[0] in events]
+        preds = W.read_predictions(args.predictions, gt, expected=expected)
+        if expected is not None:
+            preds = {k: preds[k] for k in expected}
+        elif events:
+            preds = {k: v for k, v in preds.items() if k[0] in events}
+        if not preds:
+            raise CliError(f"{args.predictions}: no prediction files for the selected events")
+        mode = f"predictions from {args.predictions}"
+    else:
+        from retinaface_tf.evaluation.tta import TestTimeAugmentation, predict_images
+        from retinaface_tf.inference import Detector
+
+        images = W.list_images(args.images, gt, events=events)
+        if args.complete and len(images) != len(gt):
+            missing = next(k for k in gt.images if k not in images)
+            raise CliError(f"--complete: {args.images}/{missing[0]}/{missing[1]}.jpg is missing "
+                           f"({len(gt) - len(images)} of {len(gt)} images)")
+        tta = TestTimeAugmentation(scale=args.scale, flip=args.flip, merge=args.merge,
+                                   max_detections=args.max_detections)
+        detector = Detector(args.weights, args.config, score_threshold=args.score_threshold,
+                            iou_threshold=args.nms_threshold, max_detections=args.max_detections)
+        log(f"detecting faces in {len(images)} images: {tta.describe()}")
+        preds, seconds_per_image = predict_images(detector, images, tta=tta, output_dir=args.save_predictions,
+                                                  progress=not args.quiet)
+        mode = tta.describe()
+        if args.save_predictions:
+            log(f"predictions written to {args.save_predictions}")
+
+    result = W.evaluate_predictions(preds, gt)
+    elapsed = time.perf_counter() - t0
+    log(f"WIDER FACE val ({mode})")
+    log(result.format_table())
+    if seconds_per_image is not None:
+        log(f"{seconds_per_image:.3f} s per image (detection)")
+    if not args.no_plot:
+        from retinaface_tf.evaluation.plots import save_pr_curves
+        path = save_pr_curves(result, args.plot, title=f"WIDER FACE val, {result.num_images} images ({mode})")
+        log(f"PR curves saved to {path}")
+    if args.json:
+        out = result.to_dict()
+        out["mode"] = mode
+        out["seconds"] = round(elapsed, 3)
+        if seconds_per_image is not None:
+            out["seconds_per_image"] = round(seconds_per_image, 4)
+        print(json.dumps(out, indent=1))
+    return 0
