@@ -16,24 +16,18 @@ import tensorflow as tf
 from retinaface_tf.ops.box_coder import DEFAULT_VARIANCES, decode_boxes, decode_landmarks
 
 
-def batched_nms(boxes, scores, *, score_threshold: float, iou_threshold: float, pre_nms_top_k: int,
-                max_detections: int, plus_one_pixel: bool = True):
-    """Greedy NMS for each image of a batch.
-
-    Args:
-      boxes: ``[B, N, 4]`` float32 pixel ``xyxy``.
-      scores: ``[B, N]`` float32.
-    Returns:
-      ``indices [B, max_detections]`` int32 into ``N`` (sorted by descending score; entries past
-      ``num_valid`` are 0) and ``num_valid [B]`` int32.
-    """
-    if boxes.shape[-1] is not None and boxes.shape[-1] != 4:
-        raise ValueError(f"batched_nms: boxes must be [B, N, 4], got {boxes.shape}")
+def _top_k(scores, pre_nms_top_k: int):
+    """Per image, the ``min(pre_nms_top_k, N)`` best scores (descending) and their indices."""
     k = tf.minimum(tf.constant(pre_nms_top_k, tf.int32), tf.shape(scores)[1])
-    top_scores, top_idx = tf.math.top_k(scores, k=k, sorted=True)
-    top_boxes = tf.gather(boxes, top_idx, batch_dims=1)
+    return tf.math.top_k(scores, k=k, sorted=True)
+
+
+def _nms_sorted(boxes, scores, *, score_threshold, iou_threshold, max_detections: int, plus_one_pixel: bool):
+    """Greedy NMS per image on score-sorted candidates: ``boxes [B, k, 4]`` pixel ``xyxy``,
+    ``scores [B, k]`` → ``selected [B, max_detections]`` int32 into ``k`` (0 past ``num``) and
+    ``num [B]``."""
     one = 1.0 if plus_one_pixel else 0.0
-    x1, y1, x2, y2 = tf.unstack(top_boxes, axis=-1)
+    x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)
     nms_boxes = tf.stack([y1, x1, y2 + one, x2 + one], axis=-1)  # yxyx at the tf.image boundary
 
     # The C++ greedy kernel (NonMaxSuppressionV4; TFLite builtin NON_MAX_SUPPRESSION_V4), once
@@ -48,18 +42,40 @@ def batched_nms(boxes, scores, *, score_threshold: float, iou_threshold: float, 
         return idx, n
 
     selected, num_valid = tf.map_fn(
-        _one_image, (nms_boxes, top_scores),
+        _one_image, (nms_boxes, scores),
         fn_output_signature=(tf.TensorSpec([max_detections], tf.int32), tf.TensorSpec([], tf.int32)))
-    indices = tf.gather(top_idx, selected, batch_dims=1)
     valid = tf.range(max_detections)[None, :] < num_valid[:, None]
-    indices = tf.where(valid, indices, tf.zeros_like(indices))
-    return indices, num_valid
+    return tf.where(valid, selected, tf.zeros_like(selected)), num_valid
+
+
+def batched_nms(boxes, scores, *, score_threshold: float, iou_threshold: float, pre_nms_top_k: int,
+                max_detections: int, plus_one_pixel: bool = True):
+    """Greedy NMS for each image of a batch.
+
+    Args:
+      boxes: ``[B, N, 4]`` float32 pixel ``xyxy``.
+      scores: ``[B, N]`` float32.
+    Returns:
+      ``indices [B, max_detections]`` int32 into ``N`` (sorted by descending score; entries past
+      ``num_valid`` are 0) and ``num_valid [B]`` int32.
+    """
+    if boxes.shape[-1] is not None and boxes.shape[-1] != 4:
+        raise ValueError(f"batched_nms: boxes must be [B, N, 4], got {boxes.shape}")
+    top_scores, top_idx = _top_k(scores, pre_nms_top_k)
+    selected, num = _nms_sorted(tf.gather(boxes, top_idx, batch_dims=1), top_scores,
+                                score_threshold=score_threshold, iou_threshold=iou_threshold,
+                                max_detections=max_detections, plus_one_pixel=plus_one_pixel)
+    return tf.gather(top_idx, selected, batch_dims=1), num
 
 
 def postprocess(box_deltas, face_scores, landmark_deltas, anchors, *, input_size, output_scale,
                 score_threshold: float, iou_threshold: float, pre_nms_top_k: int, max_detections: int,
                 variances=DEFAULT_VARIANCES):
     """Decode the head outputs and run NMS, batched.
+
+    Only the ``pre_nms_top_k`` best anchors of each image are decoded, and landmarks only for
+    the kept faces: the result equals decoding everything first (the reference's order), at a
+    fraction of the cost for large inputs.
 
     Args:
       box_deltas: ``[B, N, 4]``; face_scores: ``[B, N]`` face probability;
@@ -75,16 +91,19 @@ def postprocess(box_deltas, face_scores, landmark_deltas, anchors, *, input_size
     w = tf.cast(input_size[1], tf.float32)
     output_scale = tf.cast(output_scale, tf.float32)
     to_pixels = tf.stack([w, h])[None, :] * output_scale  # [B, 2] (x, y)
-    boxes = decode_boxes(box_deltas, anchors[None], variances) * tf.tile(to_pixels, [1, 2])[:, None, :]
-    landmarks = decode_landmarks(landmark_deltas, anchors[None], variances) * to_pixels[:, None, None, :]
-    indices, num = batched_nms(boxes, face_scores, score_threshold=score_threshold,
-                               iou_threshold=iou_threshold, pre_nms_top_k=pre_nms_top_k,
-                               max_detections=max_detections)
-    valid = tf.range(max_detections)[None, :] < num[:, None]
-    validf = tf.cast(valid, tf.float32)
+
+    top_scores, top_idx = _top_k(face_scores, pre_nms_top_k)
+    top_anchors = tf.gather(anchors, top_idx)  # [B, k, 4]
+    boxes = decode_boxes(tf.gather(box_deltas, top_idx, batch_dims=1), top_anchors, variances)
+    boxes = boxes * tf.tile(to_pixels, [1, 2])[:, None, :]
+    selected, num = _nms_sorted(boxes, top_scores, score_threshold=score_threshold, iou_threshold=iou_threshold,
+                                max_detections=max_detections, plus_one_pixel=True)
+    kept = tf.gather(top_idx, selected, batch_dims=1)  # [B, K] into N
+    landmarks = decode_landmarks(tf.gather(landmark_deltas, kept, batch_dims=1), tf.gather(anchors, kept), variances)
+    validf = tf.cast(tf.range(max_detections)[None, :] < num[:, None], tf.float32)
     return {
-        "boxes": tf.gather(boxes, indices, batch_dims=1) * validf[..., None],
-        "scores": tf.gather(face_scores, indices, batch_dims=1) * validf,
-        "landmarks": tf.gather(landmarks, indices, batch_dims=1) * validf[..., None, None],
+        "boxes": tf.gather(boxes, selected, batch_dims=1) * validf[..., None],
+        "scores": tf.gather(top_scores, selected, batch_dims=1) * validf,
+        "landmarks": landmarks * to_pixels[:, None, None, :] * validf[..., None, None],
         "num_detections": num,
     }
