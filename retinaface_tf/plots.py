@@ -1,0 +1,168 @@
+"""Training plots (``plot-run``) and atomic PNG writing shared by the picture commands.
+
+``history.csv`` is what Keras' ``CSVLogger`` writes for a training run: a header line with
+``epoch`` and any of ``loss``, ``box_loss``, ``class_loss``, ``landmark_loss``,
+``learning_rate`` (or ``lr``) and ``val_*`` columns, then one row per epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from retinaface_tf.errors import RetinaFaceError
+
+LOSS_COLUMNS = ("loss", "box_loss", "class_loss", "landmark_loss")
+LR_COLUMNS = ("learning_rate", "lr")
+
+
+class HistoryError(RetinaFaceError):
+    """``history.csv`` is missing, empty or malformed; the message names the file (and line)."""
+
+
+class PictureError(RetinaFaceError):
+    """A picture cannot be written; the message names the file."""
+
+
+# ---------------------------------------------------------------------------------- writing
+def _atomic_write_bytes(path: Path, data: bytes) -> Path:
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise PictureError(f"{path}: cannot write: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise PictureError(f"{path}: cannot write: {exc.strerror}") from None
+        raise
+    return path
+
+
+def write_png(path: str | os.PathLike, image_bgr: np.ndarray) -> Path:
+    """Encode a BGR uint8 ``[H, W, 3]`` image as PNG and write it atomically (temp file in the
+    same folder + ``os.replace``). Returns the path."""
+    import cv2
+
+    ok, buf = cv2.imencode(".png", image_bgr)
+    if not ok:
+        raise PictureError(f"{path}: cannot encode a PNG of shape {image_bgr.shape}")
+    return _atomic_write_bytes(Path(path), buf.tobytes())
+
+
+def save_figure(fig, path: str | os.PathLike, *, dpi: int = 100) -> Path:
+    """Save a matplotlib figure as PNG atomically."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return _atomic_write_bytes(Path(path), buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------- history
+def read_history(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a Keras ``CSVLogger`` file into ``{column: float64 [E]}`` (non-numeric cells and
+    empty cells become NaN). ``epoch`` is filled with 0..E-1 if absent.
+
+    Raises :class:`HistoryError` naming the file when it is missing, empty, has no data rows,
+    a row of the wrong width, or no loss / learning-rate column."""
+    path = Path(path)
+    if not path.is_file():
+        raise HistoryError(f"{path}: no such file" + (" (is a directory)" if path.is_dir() else ""))
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HistoryError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    except csv.Error as exc:
+        raise HistoryError(f"{path}: malformed CSV: {exc}") from None
+    rows = [(i + 1, r) for i, r in enumerate(rows) if any(c.strip() for c in r)]
+    if not rows:
+        raise HistoryError(f"{path}: empty file (expected a CSVLogger header and one row per epoch)")
+    header = [c.strip() for c in rows[0][1]]
+    if len(rows) < 2:
+        raise HistoryError(f"{path}: header only, no epochs recorded yet")
+    if not any(c in header for c in LOSS_COLUMNS + LR_COLUMNS):
+        raise HistoryError(f"{path}: line {rows[0][0]}: header has none of the columns "
+                           f"{', '.join(LOSS_COLUMNS + LR_COLUMNS)} (got {', '.join(header) or 'nothing'})")
+    columns: dict[str, list[float]] = {c: [] for c in header}
+    for line, row in rows[1:]:
+        if len(row) != len(header):
+            raise HistoryError(f"{path}: line {line}: {len(row)} fields, header has {len(header)}")
+        for name, cell in zip(header, row):
+            try:
+                columns[name].append(float(cell))
+            except ValueError:
+                columns[name].append(math.nan)
+    out = {k: np.asarray(v, np.float64) for k, v in columns.items()}
+    if "epoch" not in out:
+        out["epoch"] = np.arange(len(rows) - 1, dtype=np.float64)
+    return out
+
+
+def plot_history(history: dict[str, np.ndarray], path: str | os.PathLike, *, title: str | None = None) -> Path:
+    """Draw the loss curves (total, box, class, landmark; ``val_*`` dashed, same colour) on a
+    log axis and the learning rate on a second panel; save one PNG atomically. Columns that are
+    absent or all-NaN are skipped. Returns the path."""
+    # A bare Figure renders PNGs with Agg and never touches pyplot's global state / GUI backends.
+    from matplotlib.figure import Figure
+
+    epochs = history["epoch"] + 1  # CSVLogger counts epochs from 0
+    lr_name = next((c for c in LR_COLUMNS if c in history and np.isfinite(history[c]).any()), None)
+    fig = Figure(figsize=(9, 7 if lr_name else 5))
+    axes = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1)) if lr_name else [fig.subplots()]
+    ax = axes[0]
+    colours = dict(zip(LOSS_COLUMNS, ("black", "tab:blue", "tab:orange", "tab:green")))
+    drawn = 0
+    positive = True
+    for name in LOSS_COLUMNS:
+        for prefix, style in (("", "-"), ("val_", "--")):
+            values = history.get(prefix + name)
+            if values is None or not np.isfinite(values).any():
+                continue
+            label = ("total" if name == "loss" else name.replace("_loss", "")) + (" (val)" if prefix else "")
+            ax.plot(epochs, values, style, color=colours[name], label=label, linewidth=1.5 if name == "loss" else 1.2)
+            positive &= bool(np.nanmin(values) > 0)
+            drawn += 1
+    if drawn:
+        if positive:
+            ax.set_yscale("log")
+        ax.legend(loc="upper right", fontsize=9)
+    else:
+        ax.text(0.5, 0.5, "no loss columns in history.csv", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylabel("loss")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(title or "training losses")
+    if lr_name:
+        lax = axes[1]
+        lax.plot(epochs, history[lr_name], color="tab:red")
+        lax.set_ylabel("learning rate")
+        lr = history[lr_name]
+        if np.nanmin(lr) > 0 and np.nanmax(lr) / np.nanmin(lr) > 20:
+            lax.set_yscale("log")
+        lax.grid(True, which="both", alpha=0.3)
+    axes[-1].set_xlabel("epoch")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_run(run_dir: str | os.PathLike, output: str | os.PathLike | None = None) -> Path:
+    """``runs/NAME`` → ``runs/NAME/training.png`` (or ``output``) from ``runs/NAME/history.csv``."""
+    run_dir = Path(run_dir)
+    csv_path = run_dir / "history.csv" if run_dir.is_dir() or not run_dir.suffix else run_dir
+    history = read_history(csv_path)
+    target = Path(output) if output else csv_path.parent / "training.png"
+    return plot_history(history, target, title=f"{csv_path.parent.name or csv_path.name}: "
+                                               f"{len(history['epoch'])} epochs")
