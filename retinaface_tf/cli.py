@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# TensorFlow's C++ start-up chatter (oneDNN notices, "failed call to cuInit" on machines
+# without a GPU) is noise for a command-line user; TF_CPP_MIN_LOG_LEVEL set by the user wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # name -> one-line help. Add a subcommand by adding its module and a line here.
 COMMANDS = {
