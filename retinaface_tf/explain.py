@@ -154,10 +154,14 @@ def saliency_map(score_model, network_input: np.ndarray, *, smooth_samples: int 
         np.random.seed(seed)
     try:
         sal = Saliency(score_model, clone=False)(_score, [network_input], smooth_samples=smooth_samples,
-                                                  smooth_noise=smooth_noise)
+                                                  smooth_noise=smooth_noise, normalize_map=False)
     finally:
         np.random.set_state(state)
-    return np.asarray(sal[0][0], np.float32)
+    # tf-keras-vis' own normalisation adds K.epsilon() to the range, which is not negligible
+    # against gradients of ~1e-3: the maximum would not reach 1.
+    sal = np.asarray(sal[0][0], np.float64)
+    lo, hi = sal.min(), sal.max()
+    return ((sal - lo) / (hi - lo) if hi > lo else np.zeros_like(sal)).astype(np.float32)
 
 
 def gradcam_pp_map(score_model, network_input: np.ndarray, *, layer: str, step: int) -> np.ndarray:
@@ -166,8 +170,12 @@ def gradcam_pp_map(score_model, network_input: np.ndarray, *, layer: str, step: 
 
     ``network_input`` ``[1, H, W, 3]`` float32. Returns ``[H, W]`` float32 in [0, 1] (all zeros
     when no channel contributes positively)."""
+    import warnings
+
     import cv2
-    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+    with warnings.catch_warnings():  # it imports zoom from scipy.ndimage.interpolation (deprecated); we never use it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
 
     h, w = network_input.shape[1:3]
     cam = GradcamPlusPlus(score_model, clone=False)(_score, [network_input], penultimate_layer=layer,
@@ -261,6 +269,9 @@ def overlay(image_bgr: np.ndarray, heat: np.ndarray, *, box=None, caption: str |
     if caption:
         size = 0.5 * thickness
         (tw, th), base = cv2.getTextSize(caption, cv2.FONT_HERSHEY_DUPLEX, size, 1)
+        while tw > w - 8 and size > 0.25:  # shrink to fit narrow images
+            size *= 0.9
+            (tw, th), base = cv2.getTextSize(caption, cv2.FONT_HERSHEY_DUPLEX, size, 1)
         cv2.rectangle(out, (0, 0), (min(w, tw + 8), th + base + 8), (0, 0, 0), -1)
         cv2.putText(out, caption, (4, th + 4), cv2.FONT_HERSHEY_DUPLEX, size, (255, 255, 255), 1, cv2.LINE_AA)
     return out

@@ -86,13 +86,14 @@ def run(args) -> int:
     label = f"face {e.face_index}" if e.face_index >= 0 else "box"
     anchor = (f"anchor {e.anchor.index} (level {e.anchor.level + 1}, stride {a.steps[e.anchor.level]}, "
               f"{int(round(e.anchor.anchor_xyxy[2] - e.anchor.anchor_xyxy[0]))}px)")
+    short = f"{label}, score {e.score:.3f}, level {e.anchor.level + 1}"
     stem = Path(args.image).stem
     name = f"face{e.face_index}" if e.face_index >= 0 else "box"
     out = Path(args.output)
     written = []
     for kind, heat, caption in (
-            ("saliency", e.saliency, f"SmoothGrad saliency, {label} score {e.score:.3f}, {anchor}"),
-            ("gradcampp", e.gradcam_pp, f"Grad-CAM++ at ssh{e.anchor.level + 1}, {label} score {e.score:.3f}")):
+            ("saliency", e.saliency, f"SmoothGrad saliency: {short}"),
+            ("gradcampp", e.gradcam_pp, f"Grad-CAM++ at ssh{e.anchor.level + 1}_relu: {short}")):
         written.append(write_png(out / f"{stem}_{name}_{kind}.png", overlay(image, heat, box=e.box, caption=caption)))
     box = ", ".join(f"{v:.0f}" for v in e.box)
     print(f"{label}: box [{box}] score {e.score:.4f}, {anchor}, {args.target} explained")
