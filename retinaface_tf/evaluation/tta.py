@@ -192,8 +192,11 @@ def detections_to_rows(boxes_xyxy: np.ndarray, scores: np.ndarray) -> np.ndarray
     :func:`retinaface_tf.evaluation.widerface.format_prediction_lines` reads back (integer
     top-left ``xywh`` truncated as the reference writes them, float32 scores), so scoring in
     memory equals scoring the written files."""
-    b = np.trunc(np.asarray(boxes_xyxy, dtype=np.float64)).reshape(-1, 4)
-    s = np.asarray(scores, dtype=np.float32).astype(np.float64).reshape(-1, 1)
+    b = np.trunc(np.asarray(boxes_xyxy, dtype=np.float64)).reshape(-1, 4) + 0.0  # + 0.0: no -0.0
+    # The file holds float32's shortest repr, which reads back as the float64 nearest to that
+    # decimal, not as the float32 value widened; go through the same text.
+    s = np.array([float(str(v)) for v in np.asarray(scores, dtype=np.float32).reshape(-1)], dtype=np.float64)
+    s = s.reshape(-1, 1)
     return np.concatenate([b[:, :2], b[:, 2:] - b[:, :2], s], axis=1)
 
 
