@@ -113,9 +113,14 @@ def read_history(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def plot_history(history: dict[str, np.ndarray], path: str | os.PathLike, *, title: str | None = None) -> Path:
-    """Draw the loss curves (total, box, class, landmark; ``val_*`` dashed, same colour) on a
-    log axis and the learning rate on a second panel; save one PNG atomically. Columns that are
-    absent or all-NaN are skipped. Returns the path."""
+    """Draw :func:`history_figure` and save it as one PNG atomically. Returns the path."""
+    return save_figure(history_figure(history, title=title), path)
+
+
+def history_figure(history: dict[str, np.ndarray], *, title: str | None = None):
+    """A matplotlib ``Figure``: the loss curves (total, box, class, landmark; ``val_*`` dashed,
+    same colour) on a log axis (linear if any drawn loss is <= 0) and the learning rate on a
+    second panel. Columns that are absent or all-NaN are skipped."""
     # A bare Figure renders PNGs with Agg and never touches pyplot's global state / GUI backends.
     from matplotlib.figure import Figure
 
@@ -133,8 +138,11 @@ def plot_history(history: dict[str, np.ndarray], path: str | os.PathLike, *, tit
             if values is None or not np.isfinite(values).any():
                 continue
             label = ("total" if name == "loss" else name.replace("_loss", "")) + (" (val)" if prefix else "")
+            if np.nanmax(np.abs(values)) == 0:
+                label += ": all 0"  # e.g. the landmark loss on data without landmarks; not drawn on a log axis
+            else:
+                positive &= bool(np.nanmin(values) > 0)
             ax.plot(epochs, values, style, color=colours[name], label=label, linewidth=1.5 if name == "loss" else 1.2)
-            positive &= bool(np.nanmin(values) > 0)
             drawn += 1
     if drawn:
         if positive:
@@ -155,7 +163,7 @@ def plot_history(history: dict[str, np.ndarray], path: str | os.PathLike, *, tit
         lax.grid(True, which="both", alpha=0.3)
     axes[-1].set_xlabel("epoch")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
 
 
 def plot_run(run_dir: str | os.PathLike, output: str | os.PathLike | None = None) -> Path:

@@ -1,0 +1,147 @@
+"""plot-run: history.csv (Keras CSVLogger) → one PNG; file errors are one line naming the file."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _write_history(path, columns: dict[str, list]):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        w.writerows(zip(*columns.values()))
+
+
+def _history(epochs=30, val=False):
+    e = np.arange(epochs)
+    rng = np.random.default_rng(0)
+    box = 3.0 * np.exp(-e / 10) + 0.5 + 0.02 * rng.random(epochs)
+    cls = 2.0 * np.exp(-e / 8) + 0.8
+    lm = 10.0 * np.exp(-e / 12) + 1.0
+    cols = {"epoch": e.tolist(), "box_loss": box.tolist(), "class_loss": cls.tolist(),
+            "landmark_loss": lm.tolist(), "learning_rate": np.where(e < 20, 1e-3, 1e-4).tolist(),
+            "loss": (2 * box + cls + lm).tolist()}
+    if val:
+        cols["val_loss"] = (2 * box + cls + lm + 0.3).tolist()
+        cols["val_box_loss"] = (box + 0.1).tolist()
+    return cols
+
+
+def _png_size(path):
+    import cv2
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    return img
+
+
+def test_read_history_columns_and_values(tmp_path):
+    from retinaface_tf.plots import read_history
+    cols = _history(12, val=True)
+    _write_history(tmp_path / "history.csv", cols)
+    h = read_history(tmp_path / "history.csv")
+    assert set(h) == set(cols)
+    for k, v in cols.items():
+        np.testing.assert_allclose(h[k], v)
+
+
+def test_read_history_tolerates_missing_optional_columns_and_blank_cells(tmp_path):
+    from retinaface_tf.plots import read_history
+    p = tmp_path / "history.csv"
+    p.write_text("loss,lr\n3.5,0.001\n2.5,\n\n2.0,0.0001\n")
+    h = read_history(p)
+    np.testing.assert_array_equal(h["epoch"], [0, 1, 2])  # filled in when absent
+    np.testing.assert_allclose(h["loss"], [3.5, 2.5, 2.0])
+    assert np.isnan(h["lr"][1]) and h["lr"][2] == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"),
+    ("", "empty file"),
+    ("epoch,loss,learning_rate\n", "header only"),
+    ("epoch,accuracy\n0,0.5\n", "header has none of the columns"),
+    ("epoch,loss\n0,1.0\n1,0.9,7\n", "line 3: 3 fields, header has 2"),
+])
+def test_read_history_errors_name_the_file(tmp_path, content, message):
+    from retinaface_tf.errors import RetinaFaceError
+    from retinaface_tf.plots import read_history
+    p = tmp_path / "history.csv"
+    if content is not None:
+        p.write_text(content)
+    with pytest.raises(RetinaFaceError) as info:
+        read_history(p)
+    text = str(info.value)
+    assert text.startswith(str(p)) and message in text and "\n" not in text
+
+
+def test_plot_run_writes_png_with_losses_and_lr(tmp_path):
+    from retinaface_tf.plots import plot_run
+    run = tmp_path / "runs" / "mnet"
+    run.mkdir(parents=True)
+    _write_history(run / "history.csv", _history(40, val=True))
+    out = plot_run(run)
+    assert out == run / "training.png"
+    img = _png_size(out)
+    assert img.shape[:2] == (700, 900)  # 9x7 inches at 100 dpi: losses + learning-rate panel
+    # colours of the curves are there: blue box loss, orange class, green landmark, red LR
+    rgb = img[..., :3][..., ::-1].reshape(-1, 3).astype(int)
+    for colour in ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)):
+        assert (np.abs(rgb - colour).sum(1) < 30).sum() > 100, colour
+    assert not any(p.name.endswith(".tmp") for p in run.iterdir())
+
+
+def test_plot_run_without_lr_is_single_panel(tmp_path):
+    from retinaface_tf.plots import plot_run
+    p = tmp_path / "history.csv"
+    p.write_text("epoch,loss\n0,5\n1,4\n2,3.5\n")
+    out = plot_run(p, tmp_path / "sub" / "plot.png")
+    assert _png_size(out).shape[:2] == (500, 900)
+
+
+def test_plot_run_cli(tmp_path, capsys):
+    from retinaface_tf.cli import main
+    run = tmp_path / "r"
+    run.mkdir()
+    assert main(["plot-run", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(run / "history.csv") in err and "no such file" in err
+    _write_history(run / "history.csv", _history(5))
+    assert main(["plot-run", str(run), "-o", str(tmp_path / "t.png")]) == 0
+    assert f"wrote {tmp_path / 't.png'}" in capsys.readouterr().out
+    assert _png_size(tmp_path / "t.png").shape[:2] == (700, 900)
+
+
+def test_write_png_is_atomic_and_reports_unwritable(tmp_path):
+    from retinaface_tf.errors import RetinaFaceError
+    from retinaface_tf.plots import write_png
+    img = np.full((20, 30, 3), 128, np.uint8)
+    out = write_png(tmp_path / "a.png", img)
+    assert _png_size(out).shape == (20, 30, 3)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(RetinaFaceError, match="cannot write"):
+        write_png(blocker / "b.png", img)  # parent is a file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "file"]
+
+
+def test_all_zero_landmark_loss_keeps_log_axis(tmp_path):
+    """WIDER train subsets without landmarks give landmark_loss = 0 every epoch."""
+    from retinaface_tf.plots import history_figure, plot_history
+    h = {k: np.asarray(v, float) for k, v in _history(10).items()}
+    h["landmark_loss"] = np.zeros(10)
+    fig = history_figure(h)
+    loss_ax, lr_ax = fig.axes
+    assert loss_ax.get_yscale() == "log" and lr_ax.get_yscale() == "linear"  # LR spans only 10x
+    assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["total", "box", "class", "landmark: all 0"]
+    h["class_loss"][3] = -0.5  # a loss that can be negative forces a linear axis
+    assert history_figure(h).axes[0].get_yscale() == "linear"
+    h["learning_rate"] = np.geomspace(1e-3, 1e-6, 10)
+    assert history_figure(h).axes[1].get_yscale() == "log"
+    assert _png_size(plot_history(h, tmp_path / "p.png")).shape[:2] == (700, 900)
