@@ -20,6 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 COMMANDS = {
     "detect": "find faces in images (files or folders) and write annotated images / JSON",
     "convert": "convert reference PyTorch .pth checkpoints into Keras weights (no torch needed)",
+    "train": "train RetinaFace with model.fit under tf.distribute (resumable; any config value overridable)",
     "evaluate": "WIDER FACE easy/medium/hard AP (official protocol), PR curves, test-time augmentation",
     "explain": "saliency and Grad-CAM++ maps of one face's score over the photo (tf-keras-vis)",
     "plot-run": "loss curves (box / class / landmark / total) and learning rate of a training run as one PNG",

@@ -52,7 +52,8 @@ def head(features, *, per_anchor: int, num_anchors: int, name: str):
     for i, f in enumerate(features):
         y = layers.Conv2D(num_anchors * per_anchor, 1, name=f"{name}_{i}")(f)
         outs.append(layers.Reshape((-1, per_anchor), name=f"{name}_{i}_flat")(y))
-    return layers.Concatenate(axis=1, name=name)(outs)
+    # float32 outputs even under a mixed_float16 policy, so the loss is computed in float32
+    return layers.Concatenate(axis=1, name=name, dtype="float32")(outs)
 
 
 def build_retinaface(*, backbone: str = "mobilenet025", fpn_channels: int = 64, fpn_leaky: float = 0.1,

@@ -1,0 +1,73 @@
+"""``retinaface-tf train``: model.fit under tf.distribute, resumable."""
+
+from __future__ import annotations
+
+from retinaface_tf.commands import add_model_args  # noqa: F401  (shared flags live there)
+
+
+def add_parser(sub, name, help_text):
+    p = sub.add_parser(name, help=help_text, description=(
+        "Train RetinaFace with model.fit on every GPU (MirroredStrategy; the CPU when there is none), or on "
+        "several machines (MultiWorkerMirroredStrategy) when TF_CONFIG is set. Re-running the same command "
+        "resumes an interrupted run from its last completed epoch."))
+    p.add_argument("--config", default="configs/mobilenet025.yaml", help="preset name or YAML (default mobilenet025)")
+    p.add_argument("--label-file", help="retinaface_gt label.txt (or wider_face_*_bbx_gt.txt / .mat)")
+    p.add_argument("--images", help="folder the label file's image paths are relative to")
+    p.add_argument("--tfrecords", help="TFRecord shard pattern instead of --label-file/--images")
+    p.add_argument("--output", "-o", required=True, help="run folder, e.g. runs/NAME")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config value, e.g. --set train.batch_size=16 --set data.image_size=320")
+    p.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
+    p.add_argument("--batch-size", type=int, help="global batch; shortcut for --set train.batch_size=N")
+    p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPU only)")
+    p.add_argument("--weights", help="initial full-model weights for fine-tuning (folder, .weights.h5 or .pth)")
+    p.add_argument("--backbone-weights", help="ImageNet backbone: converted backbone.weights.h5 (or folder), "
+                                              "or the reference mobilenetV1X0.25_pretrain.tar")
+    p.add_argument("--steps-per-epoch", type=int, help="default: images // batch")
+    p.add_argument("--val-images", help="WIDER val images folder (EVENT/NAME.jpg) for AP during training")
+    p.add_argument("--val-ground-truth", help="folder with wider_face_val.mat and wider_{easy,medium,hard}_val.mat")
+    p.add_argument("--val-every", type=int, default=0, help="evaluate AP every N epochs (0: never)")
+    p.add_argument("--val-max-images", type=int, help="evaluate on the first N val images only")
+    p.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
+    return p
+
+
+def parse_overrides(items) -> dict:
+    from retinaface_tf.cli import CliError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def run(args) -> int:
+    from retinaface_tf.cli import CliError
+    from retinaface_tf.config import Config
+    from retinaface_tf.training import train
+
+    cfg = Config.from_yaml(args.config) if args.config.endswith((".yaml", ".yml")) else Config.preset(args.config)
+    overrides = parse_overrides(args.set)
+    if args.epochs is not None:
+        overrides["train.epochs"] = str(args.epochs)
+    if args.batch_size is not None:
+        overrides["train.batch_size"] = str(args.batch_size)
+    if args.mixed_precision:
+        overrides["train.mixed_precision"] = "true"
+    if overrides:
+        cfg = cfg.override(overrides)
+    if args.weights and args.backbone_weights:
+        raise CliError("give --weights (fine-tuning) or --backbone-weights (ImageNet start), not both")
+    if bool(args.val_images) != bool(args.val_ground_truth):
+        raise CliError("--val-images and --val-ground-truth go together")
+    history = train(cfg, output_dir=args.output, label_file=args.label_file, images_dir=args.images,
+                    tfrecord_pattern=args.tfrecords, weights=args.weights, backbone_weights=args.backbone_weights,
+                    val_images=args.val_images, val_ground_truth=args.val_ground_truth, val_every=args.val_every,
+                    val_max_images=args.val_max_images, steps_per_epoch=args.steps_per_epoch,
+                    verbose=2 if args.quiet else "auto")
+    last = {k: round(float(v[-1]), 4) for k, v in history.history.items()} if history.history else {}
+    print(f"done: {args.output} (last epoch: {last})")
+    return 0
