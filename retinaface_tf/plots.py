@@ -1,8 +1,11 @@
 """Training plots (``plot-run``) and atomic PNG writing shared by the picture commands.
 
 ``history.csv`` is what Keras' ``CSVLogger`` writes for a training run: a header line with
-``epoch`` and any of ``loss``, ``box_loss``, ``class_loss``, ``landmark_loss``,
-``learning_rate`` (or ``lr``) and ``val_*`` columns, then one row per epoch.
+``epoch``, the total ``loss``, the three terms (``bbox_loss`` / ``classes_loss`` /
+``landmarks_loss`` as ``retinaface-tf train`` logs them, named after the model's outputs;
+``box_loss`` / ``class_loss`` / ``landmark_loss`` are read too), ``learning_rate`` (or ``lr``),
+``val_*`` losses and the WIDER ``val_{easy,medium,hard}_ap``; then one row per epoch. Any of
+them may be missing.
 """
 
 from __future__ import annotations
@@ -17,7 +20,12 @@ import numpy as np
 
 from retinaface_tf.errors import RetinaFaceError
 
-LOSS_COLUMNS = ("loss", "box_loss", "class_loss", "landmark_loss")
+# (label, accepted column names, colour)
+LOSS_TERMS = (("total", ("loss",), "black"), ("box", ("bbox_loss", "box_loss"), "tab:blue"),
+              ("class", ("classes_loss", "class_loss"), "tab:orange"),
+              ("landmark", ("landmarks_loss", "landmark_loss"), "tab:green"))
+LOSS_COLUMNS = tuple(c for _, names, _ in LOSS_TERMS for c in names)
+AP_COLUMNS = (("easy", "val_easy_ap"), ("medium", "val_medium_ap"), ("hard", "val_hard_ap"))
 LR_COLUMNS = ("learning_rate", "lr")
 
 
@@ -117,32 +125,40 @@ def plot_history(history: dict[str, np.ndarray], path: str | os.PathLike, *, tit
     return save_figure(history_figure(history, title=title), path)
 
 
+def _finite(history, name):
+    values = history.get(name)
+    return values if values is not None and np.isfinite(values).any() else None
+
+
 def history_figure(history: dict[str, np.ndarray], *, title: str | None = None):
     """A matplotlib ``Figure``: the loss curves (total, box, class, landmark; ``val_*`` dashed,
-    same colour) on a log axis (linear if any drawn loss is <= 0) and the learning rate on a
-    second panel. Columns that are absent or all-NaN are skipped."""
+    same colour) on a log axis (linear if any drawn loss is < 0), then the learning rate and the
+    WIDER val AP (easy / medium / hard) on panels below when those columns exist. Columns that
+    are absent or all-NaN are skipped."""
     # A bare Figure renders PNGs with Agg and never touches pyplot's global state / GUI backends.
     from matplotlib.figure import Figure
 
     epochs = history["epoch"] + 1  # CSVLogger counts epochs from 0
-    lr_name = next((c for c in LR_COLUMNS if c in history and np.isfinite(history[c]).any()), None)
-    fig = Figure(figsize=(9, 7 if lr_name else 5))
-    axes = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1)) if lr_name else [fig.subplots()]
+    lr_name = next((c for c in LR_COLUMNS if _finite(history, c) is not None), None)
+    aps = [(label, history[c]) for label, c in AP_COLUMNS if _finite(history, c) is not None]
+    ratios = [3] + [1] * bool(lr_name) + [1.2] * bool(aps)
+    fig = Figure(figsize=(9, 5 + 2 * (len(ratios) - 1)))
+    axes = list(np.atleast_1d(fig.subplots(len(ratios), 1, sharex=True, height_ratios=ratios)))
     ax = axes[0]
-    colours = dict(zip(LOSS_COLUMNS, ("black", "tab:blue", "tab:orange", "tab:green")))
     drawn = 0
     positive = True
-    for name in LOSS_COLUMNS:
-        for prefix, style in (("", "-"), ("val_", "--")):
-            values = history.get(prefix + name)
-            if values is None or not np.isfinite(values).any():
+    for label, names, colour in LOSS_TERMS:
+        for prefix, style, suffix in (("", "-", ""), ("val_", "--", " (val)")):
+            name = next((prefix + n for n in names if _finite(history, prefix + n) is not None), None)
+            if name is None:
                 continue
-            label = ("total" if name == "loss" else name.replace("_loss", "")) + (" (val)" if prefix else "")
+            values = history[name]
+            text = label + suffix
             if np.nanmax(np.abs(values)) == 0:
-                label += ": all 0"  # e.g. the landmark loss on data without landmarks; not drawn on a log axis
+                text += ": all 0"  # e.g. the landmark loss on data without landmarks; not drawn on a log axis
             else:
                 positive &= bool(np.nanmin(values) > 0)
-            ax.plot(epochs, values, style, color=colours[name], label=label, linewidth=1.5 if name == "loss" else 1.2)
+            ax.plot(epochs, values, style, color=colour, label=text, linewidth=1.5 if label == "total" else 1.2)
             drawn += 1
     if drawn:
         if positive:
@@ -153,14 +169,24 @@ def history_figure(history: dict[str, np.ndarray], *, title: str | None = None):
     ax.set_ylabel("loss")
     ax.grid(True, which="both", alpha=0.3)
     ax.set_title(title or "training losses")
+    panel = 1
     if lr_name:
-        lax = axes[1]
-        lax.plot(epochs, history[lr_name], color="tab:red")
-        lax.set_ylabel("learning rate")
+        lax = axes[panel]
+        panel += 1
         lr = history[lr_name]
+        lax.plot(epochs, lr, color="tab:red")
+        lax.set_ylabel("learning rate")
         if np.nanmin(lr) > 0 and np.nanmax(lr) / np.nanmin(lr) > 20:
             lax.set_yscale("log")
         lax.grid(True, which="both", alpha=0.3)
+    if aps:
+        aax = axes[panel]
+        for (label, values), colour in zip(aps, ("tab:green", "tab:olive", "tab:purple")):
+            seen = np.isfinite(values)  # AP is computed every N epochs only
+            aax.plot(epochs[seen], values[seen], "o-", color=colour, label=label, markersize=3)
+        aax.set_ylabel("WIDER val AP")
+        aax.legend(loc="lower right", fontsize=9)
+        aax.grid(True, alpha=0.3)
     axes[-1].set_xlabel("epoch")
     fig.tight_layout()
     return fig

@@ -19,18 +19,19 @@ def _write_history(path, columns: dict[str, list]):
         w.writerows(zip(*columns.values()))
 
 
-def _history(epochs=30, val=False):
+def _history(epochs=30, val=False, names=("bbox_loss", "classes_loss", "landmarks_loss")):
+    """What ``retinaface-tf train``'s CSVLogger writes (loss terms named after the outputs)."""
     e = np.arange(epochs)
     rng = np.random.default_rng(0)
     box = 3.0 * np.exp(-e / 10) + 0.5 + 0.02 * rng.random(epochs)
     cls = 2.0 * np.exp(-e / 8) + 0.8
     lm = 10.0 * np.exp(-e / 12) + 1.0
-    cols = {"epoch": e.tolist(), "box_loss": box.tolist(), "class_loss": cls.tolist(),
-            "landmark_loss": lm.tolist(), "learning_rate": np.where(e < 20, 1e-3, 1e-4).tolist(),
+    cols = {"epoch": e.tolist(), names[0]: box.tolist(), names[1]: cls.tolist(),
+            names[2]: lm.tolist(), "learning_rate": np.where(e < 20, 1e-3, 1e-4).tolist(),
             "loss": (2 * box + cls + lm).tolist()}
     if val:
         cols["val_loss"] = (2 * box + cls + lm + 0.3).tolist()
-        cols["val_box_loss"] = (box + 0.1).tolist()
+        cols["val_" + names[0]] = (box + 0.1).tolist()
     return cols
 
 
@@ -135,13 +136,31 @@ def test_all_zero_landmark_loss_keeps_log_axis(tmp_path):
     """WIDER train subsets without landmarks give landmark_loss = 0 every epoch."""
     from retinaface_tf.plots import history_figure, plot_history
     h = {k: np.asarray(v, float) for k, v in _history(10).items()}
-    h["landmark_loss"] = np.zeros(10)
+    h["landmarks_loss"] = np.zeros(10)
     fig = history_figure(h)
     loss_ax, lr_ax = fig.axes
     assert loss_ax.get_yscale() == "log" and lr_ax.get_yscale() == "linear"  # LR spans only 10x
     assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["total", "box", "class", "landmark: all 0"]
-    h["class_loss"][3] = -0.5  # a loss that can be negative forces a linear axis
+    h["classes_loss"][3] = -0.5  # a loss that can be negative forces a linear axis
     assert history_figure(h).axes[0].get_yscale() == "linear"
     h["learning_rate"] = np.geomspace(1e-3, 1e-6, 10)
     assert history_figure(h).axes[1].get_yscale() == "log"
     assert _png_size(plot_history(h, tmp_path / "p.png")).shape[:2] == (700, 900)
+
+
+def test_brief_names_and_ap_panel(tmp_path):
+    """box_loss / class_loss / landmark_loss are read too; val_*_ap ("NA" on epochs without
+    evaluation, as CSVLogger writes missing keys) gets a third panel with only the measured points."""
+    from retinaface_tf.plots import history_figure, plot_run, read_history
+    cols = _history(12, names=("box_loss", "class_loss", "landmark_loss"))
+    for name, base in (("val_easy_ap", 0.8), ("val_medium_ap", 0.7), ("val_hard_ap", 0.5)):
+        cols[name] = [f"{base + 0.01 * i:.3f}" if i % 4 == 3 else "NA" for i in range(12)]
+    _write_history(tmp_path / "history.csv", cols)
+    h = read_history(tmp_path / "history.csv")
+    assert np.isnan(h["val_easy_ap"][0]) and h["val_easy_ap"][3] == pytest.approx(0.83)
+    fig = history_figure(h)
+    loss_ax, lr_ax, ap_ax = fig.axes
+    assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["total", "box", "class", "landmark"]
+    assert [len(line.get_xdata()) for line in ap_ax.get_lines()] == [3, 3, 3]
+    np.testing.assert_array_equal(ap_ax.get_lines()[0].get_xdata(), [4, 8, 12])  # epochs counted from 1
+    assert _png_size(plot_run(tmp_path)).shape[:2] == (900, 900)
