@@ -1,0 +1,122 @@
+"""TFRecord shards of WIDER FACE for datasets that do not fit a folder scan (remote storage,
+many workers).
+
+One ``tf.train.Example`` per image:
+
+- ``image/encoded``       bytes: the original file bytes (never re-encoded)
+- ``image/filename``      bytes: path relative to the images folder
+- ``image/height``, ``image/width``  int64
+- ``face/bbox``           float list ``F * 4``: pixel ``xyxy``
+- ``face/landmarks``      float list ``F * 10``: pixel ``x0 y0 ... x4 y4`` (-1 when absent)
+- ``face/has_landmarks``  int64 list ``F``: 1 / 0
+
+:func:`read_tfrecords` yields ``(image bytes, faces [F, 15])`` — the element
+:func:`retinaface_tf.data.pipeline.build_dataset` maps — reading the shards with
+``interleave`` (parallel, optionally sharded per worker by file).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from retinaface_tf.data.widerface import Annotations, ImageAnnotation, check_images
+from retinaface_tf.errors import RetinaFaceError
+
+_FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/filename": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "face/bbox": tf.io.VarLenFeature(tf.float32),
+    "face/landmarks": tf.io.VarLenFeature(tf.float32),
+    "face/has_landmarks": tf.io.VarLenFeature(tf.int64),
+}
+
+
+class TFRecordError(RetinaFaceError):
+    """Shards cannot be written or none match a pattern."""
+
+
+def _example(image: ImageAnnotation, data: bytes) -> tf.train.Example:
+    height, width = (0, 0)
+    try:
+        shape = tf.io.extract_jpeg_shape(data).numpy() if data[:3] == b"\xff\xd8\xff" else None
+        if shape is not None:
+            height, width = int(shape[0]), int(shape[1])
+    except tf.errors.InvalidArgumentError:
+        pass
+
+    def floats(a):
+        return tf.train.Feature(float_list=tf.train.FloatList(value=np.asarray(a, np.float32).reshape(-1)))
+
+    def ints(a):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(x) for x in np.asarray(a).reshape(-1)]))
+
+    def byts(b):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[b]))
+
+    return tf.train.Example(features=tf.train.Features(feature={
+        "image/encoded": byts(data),
+        "image/filename": byts(image.path.encode("utf-8")),
+        "image/height": ints([height]),
+        "image/width": ints([width]),
+        "face/bbox": floats(image.boxes),
+        "face/landmarks": floats(image.landmarks),
+        "face/has_landmarks": ints(image.has_landmarks.astype(np.int64)),
+    }))
+
+
+def write_tfrecords(annotations: Annotations | Sequence[ImageAnnotation], images_dir: str | os.PathLike,
+                    output_prefix: str | os.PathLike, *, num_shards: int = 8) -> list[str]:
+    """Write ``{output_prefix}-00000-of-0000N.tfrecord`` shards (images dealt round-robin) and
+    return their paths. Missing images raise before anything is written."""
+    images = annotations.images if isinstance(annotations, Annotations) else list(annotations)
+    if num_shards < 1:
+        raise TFRecordError(f"num_shards must be >= 1, got {num_shards}")
+    check_images(annotations if isinstance(annotations, Annotations) else images, images_dir)
+    prefix = os.fspath(output_prefix)
+    Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+    paths = [f"{prefix}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
+    writers = [tf.io.TFRecordWriter(p) for p in paths]
+    try:
+        for i, image in enumerate(images):
+            data = (Path(images_dir) / image.path).read_bytes()
+            writers[i % num_shards].write(_example(image, data).SerializeToString())
+    finally:
+        for w in writers:
+            w.close()
+    return paths
+
+
+def parse_example(serialized):
+    """One serialized example → ``(image bytes, faces [F, 15] float32 pixel)`` (layout of
+    ``ImageAnnotation.to_faces_array``)."""
+    ex = tf.io.parse_single_example(serialized, _FEATURES)
+    boxes = tf.reshape(tf.sparse.to_dense(ex["face/bbox"]), [-1, 4])
+    landmarks = tf.reshape(tf.sparse.to_dense(ex["face/landmarks"]), [-1, 10])
+    has = tf.sparse.to_dense(ex["face/has_landmarks"])
+    label = tf.where(has > 0, 1.0, -1.0)[:, None]
+    return ex["image/encoded"], tf.concat([boxes, landmarks, label], axis=1)
+
+
+def read_tfrecords(file_pattern: str | Sequence[str], *, shuffle_files: bool = True, seed: int | None = None,
+                   cycle_length: int | None = None, num_parallel_calls: int = tf.data.AUTOTUNE,
+                   deterministic: bool | None = None,
+                   input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+    """Dataset of ``(image bytes, faces [F, 15])`` from shards matching ``file_pattern`` (a glob
+    or a list of paths). Files are listed (shuffled when ``shuffle_files``), sharded by
+    ``input_context`` when several input pipelines share them, then read ``cycle_length`` at a
+    time with a parallel ``interleave``."""
+    patterns = [file_pattern] if isinstance(file_pattern, (str, os.PathLike)) else list(file_pattern)
+    patterns = [os.fspath(p) for p in patterns]
+    if not tf.io.gfile.glob(patterns):
+        raise TFRecordError(f"no TFRecord files match {', '.join(patterns)}")
+    files = tf.data.Dataset.list_files(patterns, shuffle=shuffle_files, seed=seed)
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        files = files.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    ds = files.interleave(tf.data.TFRecordDataset, cycle_length=cycle_length, num_parallel_calls=num_parallel_calls,
+                          deterministic=deterministic)
+    return ds.map(parse_example, num_parallel_calls=num_parallel_calls, deterministic=deterministic)

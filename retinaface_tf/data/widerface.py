@@ -1,0 +1,298 @@
+"""WIDER FACE annotation readers (plain Python / numpy, run once before training).
+
+Three layouts are read into the same :class:`ImageAnnotation` records:
+
+- the retinaface_gt ``label.txt`` of the reference (:func:`read_retinaface_labels`)::
+
+      # 0--Parade/0_Parade_marchingband_1_849.jpg
+      449 330 122 149 488.906 373.643 0.0 542.089 376.442 0.0 ... 0.82
+
+  a ``# relative/path`` header, then one face per line: top-left ``x y w h`` (pixels), then up to
+  five landmark triples ``(x y flag)`` (left eye, right eye, nose, left mouth corner, right mouth
+  corner) and a score. Lines of 4 to 20 numbers are accepted; the fields are read at the
+  reference's positions (landmark *i* at ``4 + 3i``, ``5 + 3i``), so a line that stops before the
+  last landmark's ``y`` (position 18) has no landmarks. As in the reference, a face has landmarks
+  iff its first landmark ``x`` is >= 0 (the file writes ``-1`` everywhere when they are absent).
+- the official ``wider_face_{train,val}_bbx_gt.txt`` (:func:`read_wider_bbx_gt`): boxes only.
+- the official ``wider_face_{train,val}.mat`` (:func:`read_wider_mat`): boxes only.
+
+Faces with zero or negative width/height are dropped (counted in ``dropped_faces`` and reported
+with one :class:`UserWarning` per file): their encoded ``log(w)`` is ``-inf`` and turns the
+reference's loss into NaN. A malformed line raises :class:`LabelFileError` naming the file, the
+line number and the reason.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from retinaface_tf.errors import RetinaFaceError
+
+# Columns of the per-image face array handed to the tf.data pipeline (the reference's layout):
+# x1 y1 x2 y2 (pixel xyxy), 10 landmark coordinates (x0 y0 ... x4 y4, pixels), label
+# (1 = face with landmarks, -1 = face without landmarks).
+FACE_COLUMNS = 15
+MIN_NUMBERS, MAX_NUMBERS = 4, 20
+# Positions of the 10 landmark coordinates in a label.txt line (flags at 6, 9, 12, 15, 18).
+_LANDMARK_POSITIONS = (4, 5, 7, 8, 10, 11, 13, 14, 16, 17)
+
+
+class LabelFileError(RetinaFaceError):
+    """A label file cannot be read or has a malformed line (message: ``file:line: reason``)."""
+
+
+class MissingImagesError(RetinaFaceError):
+    """Images named by a label file do not exist under the images folder."""
+
+
+@dataclass(frozen=True)
+class ImageAnnotation:
+    """The faces of one image.
+
+    - ``path``: image path relative to the images folder, ``/``-separated.
+    - ``boxes``: ``[F, 4]`` float32 pixel ``xyxy``; every face has width and height > 0.
+    - ``landmarks``: ``[F, 5, 2]`` float32 pixel (x, y); ``-1`` where ``has_landmarks`` is False.
+    - ``has_landmarks``: ``[F]`` bool.
+    """
+
+    path: str
+    boxes: np.ndarray
+    landmarks: np.ndarray
+    has_landmarks: np.ndarray
+
+    @property
+    def num_faces(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def to_faces_array(self) -> np.ndarray:
+        """``[F, 15]`` float32: ``xyxy``, 10 landmark coordinates, label (1 / -1), pixels."""
+        label = np.where(self.has_landmarks, 1.0, -1.0).astype(np.float32)[:, None]
+        return np.concatenate([self.boxes, self.landmarks.reshape(-1, 10), label], axis=1).astype(np.float32)
+
+
+@dataclass
+class Annotations:
+    """Everything read from one label file."""
+
+    source: str
+    images: list[ImageAnnotation] = field(default_factory=list)
+    dropped_faces: int = 0  # faces with width or height <= 0
+    empty_images: int = 0  # images left without faces (kept unless skip_empty)
+
+    @property
+    def num_faces(self) -> int:
+        return sum(im.num_faces for im in self.images)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+# ---------------------------------------------------------------------- helpers
+
+def _annotation(path: str, boxes_xywh: list[list[float]], landmarks: list[list[float] | None]) -> ImageAnnotation:
+    if boxes_xywh:
+        b = np.asarray(boxes_xywh, dtype=np.float64)
+        boxes = np.concatenate([b[:, :2], b[:, :2] + b[:, 2:4]], axis=1).astype(np.float32)
+    else:
+        boxes = np.zeros((0, 4), np.float32)
+    lm = np.full((len(landmarks), 5, 2), -1.0, np.float32)
+    has = np.zeros((len(landmarks),), bool)
+    for i, pts in enumerate(landmarks):
+        if pts is not None:
+            lm[i] = np.asarray(pts, np.float32).reshape(5, 2)
+            has[i] = True
+    return ImageAnnotation(path=path, boxes=boxes, landmarks=lm, has_landmarks=has)
+
+
+def _numbers(tokens: Sequence[str], where: str) -> list[float]:
+    values = []
+    for tok in tokens:
+        try:
+            v = float(tok)
+        except ValueError:
+            raise LabelFileError(f"{where}: {tok!r} is not a number") from None
+        if not math.isfinite(v):
+            raise LabelFileError(f"{where}: {tok!r} is not a finite number")
+        values.append(v)
+    return values
+
+
+def _warn_dropped(source: str, dropped: int) -> None:
+    if dropped:
+        warnings.warn(f"{source}: dropped {dropped} face(s) with zero or negative width/height", UserWarning,
+                      stacklevel=3)
+
+
+def _open_lines(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().splitlines()
+    except OSError as exc:
+        raise LabelFileError(f"{path}: cannot read label file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise LabelFileError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+
+
+def _finish(result: Annotations, skip_empty: bool) -> Annotations:
+    empty = [im for im in result.images if im.num_faces == 0]
+    result.empty_images = len(empty)
+    if skip_empty and empty:
+        result.images = [im for im in result.images if im.num_faces > 0]
+    _warn_dropped(result.source, result.dropped_faces)
+    return result
+
+
+# ---------------------------------------------------------------------- readers
+
+def read_retinaface_labels(path: str | os.PathLike, *, skip_empty: bool = True) -> Annotations:
+    """Read the reference's retinaface_gt ``label.txt`` (see the module docstring).
+
+    ``skip_empty`` drops images without faces (the reference cannot train on them either).
+    """
+    path = os.fspath(path)
+    result = Annotations(source=path)
+    current: str | None = None
+    boxes: list[list[float]] = []
+    marks: list[list[float] | None] = []
+
+    def flush():
+        if current is not None:
+            result.images.append(_annotation(current, boxes, marks))
+
+    for lineno, raw in enumerate(_open_lines(path), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        where = f"{path}:{lineno}"
+        if line.startswith("#"):
+            flush()
+            current = line[1:].strip()
+            if not current:
+                raise LabelFileError(f"{where}: '#' header without an image path")
+            boxes, marks = [], []
+            continue
+        if current is None:
+            raise LabelFileError(f"{where}: face line before the first '# image/path' header")
+        v = _numbers(line.split(), where)
+        if not MIN_NUMBERS <= len(v) <= MAX_NUMBERS:
+            raise LabelFileError(
+                f"{where}: expected {MIN_NUMBERS} to {MAX_NUMBERS} numbers (x y w h, landmarks, score), got {len(v)}")
+        if v[2] <= 0 or v[3] <= 0:
+            result.dropped_faces += 1
+            continue
+        boxes.append(v[:4])
+        if len(v) > _LANDMARK_POSITIONS[-1] and v[4] >= 0:
+            marks.append([v[i] for i in _LANDMARK_POSITIONS])
+        else:
+            marks.append(None)
+    flush()
+    return _finish(result, skip_empty)
+
+
+def read_wider_bbx_gt(path: str | os.PathLike, *, skip_empty: bool = True) -> Annotations:
+    """Read the official ``wider_face_*_bbx_gt.txt``: an image path line, a face count line, then
+    ``max(count, 1)`` lines ``x y w h blur expression illumination invalid occlusion pose`` (an
+    image with 0 faces has one all-zero line). Boxes only."""
+    path = os.fspath(path)
+    result = Annotations(source=path)
+    lines = _open_lines(path)
+    i, n = 0, len(lines)
+    while i < n:
+        name = lines[i].strip()
+        i += 1
+        if not name:
+            continue
+        header_line = i
+        if i >= n:
+            raise LabelFileError(f"{path}:{header_line}: image {name!r} has no face count line")
+        count_text = lines[i].strip()
+        try:
+            count = int(count_text)
+        except ValueError:
+            raise LabelFileError(f"{path}:{i + 1}: expected the face count of {name!r}, got {count_text!r}") from None
+        if count < 0:
+            raise LabelFileError(f"{path}:{i + 1}: negative face count {count}")
+        i += 1
+        boxes: list[list[float]] = []
+        for _ in range(max(count, 1)):
+            if i >= n:
+                raise LabelFileError(f"{path}:{i}: file ends inside the {count} faces of {name!r}")
+            where = f"{path}:{i + 1}"
+            v = _numbers(lines[i].split(), where)
+            i += 1
+            if len(v) < 4:
+                raise LabelFileError(f"{where}: expected at least 4 numbers (x y w h ...), got {len(v)}")
+            if count == 0:
+                continue
+            if v[2] <= 0 or v[3] <= 0:
+                result.dropped_faces += 1
+                continue
+            boxes.append(v[:4])
+        result.images.append(_annotation(name, boxes, [None] * len(boxes)))
+    return _finish(result, skip_empty)
+
+
+def read_wider_mat(path: str | os.PathLike, *, skip_empty: bool = True) -> Annotations:
+    """Read the official ``wider_face_{train,val}.mat`` (``event_list``, ``file_list``,
+    ``face_bbx_list`` with top-left ``x y w h``). Paths become ``event/file.jpg``. Boxes only."""
+    import scipy.io
+
+    path = os.fspath(path)
+    try:
+        mat = scipy.io.loadmat(path)
+    except (OSError, ValueError) as exc:
+        raise LabelFileError(f"{path}: cannot read .mat file: {exc}") from None
+    for key in ("event_list", "file_list", "face_bbx_list"):
+        if key not in mat:
+            raise LabelFileError(f"{path}: field {key!r} missing (not a WIDER FACE ground-truth .mat)")
+    result = Annotations(source=path)
+    events, files, bbxs = mat["event_list"], mat["file_list"], mat["face_bbx_list"]
+    for e in range(len(events)):
+        event = str(events[e][0][0])
+        for k in range(len(files[e][0])):
+            name = str(files[e][0][k][0][0])
+            b = np.asarray(bbxs[e][0][k][0], dtype=np.float64).reshape(-1, 4)
+            ok = (b[:, 2] > 0) & (b[:, 3] > 0)
+            result.dropped_faces += int((~ok).sum())
+            b = b[ok]
+            result.images.append(_annotation(f"{event}/{name}.jpg", b.tolist(), [None] * len(b)))
+    return _finish(result, skip_empty)
+
+
+def read_annotations(path: str | os.PathLike, *, skip_empty: bool = True) -> Annotations:
+    """Read any of the three layouts: ``.mat`` by extension; a text file whose first non-empty
+    line starts with ``#`` is a retinaface_gt ``label.txt``, otherwise an official ``bbx_gt``."""
+    path = os.fspath(path)
+    if path.lower().endswith(".mat"):
+        return read_wider_mat(path, skip_empty=skip_empty)
+    first = next((ln.strip() for ln in _open_lines(path) if ln.strip()), "")
+    if first.startswith("#") or not first:
+        return read_retinaface_labels(path, skip_empty=skip_empty)
+    return read_wider_bbx_gt(path, skip_empty=skip_empty)
+
+
+def find_missing_images(images: Iterable[ImageAnnotation], images_dir: str | os.PathLike) -> list[str]:
+    """Relative paths of the annotated images that are not files under ``images_dir``."""
+    root = Path(images_dir)
+    return [im.path for im in images if not (root / im.path).is_file()]
+
+
+def check_images(annotations: Annotations | Sequence[ImageAnnotation], images_dir: str | os.PathLike) -> None:
+    """Raise :class:`MissingImagesError` (count and the first few paths) if any image is missing:
+    called before training so a typo fails at once, not hours into an epoch."""
+    images = annotations.images if isinstance(annotations, Annotations) else annotations
+    source = f"{annotations.source}: " if isinstance(annotations, Annotations) else ""
+    if not Path(images_dir).is_dir():
+        raise MissingImagesError(f"{source}images folder {os.fspath(images_dir)} does not exist")
+    missing = find_missing_images(images, images_dir)
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise MissingImagesError(
+            f"{source}{len(missing)} of {len(images)} image(s) not found under {os.fspath(images_dir)}: {shown}")

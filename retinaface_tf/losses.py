@@ -1,0 +1,238 @@
+"""The reference's MultiBoxLoss (``layers/modules/multibox_loss.py``) as Keras 3 losses.
+
+Targets come from :mod:`retinaface_tf.data.pipeline` as a dict with the model's output keys,
+each carrying the per-anchor label ``conf_t`` (1 = face with landmarks, -1 = face without
+landmarks, 0 = background), ``N`` anchors:
+
+- ``"bbox"``      ``[B, N, 5]``: encoded box deltas ``(dx, dy, dw, dh)`` + label
+- ``"classes"``   ``[B, N]``: label
+- ``"landmarks"`` ``[B, N, 11]``: encoded landmark deltas ``(x0, y0, ..., x4, y4)`` + label
+
+Terms (PyTorch smooth-L1 with beta 1, summed):
+
+- box: smooth-L1 over anchors with label != 0, divided by their count in the batch;
+- class: softmax cross-entropy over positives and hard negatives (per image the
+  ``neg_pos_ratio * num_pos`` background anchors of highest loss, at most ``N - 1``), divided by
+  the positives' count in the batch;
+- landmark: smooth-L1 over anchors with label 1, divided by their count in the batch.
+
+Counts are clamped to >= 1, so a batch without faces gives 0 (never NaN). The training objective
+is ``loc_weight * box + class + landmark_weight * landmark`` (2, 1, 1 in the reference).
+
+Use with ``model.fit`` (model outputs ``{"bbox", "classes", "landmarks"}``)::
+
+    loss = MultiBoxLoss(neg_pos_ratio=7, loc_weight=2.0)
+    model.compile(optimizer=..., **loss.compile_kwargs())
+
+Keras then logs the three unweighted terms as ``bbox_loss``, ``classes_loss`` and
+``landmarks_loss`` next to the total ``loss``. ``MultiBoxLoss`` itself is a Keras loss over the
+whole dicts (returns the weighted total; :meth:`MultiBoxLoss.terms` gives the three terms) for
+custom training loops.
+
+Distribution: each term returns a scalar, which Keras 3 neither re-scales by the replica count nor
+averages; gradients are summed over replicas. So each replica divides its *local* sum by the
+*global* count (an all-reduce over the replicas of the current ``tf.distribute`` replica
+context): the summed gradients are exactly those of the whole global batch, and Keras' logged
+value (local value × replicas, averaged over replicas) is the global-batch loss.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+__all__ = ["smooth_l1", "pack_targets", "BoxRegressionLoss", "ClassificationLoss", "LandmarkLoss", "MultiBoxLoss"]
+
+
+def smooth_l1(x):
+    """PyTorch's ``smooth_l1_loss`` with beta 1, elementwise: ``0.5 x²`` if ``|x| < 1`` else
+    ``|x| - 0.5``."""
+    ax = tf.abs(x)
+    return tf.where(ax < 1.0, 0.5 * tf.square(x), ax - 0.5)
+
+
+def global_count(mask):
+    """Number of True in ``mask`` over the whole global batch, float32, clamped to >= 1.
+
+    Inside a ``tf.distribute`` replica context with several replicas the local counts are summed
+    over replicas; elsewhere (no strategy, one replica, cross-replica context) it is the local
+    count.
+    """
+    count = tf.reduce_sum(tf.cast(mask, tf.float32))
+    ctx = tf.distribute.get_replica_context()
+    if ctx is not None and ctx.num_replicas_in_sync > 1:
+        count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, count)
+    return tf.maximum(tf.stop_gradient(count), 1.0)
+
+
+def _labels(y_true):
+    return tf.cast(tf.round(y_true), tf.int32)
+
+
+class _RetinaFaceLoss(keras.losses.Loss):
+    def __init__(self, name: str, reduction: str = "sum", dtype=None):
+        # The value is already a normalised scalar: "sum" leaves it unchanged.
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+
+    def get_config(self):
+        return super().get_config()
+
+
+@keras.saving.register_keras_serializable(package="retinaface_tf")
+class BoxRegressionLoss(_RetinaFaceLoss):
+    """Smooth-L1 on box deltas of anchors with label != 0, / global count of those anchors.
+
+    ``y_true`` ``[B, N, 5]`` (4 encoded deltas + label), ``y_pred`` ``[B, N, 4]`` deltas.
+    """
+
+    def __init__(self, name: str = "box_regression", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        y_true = tf.cast(y_true, tf.float32)
+        y_pred = tf.cast(y_pred, tf.float32)
+        positive = _labels(y_true[..., 4]) != 0
+        per_anchor = tf.reduce_sum(smooth_l1(y_pred - y_true[..., :4]), axis=-1)
+        return tf.reduce_sum(tf.where(positive, per_anchor, 0.0)) / global_count(positive)
+
+
+@keras.saving.register_keras_serializable(package="retinaface_tf")
+class LandmarkLoss(_RetinaFaceLoss):
+    """Smooth-L1 on landmark deltas of anchors with label 1, / global count of those anchors.
+
+    ``y_true`` ``[B, N, 11]`` (10 encoded deltas + label), ``y_pred`` ``[B, N, 10]`` deltas.
+    """
+
+    def __init__(self, name: str = "landmark_regression", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        y_true = tf.cast(y_true, tf.float32)
+        y_pred = tf.cast(y_pred, tf.float32)
+        positive = _labels(y_true[..., 10]) > 0
+        per_anchor = tf.reduce_sum(smooth_l1(y_pred - y_true[..., :10]), axis=-1)
+        return tf.reduce_sum(tf.where(positive, per_anchor, 0.0)) / global_count(positive)
+
+
+def hard_negative_mask(background_loss, positive, neg_pos_ratio: int):
+    """The reference's hard negative mining.
+
+    Args:
+      background_loss: ``[B, N]`` float32 cross-entropy of each anchor against "background".
+      positive: ``[B, N]`` bool.
+      neg_pos_ratio: negatives per positive, per image.
+
+    Returns ``[B, N]`` bool: anchors whose rank (by loss, descending, positives counted as 0) is
+    below ``min(neg_pos_ratio * num_pos, N - 1)`` of their image. Positives can be in it only
+    when they tie with zero-loss negatives, as in the reference. Static shapes only (two sorts
+    instead of a ``top_k`` with a data-dependent ``k``), so it compiles under XLA.
+    """
+    n = tf.shape(background_loss)[1]
+    mining = tf.stop_gradient(tf.where(positive, 0.0, background_loss))
+    order = tf.argsort(mining, axis=1, direction="DESCENDING", stable=True)
+    rank = tf.argsort(order, axis=1, stable=True)
+    num_pos = tf.reduce_sum(tf.cast(positive, tf.int32), axis=1, keepdims=True)
+    num_neg = tf.minimum(neg_pos_ratio * num_pos, n - 1)
+    return rank < num_neg
+
+
+@keras.saving.register_keras_serializable(package="retinaface_tf")
+class ClassificationLoss(_RetinaFaceLoss):
+    """Softmax cross-entropy over positives and hard negatives, / global count of positives.
+
+    ``y_true`` ``[B, N]`` (or ``[B, N, 1]``) labels in {1, -1, 0}, ``y_pred`` ``[B, N, 2]``
+    logits (background, face).
+    """
+
+    def __init__(self, neg_pos_ratio: int = 7, name: str = "classification", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.neg_pos_ratio = int(neg_pos_ratio)
+
+    def call(self, y_true, y_pred):
+        y_true = tf.cast(y_true, tf.float32)
+        if y_true.shape.rank == 3:
+            y_true = y_true[..., 0]
+        logits = tf.cast(y_pred, tf.float32)
+        positive = _labels(y_true) != 0
+        lse = tf.reduce_logsumexp(logits, axis=-1)
+        ce_face = lse - logits[..., 1]
+        ce_background = lse - logits[..., 0]
+        negative = hard_negative_mask(ce_background, positive, self.neg_pos_ratio) & ~positive
+        total = tf.reduce_sum(tf.where(positive, ce_face, 0.0)) + tf.reduce_sum(tf.where(negative, ce_background, 0.0))
+        return total / global_count(positive)
+
+    def get_config(self):
+        return {**super().get_config(), "neg_pos_ratio": self.neg_pos_ratio}
+
+
+OUTPUT_KEYS = ("bbox", "classes", "landmarks")
+
+
+def pack_targets(box_targets, labels, landmark_targets) -> dict:
+    """Matcher outputs → the target dict the losses read (any leading dims ``[...]``).
+
+    ``box_targets [..., N, 4]``, ``labels [..., N]`` (1 / -1 / 0), ``landmark_targets
+    [..., N, 10]`` → ``{"bbox": [..., N, 5], "classes": [..., N], "landmarks": [..., N, 11]}``
+    float32.
+    """
+    lab = tf.cast(labels, tf.float32)
+    return {
+        "bbox": tf.concat([tf.cast(box_targets, tf.float32), lab[..., None]], axis=-1),
+        "classes": lab,
+        "landmarks": tf.concat([tf.cast(landmark_targets, tf.float32), lab[..., None]], axis=-1),
+    }
+
+
+@keras.saving.register_keras_serializable(package="retinaface_tf")
+class MultiBoxLoss(keras.losses.Loss):
+    """The joint objective over the dicts ``y_true`` / ``y_pred`` keyed ``bbox``, ``classes``,
+    ``landmarks`` (see the module docstring): ``loc_weight * box + class + landmark_weight *
+    landmark``.
+
+    For ``model.fit`` use ``model.compile(**MultiBoxLoss(...).compile_kwargs())`` (one Keras loss
+    per output, so each term is logged); passing the object itself as ``loss=`` cannot work
+    because Keras hands a single loss one output at a time.
+    """
+
+    def __init__(self, neg_pos_ratio: int = 7, loc_weight: float = 2.0, landmark_weight: float = 1.0,
+                 name: str = "multibox", reduction: str = "sum", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.neg_pos_ratio = int(neg_pos_ratio)
+        self.loc_weight = float(loc_weight)
+        self.landmark_weight = float(landmark_weight)
+        self.box_loss = BoxRegressionLoss()
+        self.class_loss = ClassificationLoss(neg_pos_ratio=self.neg_pos_ratio)
+        self.landmark_loss = LandmarkLoss()
+
+    def terms(self, y_true, y_pred) -> dict:
+        """Unweighted ``{"bbox", "classes", "landmarks"}`` scalar terms."""
+        if not isinstance(y_true, dict) or not isinstance(y_pred, dict):
+            raise TypeError("MultiBoxLoss takes dicts keyed 'bbox', 'classes', 'landmarks'; for model.fit use "
+                            "model.compile(**MultiBoxLoss(...).compile_kwargs())")
+        return {
+            "bbox": self.box_loss.call(y_true["bbox"], y_pred["bbox"]),
+            "classes": self.class_loss.call(y_true["classes"], y_pred["classes"]),
+            "landmarks": self.landmark_loss.call(y_true["landmarks"], y_pred["landmarks"]),
+        }
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is not None:
+            raise ValueError("MultiBoxLoss does not take sample weights")
+        with tf.name_scope(self.name):
+            return self.call(y_true, y_pred)
+
+    def call(self, y_true, y_pred):
+        t = self.terms(y_true, y_pred)
+        return self.loc_weight * t["bbox"] + t["classes"] + self.landmark_weight * t["landmarks"]
+
+    def compile_kwargs(self) -> dict:
+        """``{"loss": {...}, "loss_weights": {...}}`` for ``model.compile``."""
+        return {
+            "loss": {"bbox": BoxRegressionLoss(), "classes": ClassificationLoss(neg_pos_ratio=self.neg_pos_ratio),
+                     "landmarks": LandmarkLoss()},
+            "loss_weights": {"bbox": self.loc_weight, "classes": 1.0, "landmarks": self.landmark_weight},
+        }
+
+    def get_config(self):
+        return {**super().get_config(), "neg_pos_ratio": self.neg_pos_ratio, "loc_weight": self.loc_weight,
+                "landmark_weight": self.landmark_weight}
