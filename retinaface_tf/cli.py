@@ -24,6 +24,7 @@ COMMANDS = {
     "evaluate": "WIDER FACE easy/medium/hard AP (official protocol), PR curves, test-time augmentation",
     "explain": "saliency and Grad-CAM++ maps of one face's score over the photo (tf-keras-vis)",
     "plot-run": "loss curves (box / class / landmark / total) and learning rate of a training run as one PNG",
+    "show-anchors": "anchors matched to each face of a training image after augmentation, and faces left without one",
 }
 
 
