@@ -22,10 +22,12 @@ def _top_k(scores, pre_nms_top_k: int):
     return tf.math.top_k(scores, k=k, sorted=True)
 
 
-def _nms_sorted(boxes, scores, *, score_threshold, iou_threshold, max_detections: int, plus_one_pixel: bool):
+def _nms_sorted(boxes, scores, *, score_threshold, iou_threshold, max_detections: int, plus_one_pixel: bool,
+                single_image: bool = False):
     """Greedy NMS per image on score-sorted candidates: ``boxes [B, k, 4]`` pixel ``xyxy``,
     ``scores [B, k]`` → ``selected [B, max_detections]`` int32 into ``k`` (0 past ``num``) and
-    ``num [B]``."""
+    ``num [B]``. ``single_image``: ``B`` is 1 and the kernel is called once, without
+    ``tf.map_fn`` (see :func:`postprocess`)."""
     one = 1.0 if plus_one_pixel else 0.0
     x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)
     nms_boxes = tf.stack([y1, x1, y2 + one, x2 + one], axis=-1)  # yxyx at the tf.image boundary
@@ -41,9 +43,15 @@ def _nms_sorted(boxes, scores, *, score_threshold, iou_threshold, max_detections
             pad_to_max_output_size=True)
         return idx, n
 
-    selected, num_valid = tf.map_fn(
-        _one_image, (nms_boxes, scores),
-        fn_output_signature=(tf.TensorSpec([max_detections], tf.int32), tf.TensorSpec([], tf.int32)))
+    if single_image:
+        if boxes.shape[0] is not None and boxes.shape[0] != 1:
+            raise ValueError(f"single_image NMS needs a batch of 1, got boxes of shape {boxes.shape}")
+        idx, n = _one_image((nms_boxes[0], scores[0]))
+        selected, num_valid = idx[None], n[None]
+    else:
+        selected, num_valid = tf.map_fn(
+            _one_image, (nms_boxes, scores),
+            fn_output_signature=(tf.TensorSpec([max_detections], tf.int32), tf.TensorSpec([], tf.int32)))
     valid = tf.range(max_detections)[None, :] < num_valid[:, None]
     return tf.where(valid, selected, tf.zeros_like(selected)), num_valid
 
@@ -70,7 +78,7 @@ def batched_nms(boxes, scores, *, score_threshold: float, iou_threshold: float, 
 
 def postprocess(box_deltas, face_scores, landmark_deltas, anchors, *, input_size, output_scale,
                 score_threshold: float, iou_threshold: float, pre_nms_top_k: int, max_detections: int,
-                variances=DEFAULT_VARIANCES):
+                variances=DEFAULT_VARIANCES, single_image: bool = False):
     """Decode the head outputs and run NMS, batched.
 
     Only the ``pre_nms_top_k`` best anchors of each image are decoded, and landmarks only for
@@ -83,6 +91,10 @@ def postprocess(box_deltas, face_scores, landmark_deltas, anchors, *, input_size
       input_size: ``(height, width)`` of the network input (ints or scalar tensors).
       output_scale: ``[B, 2]`` ``(sx, sy)`` multiplying network-input pixels into output pixels
         (``1 / resize`` of each image: detections come back in the original image).
+      single_image: the batch is exactly one image (TFLite exports, one image of the SavedModel's
+        ``image_bytes`` signature): the NMS kernel is called directly instead of inside
+        ``tf.map_fn``, whose TFLite ``WHILE`` loop crashes int8 calibration. Same decode, same
+        kernel, same outputs (tested).
     Returns a dict of padded tensors: ``boxes [B, K, 4]`` pixel ``xyxy``, ``scores [B, K]``,
     ``landmarks [B, K, 5, 2]`` pixel (x, y), ``num_detections [B]`` int32; rows past
     ``num_detections`` are zero.
@@ -97,7 +109,7 @@ def postprocess(box_deltas, face_scores, landmark_deltas, anchors, *, input_size
     boxes = decode_boxes(tf.gather(box_deltas, top_idx, batch_dims=1), top_anchors, variances)
     boxes = boxes * tf.tile(to_pixels, [1, 2])[:, None, :]
     selected, num = _nms_sorted(boxes, top_scores, score_threshold=score_threshold, iou_threshold=iou_threshold,
-                                max_detections=max_detections, plus_one_pixel=True)
+                                max_detections=max_detections, plus_one_pixel=True, single_image=single_image)
     kept = tf.gather(top_idx, selected, batch_dims=1)  # [B, K] into N
     landmarks = decode_landmarks(tf.gather(landmark_deltas, kept, batch_dims=1), tf.gather(anchors, kept), variances)
     validf = tf.cast(tf.range(max_detections)[None, :] < num[:, None], tf.float32)
