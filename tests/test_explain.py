@@ -220,3 +220,19 @@ def test_explain_cli_errors_are_one_line(reference_dir, tmp_path, capsys):
     assert main(["explain", image, "--box", "50,50,40,90", "-o", str(tmp_path)]) == 2
     assert "x2 > x1" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_explain_a_given_box_with_downscaling(bundled_model, photo, detections):
+    """--box: the anchor whose decoded box fits a given box; with max_size the network sees a
+    downscaled photo but boxes and maps come back at the original size."""
+    from retinaface_tf.explain import explain_face
+    model, cfg = bundled_model
+    crop = photo[300:560, 200:560]  # 360x260 around the largest face
+    e = explain_face(crop, model=model, config=cfg, box=[104, 86, 168, 165], smooth_samples=0)
+    assert e.face_index == -1 and e.anchor.iou > 0.8 and e.score > 0.9  # the sunglasses face is found
+    small = explain_face(crop, model=model, config=cfg, box=[104, 86, 168, 165], smooth_samples=0, max_size=240)
+    assert small.saliency.shape == small.gradcam_pp.shape == crop.shape[:2]
+    np.testing.assert_allclose(small.box, [104, 86, 168, 165], atol=1e-3)
+    # the anchor comes back in original pixels: an anchor size divided by the 240/360 scale
+    width = float(small.anchor.anchor_xyxy[2] - small.anchor.anchor_xyxy[0])
+    assert round(width * 240 / 360, 3) in (16, 32, 64, 128) and width > 20

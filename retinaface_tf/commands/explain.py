@@ -69,6 +69,8 @@ def run(args) -> int:
         raise CliError(f"--smooth-noise must be >= 0, got {args.smooth_noise}")
     if args.max_size is not None and args.max_size < 32:
         raise CliError(f"--max-size must be >= 32, got {args.max_size}")
+    if args.box is not None and not (args.box[2] > args.box[0] and args.box[3] > args.box[1]):
+        raise CliError(f"--box must be x1,y1,x2,y2 with x2 > x1 and y2 > y1, got {','.join(f'{v:g}' for v in args.box)}")
 
     from pathlib import Path
 
