@@ -247,7 +247,7 @@ def read_wider_mat(path: str | os.PathLike, *, skip_empty: bool = True) -> Annot
     path = os.fspath(path)
     try:
         mat = scipy.io.loadmat(path)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - scipy raises several unrelated types for bad files
         raise LabelFileError(f"{path}: cannot read .mat file: {exc}") from None
     for key in ("event_list", "file_list", "face_bbx_list"):
         if key not in mat:
