@@ -139,6 +139,13 @@ def _score(output):
     return output[:, 0]
 
 
+def _require_vis():
+    try:
+        import tf_keras_vis  # noqa: F401
+    except ImportError:
+        raise ExplainError("tf-keras-vis is not installed: pip install 'retinaface_tf[vis]'") from None
+
+
 def saliency_map(score_model, network_input: np.ndarray, *, smooth_samples: int = 16,
                  smooth_noise: float = 0.1, seed: int | None = 0) -> np.ndarray:
     """SmoothGrad saliency (tf-keras-vis ``Saliency``): max over channels of the mean |gradient|
@@ -147,6 +154,7 @@ def saliency_map(score_model, network_input: np.ndarray, *, smooth_samples: int 
 
     ``network_input`` ``[1, H, W, 3]`` float32. Returns ``[H, W]`` float32 in [0, 1].
     ``seed`` fixes tf-keras-vis' numpy noise (the global numpy state is restored after)."""
+    _require_vis()
     from tf_keras_vis.saliency import Saliency
 
     state = np.random.get_state()
@@ -173,6 +181,7 @@ def gradcam_pp_map(score_model, network_input: np.ndarray, *, layer: str, step: 
     import warnings
 
     import cv2
+    _require_vis()
     with warnings.catch_warnings():  # it imports zoom from scipy.ndimage.interpolation (deprecated); we never use it
         warnings.simplefilter("ignore", DeprecationWarning)
         from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus

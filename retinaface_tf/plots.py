@@ -136,7 +136,10 @@ def history_figure(history: dict[str, np.ndarray], *, title: str | None = None):
     WIDER val AP (easy / medium / hard) on panels below when those columns exist. Columns that
     are absent or all-NaN are skipped."""
     # A bare Figure renders PNGs with Agg and never touches pyplot's global state / GUI backends.
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise PictureError("matplotlib is not installed: pip install 'retinaface_tf[vis]'") from None
 
     epochs = history["epoch"] + 1  # CSVLogger counts epochs from 0
     lr_name = next((c for c in LR_COLUMNS if _finite(history, c) is not None), None)
