@@ -164,3 +164,27 @@ def test_brief_names_and_ap_panel(tmp_path):
     assert [len(line.get_xdata()) for line in ap_ax.get_lines()] == [3, 3, 3]
     np.testing.assert_array_equal(ap_ax.get_lines()[0].get_xdata(), [4, 8, 12])  # epochs counted from 1
     assert _png_size(plot_run(tmp_path)).shape[:2] == (900, 900)
+
+
+def test_reads_what_keras_csvlogger_writes(tmp_path):
+    """The real CSVLogger: keys fixed at the first epoch, val_* columns added as "NA" when the
+    first epoch had none, AP only on evaluated epochs ("NA" elsewhere)."""
+    import keras
+
+    from retinaface_tf.plots import history_figure, read_history
+    logger = keras.callbacks.CSVLogger(str(tmp_path / "history.csv"))
+    logger.on_train_begin()
+    for epoch in range(6):
+        logs = {"loss": 10.0 / (epoch + 1), "bbox_loss": 2.0 / (epoch + 1), "classes_loss": 1.5,
+                "landmarks_loss": 5.0 / (epoch + 1), "learning_rate": 1e-3}
+        if epoch in (0, 2, 5):
+            logs.update(val_easy_ap=0.5 + epoch / 20, val_medium_ap=0.4, val_hard_ap=0.2)
+        logger.on_epoch_end(epoch, logs)
+    logger.on_train_end()
+    h = read_history(tmp_path / "history.csv")
+    np.testing.assert_array_equal(h["epoch"], np.arange(6))
+    np.testing.assert_allclose(h["bbox_loss"], 2.0 / np.arange(1, 7))
+    np.testing.assert_allclose(h["val_easy_ap"], [0.5, np.nan, 0.6, np.nan, np.nan, 0.75])
+    fig = history_figure(h)
+    assert len(fig.axes) == 3
+    np.testing.assert_array_equal(fig.axes[2].get_lines()[0].get_xdata(), [1, 3, 6])
