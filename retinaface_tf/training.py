@@ -247,6 +247,9 @@ class WiderValidation(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every:
+            # CSVLogger fixes its columns at the first epoch: log NaN so the AP columns exist
+            if logs is not None:
+                logs.update({f"val_{s}_ap": float("nan") for s in ("easy", "medium", "hard")})
             return
         from retinaface_tf.evaluation.tta import predict_images
         from retinaface_tf.evaluation.widerface import evaluate_predictions
