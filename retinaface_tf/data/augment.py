@@ -128,6 +128,32 @@ def adjust_saturation_hue(image, saturation, hue_delta):
     return tf.stack([channel(5.0), channel(3.0), channel(1.0)], axis=-1)
 
 
+def color_params(seed):
+    """Draw the reference's ``_distort`` parameters: ``(contrast_first, beta, alpha, saturation,
+    hue_delta, apply_hsv)`` scalars (see :func:`distort_colors`). Drawn outside any XLA function:
+    stateless RNG picks another algorithm under XLA."""
+    s_coin, s_value, s_hue = tf.unstack(_split(seed, 3))
+    coin = tf.random.stateless_uniform([5], s_coin) < 0.5  # order, brightness, contrast, saturation, hue
+    v = tf.random.stateless_uniform([3], s_value)
+    beta = tf.where(coin[1], v[0] * 64.0 - 32.0, 0.0)
+    alpha = tf.where(coin[2], v[1] + 0.5, 1.0)
+    saturation = tf.where(coin[3], v[2] + 0.5, 1.0)
+    hue_units = tf.random.stateless_uniform([], s_hue, -18, 19, dtype=tf.int32)
+    hue_delta = tf.where(coin[4], tf.cast(hue_units, tf.float32) / 180.0, 0.0)
+    return coin[0], beta, alpha, saturation, hue_delta, coin[3] | coin[4]
+
+
+def apply_color_params(image, params):
+    """Apply :func:`color_params` to a float32 RGB image in [0, 255], clipping after each step."""
+    contrast_first, beta, alpha, saturation, hue_delta, apply_hsv = params
+    image = tf.clip_by_value(image + beta, 0.0, 255.0)
+    image = tf.clip_by_value(image * tf.where(contrast_first, alpha, 1.0), 0.0, 255.0)
+    image = tf.cond(apply_hsv,
+                    lambda: tf.clip_by_value(adjust_saturation_hue(image, saturation, hue_delta), 0.0, 255.0),
+                    lambda: image)
+    return tf.clip_by_value(image * tf.where(contrast_first, 1.0, alpha), 0.0, 255.0)
+
+
 def distort_colors(image, seed):
     """The reference's ``_distort`` on a float32 RGB image in [0, 255] (any shape ``[..., 3]``).
 
@@ -137,22 +163,7 @@ def distort_colors(image, seed):
     the reference's two orders (p 0.5 each): brightness, contrast, saturation, hue — or
     brightness, saturation, hue, contrast.
     """
-    s_coin, s_value, s_hue = tf.unstack(_split(seed, 3))
-    coin = tf.random.stateless_uniform([5], s_coin) < 0.5  # order, brightness, contrast, saturation, hue
-    v = tf.random.stateless_uniform([3], s_value)
-    beta = tf.where(coin[1], v[0] * 64.0 - 32.0, 0.0)
-    alpha = tf.where(coin[2], v[1] + 0.5, 1.0)
-    saturation = tf.where(coin[3], v[2] + 0.5, 1.0)
-    hue_units = tf.random.stateless_uniform([], s_hue, -18, 19, dtype=tf.int32)
-    hue_delta = tf.where(coin[4], tf.cast(hue_units, tf.float32) / 180.0, 0.0)
-    contrast_first = coin[0]
-
-    image = tf.clip_by_value(image + beta, 0.0, 255.0)
-    image = tf.clip_by_value(image * tf.where(contrast_first, alpha, 1.0), 0.0, 255.0)
-    image = tf.cond(coin[3] | coin[4],
-                    lambda: tf.clip_by_value(adjust_saturation_hue(image, saturation, hue_delta), 0.0, 255.0),
-                    lambda: image)
-    return tf.clip_by_value(image * tf.where(contrast_first, 1.0, alpha), 0.0, 255.0)
+    return apply_color_params(image, color_params(seed))
 
 
 def pad_to_square(image, fill):
@@ -176,12 +187,13 @@ def random_resize(image, height, width, seed):
     return tf.clip_by_value(tf.switch_case(index, branches), 0.0, 255.0)
 
 
-def finish_image(image, content_hw, seed, flip, *, bgr_mean=DEFAULT_BGR_MEAN):
-    """Colour distortion, mean padding, mirror and network-input conversion of the resized
-    ``[S, S, 3]`` float32 RGB image whose content fills the top-left ``content_hw`` (the rest is
-    padding, filled with the mean and left undistorted as in the reference). ``flip`` mirrors.
-    Static shapes: the pipeline runs it compiled with XLA (one fused pass instead of ~20)."""
-    image = distort_colors(image, seed)
+def finish_image(image, content_hw, params, flip, *, bgr_mean=DEFAULT_BGR_MEAN):
+    """Colour distortion (:func:`color_params` ``params``), mean padding, mirror and
+    network-input conversion of the resized ``[S, S, 3]`` float32 RGB image whose content fills
+    the top-left ``content_hw`` (the rest is padding, filled with the mean and left undistorted
+    as in the reference). ``flip`` mirrors. Static shapes: the pipeline runs it compiled with XLA
+    (one fused pass instead of ~20)."""
+    image = apply_color_params(image, params)
     size = tf.shape(image)
     inside = (tf.range(size[0])[:, None] < content_hw[0]) & (tf.range(size[1])[None, :] < content_hw[1])
     image = tf.where(inside[..., None], image, tf.constant(tuple(reversed(bgr_mean)), tf.float32))
@@ -278,7 +290,7 @@ def augment(contents, faces, seed, *, image_size: int, bgr_mean=DEFAULT_BGR_MEAN
 
     flip = tf.random.stateless_uniform([], s_mirror) < mirror_probability
     finish = _finish_image_jit if jit_compile else finish_image
-    image = finish(image, content_hw, s_color, flip, bgr_mean=tuple(bgr_mean))
+    image = finish(image, content_hw, color_params(s_color), flip, bgr_mean=tuple(bgr_mean))
     faces = tf.cond(flip, lambda: mirror_faces(faces), lambda: faces)
 
     # Only the no-crop path can hold boxes beyond the image; clipping keeps every box in [0, 1].
