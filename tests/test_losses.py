@@ -113,9 +113,11 @@ def test_unused_targets_never_leak_nan():
     np.testing.assert_allclose(float(terms["classes"]), 4 * np.log(2.0) / 2, rtol=1e-6)
 
 
-def test_model_fit_logs_the_three_terms():
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_model_fit_logs_the_three_terms(jit_compile):
     """A small stand-in with the detector's output dict (the real network's fit is the training
-    tests' job): compile_kwargs works with model.fit and Keras logs each term."""
+    tests' job): compile_kwargs works with model.fit (also XLA-compiled, as Keras does on GPUs)
+    and Keras logs each term."""
     from retinaface_tf.ops.anchors import generate_anchors_np
 
     size = 64
@@ -135,7 +137,7 @@ def test_model_fit_logs_the_three_terms():
     outputs = {k: keras.layers.Reshape((n, d), name=k)(keras.layers.Dense(n * d)(x))
                for k, d in (("bbox", 4), ("classes", 2), ("landmarks", 10))}
     model = keras.Model(inputs, outputs)
-    model.compile(optimizer=keras.optimizers.SGD(1e-3), **MultiBoxLoss().compile_kwargs())
+    model.compile(optimizer=keras.optimizers.SGD(1e-3), jit_compile=jit_compile, **MultiBoxLoss().compile_kwargs())
     history = model.fit(ds, epochs=2, verbose=0, shuffle=False)
     logs = {k: v[-1] for k, v in history.history.items()}
     assert {"loss", "bbox_loss", "classes_loss", "landmarks_loss"} <= set(logs)
