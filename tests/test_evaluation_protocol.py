@@ -189,8 +189,8 @@ def test_malformed_prediction_files_name_file_and_line(tmp_path):
     text = _write(tmp_path, f"{EV}/c.txt", "c\nmany\n")
     with pytest.raises(W.PredictionError, match=r"c\.txt:2: expected the number of faces"):
         W.read_prediction_file(text)
-    nan = _write(tmp_path, f"{EV}/d.txt", "d\n1\n1 2 x 4 0.5\n")
-    with pytest.raises(W.PredictionError, match=r"d\.txt: non-numeric"):
+    nan = _write(tmp_path, f"{EV}/d.txt", "d\n2\n\n1 2 3 4 0.5\n1 2 x 4 0.5\n")
+    with pytest.raises(W.PredictionError, match=r"d\.txt:5: non-numeric value in '1 2 x 4 0.5'"):
         W.read_prediction_file(nan)
 
 

@@ -247,7 +247,7 @@ def read_prediction_file(path: str | os.PathLike) -> tuple[str, np.ndarray]:
         count = int(float(lines[1].strip()))
     except ValueError:
         raise PredictionError(f"{path}:2: expected the number of faces, got {lines[1].strip()[:40]!r}") from None
-    rows = []
+    rows, linenos = [], []
     for lineno, line in enumerate(lines[2:], start=3):
         parts = line.split()
         if not parts:
@@ -255,15 +255,16 @@ def read_prediction_file(path: str | os.PathLike) -> tuple[str, np.ndarray]:
         if len(parts) != 5:
             raise PredictionError(f"{path}:{lineno}: expected 'x y w h score' (5 numbers), got {len(parts)} field(s)")
         rows.append(parts)
+        linenos.append(lineno)
     try:
         boxes = np.array(rows, dtype=np.float64).reshape(-1, 5)
     except ValueError:
-        for lineno, parts in enumerate(rows, start=3):
+        for lineno, parts in zip(linenos, rows):
             try:
                 [float(p) for p in parts]
             except ValueError:
-                break
-        raise PredictionError(f"{path}: non-numeric value in a box line (first bad line near {lineno})") from None
+                raise PredictionError(f"{path}:{lineno}: non-numeric value in {' '.join(parts)[:60]!r}") from None
+        raise
     if not np.isfinite(boxes).all():
         bad = int(np.flatnonzero(~np.isfinite(boxes).all(axis=1))[0])
         raise PredictionError(f"{path}: box {bad + 1} has a non-finite value")
