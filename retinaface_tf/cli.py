@@ -25,6 +25,7 @@ COMMANDS = {
     "explain": "saliency and Grad-CAM++ maps of one face's score over the photo (tf-keras-vis)",
     "plot-run": "loss curves (box / class / landmark / total) and learning rate of a training run as one PNG",
     "show-anchors": "anchors matched to each face of a training image after augmentation, and faces left without one",
+    "export": "deployment: TF Serving SavedModel or TFLite (float32/fp16/dynamic/int8), decode + NMS inside",
 }
 
 

@@ -183,9 +183,8 @@ class ExportModule(tf.Module):
             return tensor
         tensor = tf.ensure_shape(tensor, spec.shape, name=f"check_{spec.name}")
         if spec.name == "images":
-            hw = tf.shape(tensor)[1:3]
             with tf.control_dependencies([tf.debugging.assert_positive(
-                    hw, message="images must be [batch, height, width, 3] with height and width >= 1")]):
+                    tf.shape(tensor)[:3], message="images must be [batch, height, width, 3], each >= 1")]):
                 tensor = tf.identity(tensor)
         return tensor
 
@@ -289,7 +288,8 @@ def export_saved_model(model, config, output: str | os.PathLike, settings: Expor
         extra.mkdir(exist_ok=True)
         _resolved_config(config, settings).to_yaml(extra / "config.yaml")
         info = _export_info("saved_model", settings, version=version, signatures={
-            name: {"inputs": sorted(fn.structured_input_signature[1]), "outputs": sorted(fn.structured_outputs)}
+            name: {"inputs": sorted(spec.name for spec in tf.nest.flatten(fn.structured_input_signature)),
+                   "outputs": sorted(fn.structured_outputs)}
             for name, fn in signatures.items()})
         (extra / "export.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
     return target
