@@ -150,3 +150,22 @@ def test_runs_in_graph_with_dynamic_face_count():
         faces = np.stack([_face([0.1 * i, 0.1, 0.1 * i + 0.08, 0.2]) for i in range(n)]) if n else np.zeros((0, 15))
         _, labels, _ = fn(tf.constant(faces, tf.float32))
         assert (labels.numpy() != 0).any() == (n > 0)
+
+
+def test_hard_face_keeps_its_best_anchor_as_in_the_reference_loop():
+    """The reference forces `best_truth_idx[best_prior_idx[j]] = j` for every face, hard ones
+    (best IoU < 0.2) too, but fills IoU 2 only for the valid ones: a hard face's best anchor that
+    another face covers with IoU >= 0.35 is labelled and encoded with the *hard* face."""
+    k = 2 * (30 * 80 + 30)  # 16-pixel anchor, level 0, row 30, column 30
+    cx, cy = ANCHORS[k, :2]
+    px = 1.0 / 640
+    hard = _face([cx - px, cy - px, cx + px, cy + px], label=-1.0)  # 2 px: IoU 4/256 with anchor k
+    big = _face([cx - 12 * px, cy - 12 * px, cx + 12 * px, cy + 12 * px], label=1.0)  # 24 px
+    iou = iou_matrix_np(np.stack([hard, big])[:, :4], center_xywh_to_xyxy(ANCHORS))
+    assert iou[0].argmax() == k and iou[0].max() < 0.2
+    assert iou[1].argmax() != k and iou[1, k] >= 0.35
+    box_t, labels, _ = _match([big, hard])
+    assert labels[k] == -1
+    decoded = decode_boxes(tf.constant(box_t[k]), tf.constant(ANCHORS[k])).numpy()
+    np.testing.assert_allclose(decoded, hard[:4], atol=1e-6)
+    assert labels[iou[1].argmax()] == 1
