@@ -335,6 +335,42 @@ def load_initial_weights(model: keras.Model, *, weights=None, backbone_weights=N
     return "from scratch"
 
 
+@keras.saving.register_keras_serializable(package="retinaface_tf")
+class DistributedTrainingModel(keras.Model):
+    """The functional network, with one fix for ``fit`` under MultiWorkerMirroredStrategy.
+
+    Keras 3 (keras-team/keras#20585, open) fails twice on the way into the first step under
+    MultiWorkerMirroredStrategy: it builds the model from a data batch MEAN-reduced across
+    workers (``Attempt to convert a value (PerReplica...)``), and it reduces each step's scalar
+    logs with ``strategy.reduce("MEAN", v, axis=0)``, which has no axis 0. Building needs only
+    shapes and dtypes, so this model builds from the first local replica's batch; and its
+    train step returns each log with a length-1 axis, which that reduce then averages over the
+    workers into a scalar. Every other strategy runs plain Keras.
+    """
+
+    def _multi_worker(self) -> bool:
+        return isinstance(self._distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+    def train_step(self, data):
+        logs = super().train_step(data)
+        if self._multi_worker():
+            logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
+        return logs
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        strategy = self._distribute_strategy
+        if iterator is None or not self._multi_worker():
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        for _, _, it in iterator:
+            batch = next(it)
+            break
+        local = tf.nest.map_structure(
+            lambda v: strategy.experimental_local_results(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v,
+            batch)
+        with strategy.scope():
+            self._symbolic_build(data_batch=local)
+
+
 def build_training_model(config: Config, *, steps_per_epoch: int, global_batch: int) -> keras.Model:
     """The network compiled with the reference optimizer, schedule and MultiBoxLoss (call inside
     ``strategy.scope()``). Keras logs the unweighted terms as ``bbox_loss``, ``classes_loss``,
@@ -343,7 +379,7 @@ def build_training_model(config: Config, *, steps_per_epoch: int, global_batch: 
     from retinaface_tf.models import build_from_config
 
     t = config.train
-    model = build_from_config(config)
+    model = build_from_config(config, model_class=DistributedTrainingModel)
     optimizer = make_optimizer(learning_rate=t.learning_rate, momentum=t.momentum, weight_decay=t.weight_decay,
                                steps_per_epoch=steps_per_epoch, decay_epochs=t.decay_epochs,
                                decay_factor=t.decay_factor, warmup_epochs=t.warmup_epochs,
@@ -362,7 +398,7 @@ def train(config: Config, *, output_dir, label_file=None, images_dir=None, tfrec
     first step: config, output folder, labels, images, initial weights. Returns the Keras
     ``History``."""
     from retinaface_tf.data.pipeline import build_dataset, dataset_kwargs
-    from retinaface_tf.data.widerface import read_annotations
+    from retinaface_tf.data.widerface import check_images, read_annotations
 
     t = config.train
     output_dir = Path(output_dir)
@@ -386,6 +422,7 @@ def train(config: Config, *, output_dir, label_file=None, images_dir=None, tfrec
         num_images = len(annotations.images)
         if num_images == 0:
             raise TrainingError(f"{label_file}: dataset is empty (no image with a usable face)")
+        check_images(annotations, images_dir)  # every missing image named, before anything is written
         source = {"annotations": annotations, "images_dir": images_dir}
     else:
         if steps_per_epoch is None:
@@ -412,7 +449,7 @@ def train(config: Config, *, output_dir, label_file=None, images_dir=None, tfrec
     def dataset_fn(input_context: tf.distribute.InputContext):
         return build_dataset(**source, batch_size=input_context.get_per_replica_batch_size(global_batch),
                              training=True, repeat=True, seed=t.seed, input_context=input_context,
-                             verify_images=True, **dataset_kwargs(config))
+                             verify_images=False, **dataset_kwargs(config))
 
     dataset = strategy.distribute_datasets_from_function(dataset_fn)
 

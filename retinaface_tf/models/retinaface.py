@@ -58,8 +58,9 @@ def head(features, *, per_anchor: int, num_anchors: int, name: str):
 
 def build_retinaface(*, backbone: str = "mobilenet025", fpn_channels: int = 64, fpn_leaky: float = 0.1,
                      backbone_leaky: float = 0.1, num_anchors: int = 2, backbone_weights: str | None = None,
-                     name: str = "retinaface") -> keras.Model:
-    """The RetinaFace network as a Keras functional model (see the module docstring for I/O)."""
+                     name: str = "retinaface", model_class: type = keras.Model) -> keras.Model:
+    """The RetinaFace network as a Keras functional model (see the module docstring for I/O).
+    ``model_class`` may be a functional subclass of ``keras.Model`` (training uses one)."""
     inputs = keras.Input((None, None, 3), name="image", dtype="float32")
     body = build_backbone(backbone, leaky=backbone_leaky, weights=backbone_weights)
     features = body(inputs)
@@ -70,14 +71,14 @@ def build_retinaface(*, backbone: str = "mobilenet025", fpn_channels: int = 64, 
         "classes": head(contexts, per_anchor=2, num_anchors=num_anchors, name="ClassHead"),
         "landmarks": head(contexts, per_anchor=10, num_anchors=num_anchors, name="LandmarkHead"),
     }
-    return keras.Model(inputs, outputs, name=name)
+    return model_class(inputs, outputs, name=name)
 
 
-def build_from_config(config, backbone_weights: str | None = None) -> keras.Model:
+def build_from_config(config, backbone_weights: str | None = None, model_class: type = keras.Model) -> keras.Model:
     m = config.model
     return build_retinaface(backbone=m.backbone, fpn_channels=m.fpn_channels, fpn_leaky=m.fpn_leaky,
                             backbone_leaky=m.backbone_leaky, num_anchors=m.num_anchors,
-                            backbone_weights=backbone_weights or m.backbone_weights)
+                            backbone_weights=backbone_weights or m.backbone_weights, model_class=model_class)
 
 
 def preprocess(images, *, channel_order: str = "bgr", mean=BGR_MEAN):
