@@ -81,7 +81,7 @@ def test_argument_errors(train, tmp_path):
         build_dataset(label, images, tfrecord_pattern="x*", batch_size=2)
     with pytest.raises(DatasetError, match="return_faces"):
         build_dataset(label, images, batch_size=2, return_faces=True)
-    with pytest.raises(DatasetError, match="multiple of 32"):
+    with pytest.raises(DatasetError, match="multiple of 8"):
         build_dataset(label, images, batch_size=2, image_size=100)
     with pytest.raises(MissingImagesError, match="144 of 144"):
         build_dataset(label, tmp_path, batch_size=2)
@@ -138,3 +138,11 @@ def test_tfrecord_landmarks_survive(tmp_path):
     _, faces = parse_example(serialized)
     np.testing.assert_allclose(faces.numpy(), ann.images[0].to_faces_array())
     assert faces.numpy()[:, 14].tolist() == [1.0, -1.0]
+
+
+def test_resnet50_training_size_840_is_accepted(train):
+    """cfg_re50 trains at 840x840, which is not a multiple of 32: anchors and targets still agree."""
+    label, images = train
+    x, y = next(iter(build_dataset(label, images, batch_size=1, image_size=840, seed=0)))
+    assert x.shape == (1, 840, 840, 3)
+    assert y["classes"].shape == (1, num_anchors(840, 840)) == (1, 2 * (105 * 105 + 53 * 53 + 27 * 27))

@@ -88,7 +88,7 @@ def build_dataset(label_file: str | os.PathLike | None = None, images_dir: str |
 
     Args:
       batch_size: images per batch; ``None`` leaves the dataset unbatched.
-      image_size: square training size ``S`` (a multiple of 32).
+      image_size: square training size ``S`` (a multiple of 8, e.g. 640 or cfg_re50's 840).
       training: True: the reference's augmentation; False: pad to square + bilinear resize only.
       shuffle: default ``training``. ``shuffle_buffer`` elements (file names, not pixels).
       seed: makes shuffle order and augmentation reproducible (and the map deterministic unless
@@ -108,8 +108,10 @@ def build_dataset(label_file: str | os.PathLike | None = None, images_dir: str |
         raise DatasetError("build_dataset: give exactly one of label_file, annotations, tfrecord_pattern")
     if return_faces and batch_size is not None:
         raise DatasetError("build_dataset: return_faces=True needs batch_size=None (faces per image vary)")
-    if image_size % max(steps):
-        raise DatasetError(f"build_dataset: image_size={image_size} must be a multiple of {max(steps)}")
+    if image_size < max(steps) or image_size % min(steps):
+        # the same rule as Config.validate: cfg_re50 trains at 840, not a multiple of 32
+        raise DatasetError(f"build_dataset: image_size={image_size} must be a multiple of {min(steps)} "
+                           f"and at least {max(steps)}")
     shuffle = training if shuffle is None else shuffle
     drop_remainder = training if drop_remainder is None else drop_remainder
     if deterministic is None and seed is not None:
