@@ -193,10 +193,14 @@ class Detector:
         return results
 
     def iter_detect(self, images: Iterable, *, score_threshold: float | None = None):
-        """Yield ``(index, Detections | RetinaFaceError)`` for many images (paths or arrays),
-        batching equal sizes; a bad image yields its error and the rest go on."""
+        """Yield ``(index, Detections | RetinaFaceError)`` for many images (paths, arrays, or
+        an already raised :class:`RetinaFaceError` standing for an unreadable one), batching
+        equal sizes; a bad image yields its error and the rest go on."""
         pending: list[tuple[int, np.ndarray, float]] = []
         for i, image in enumerate(images):
+            if isinstance(image, RetinaFaceError):
+                yield i, image
+                continue
             try:
                 im, scale = self._prepare(image, None)
             except RetinaFaceError as exc:

@@ -56,6 +56,7 @@ def run(args) -> int:
     import cv2
     from tqdm import tqdm
 
+    from retinaface_tf.errors import RetinaFaceError
     from retinaface_tf.fileio import read_image
     from retinaface_tf.inference import Detector
     from retinaface_tf.visualize import draw_detections
@@ -65,19 +66,30 @@ def run(args) -> int:
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = _output_names(paths, roots)
-    records, failed = [], 0
+    originals: dict[int, object] = {}  # read once: detected, then drawn, then dropped
+
+    def load():
+        for i, path in enumerate(paths):
+            try:
+                originals[i] = read_image(path)
+            except RetinaFaceError as exc:
+                yield exc
+                continue
+            yield originals[i]
+
+    records: list[dict | None] = [None] * len(paths)
+    failed = 0
     progress = tqdm(total=len(paths), unit="img", disable=len(paths) < 2, file=sys.stderr)
-    for i, result in detector.iter_detect(paths):
+    for i, result in detector.iter_detect(load()):
         progress.update(1)
+        image = originals.pop(i, None)
         if isinstance(result, Exception):
             failed += 1
             progress.write(f"error: {result}", file=sys.stderr)
-            records.append({"image": paths[i], "error": str(result)})
+            records[i] = {"image": paths[i], "error": str(result)}
             continue
-        record = {"image": paths[i], "faces": result.to_list()}
+        record = {"image": paths[i], "width": image.shape[1], "height": image.shape[0], "faces": result.to_list()}
         if not args.no_draw:
-            image = read_image(paths[i])
-            record["width"], record["height"] = image.shape[1], image.shape[0]
             target = out_dir / names[i]
             target = target.with_suffix(".jpg") if target.suffix.lower() not in (".jpg", ".jpeg", ".png") else target
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -88,9 +100,8 @@ def run(args) -> int:
             else:
                 os.replace(tmp, target)
                 record["annotated"] = str(target)
-        records.append(record)
+        records[i] = record
     progress.close()
-    records.sort(key=lambda r: paths.index(r["image"]))
     text = json.dumps({"threshold": args.threshold, "box_format": "xyxy (pixels, original image)",
                        "landmark_order": ["left_eye", "right_eye", "nose", "left_mouth", "right_mouth"],
                        "images": records}, indent=1)
