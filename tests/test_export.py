@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import cv2
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -373,15 +374,25 @@ def test_tflite_int8_calibrated_through_model_preprocessing(bundled_model, wider
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
     ops = interp._get_ops_details()
     convs = [op for op in ops if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
-    assert len(convs) == 56 and all(tensors[op["outputs"][0]]["dtype"] == np.int8 for op in convs)
-    # The calibrated range of the network input is that of pixel - mean: about [-123, 151].
-    first = tensors[convs[0]["inputs"][0]]
-    scale, zero = first["quantization"]
+    out_dtype = {tensors[op["outputs"][0]]["name"]: tensors[op["outputs"][0]]["dtype"] for op in convs}
+    assert len(out_dtype) == 56
+    assert all((dt == np.float32) == ("stage1_" in name) for name, dt in out_dtype.items())  # INT8_FLOAT_LAYERS
+    assert sum(dt == np.int8 for dt in out_dtype.values()) == 45
+
+    # The calibrated range where the int8 part starts equals the Keras activation range over
+    # the calibration images fed through the model's own preprocessing (a /255-scaled
+    # calibration would give a range ~100x narrower).
+    quantize = next(op for op in ops if op["op_name"] == "QUANTIZE"
+                    and "stage1_5_pw_relu" in tensors[op["inputs"][0]]["name"])
+    scale, zero = tensors[quantize["outputs"][0]]["quantization"]
     lo, hi = scale * (-128 - zero), scale * (127 - zero)
-    assert -135 < lo < -95 and 120 < hi < 160, (lo, hi)
-    # Post-processing stays float32: decoded boxes (EXP), NMS inputs, every output.
+    backbone = model.get_layer("mobilenet025")
+    probe = keras.Model(backbone.input, backbone.get_layer("stage1_5_pw_relu").output)
+    acts = np.concatenate([probe(preprocess(r["images"], channel_order="rgb")).numpy().ravel() for r in rep])
+    assert abs(lo - acts.min()) < 0.03 * (hi - lo) and abs(hi - acts.max()) < 0.03 * (hi - lo), (lo, hi, acts.min(), acts.max())
+    # Pre- and post-processing stay float32: mean subtraction, decoded boxes (EXP), NMS, outputs.
     for op in ops:
-        if op["op_name"] in ("EXP", "NON_MAX_SUPPRESSION_V4", "SOFTMAX"):
+        if op["op_name"] in ("SUB", "EXP", "NON_MAX_SUPPRESSION_V4", "SOFTMAX"):
             assert tensors[op["inputs"][0]]["dtype"] == np.float32, op["op_name"]
     assert all(d["dtype"] in (np.float32, np.int32) for d in interp.get_output_details())
 
