@@ -32,8 +32,9 @@ decoded to RGB in the graph and each image is processed at its own size.
 
 TFLite (:func:`export_tflite`): batch 1, fixed ``[1, H, W, 3]`` uint8 input, same output names
 (or the head outputs with ``raw=True``); float32, float16 weights, dynamic-range int8 weights,
-or full-integer int8 network (calibrated on real images through the model's own preprocessing)
-whose post-processing stays float32 (see :func:`export_tflite`).
+or an int8 network (int8 weights and activations, calibrated on real images through the model's
+own preprocessing) whose pre- / post-processing and first backbone stage stay float32 (see
+:func:`convert_tflite`).
 """
 
 from __future__ import annotations
