@@ -67,4 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `python -m retinaface_tf.cli`, this file is `__main__`; the commands raise the
+    # CliError of `retinaface_tf.cli`, so dispatch through that module, not this copy.
+    from retinaface_tf.cli import main as _main
+
+    sys.exit(_main())
