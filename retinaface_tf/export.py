@@ -54,7 +54,7 @@ from retinaface_tf.errors import RetinaFaceError
 from retinaface_tf.fileio import atomic_directory
 from retinaface_tf.models import preprocess
 from retinaface_tf.ops.anchors import generate_anchors
-from retinaface_tf.ops.nms import postprocess
+from retinaface_tf.ops.nms import face_probability, postprocess
 
 DETECTION_KEYS = ("detection_boxes", "detection_scores", "detection_landmarks", "num_detections")
 RAW_KEYS = ("bbox", "classes", "landmarks")
@@ -155,7 +155,7 @@ class ExportModule(tf.Module):
             else:
                 h, w = tf.shape(images)[1], tf.shape(images)[2]
             anchors = generate_anchors(h, w, **self._anchor_args)
-            scores = tf.nn.softmax(out["classes"], axis=-1)[..., 1]
+            scores = face_probability(out["classes"])
             ones = tf.ones(tf.stack([tf.shape(images)[0], 2]), tf.float32)
             det = postprocess(out["bbox"], scores, out["landmarks"], anchors, input_size=(h, w), output_scale=ones,
                               score_threshold=score_threshold, iou_threshold=iou_threshold,

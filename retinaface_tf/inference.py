@@ -144,13 +144,13 @@ class Detector:
 
         from retinaface_tf.models import preprocess
         from retinaface_tf.ops.anchors import generate_anchors
-        from retinaface_tf.ops.nms import postprocess
+        from retinaface_tf.ops.nms import face_probability, postprocess
 
         a = self.config.anchors
         out = self.model(preprocess(images, channel_order="bgr"), training=False)
         h, w = tf.shape(images)[1], tf.shape(images)[2]
         anchors = generate_anchors(h, w, a.min_sizes, a.steps, a.clip)
-        scores = tf.nn.softmax(out["classes"], axis=-1)[..., 1]
+        scores = face_probability(out["classes"])
         return postprocess(out["bbox"], scores, out["landmarks"], anchors, input_size=(h, w),
                            output_scale=output_scale, score_threshold=score_threshold,
                            iou_threshold=iou_threshold, pre_nms_top_k=self.pre_nms_top_k,

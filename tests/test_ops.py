@@ -139,3 +139,34 @@ def test_nms_no_box_above_threshold():
     idx, num = batched_nms(tf.zeros([2, 50, 4]), tf.fill([2, 50], 0.01), score_threshold=0.02, iou_threshold=0.4,
                            pre_nms_top_k=10, max_detections=5)
     assert num.numpy().tolist() == [0, 0] and idx.shape == (2, 5)
+
+
+@pytest.mark.parametrize("threshold", [0.02, 0.5, 0.97])
+def test_postprocess_equals_decode_then_brute_force_nms(threshold):
+    """Top-k shrinks to the candidates above the threshold (and differs per image of a batch);
+    the detections must equal decoding every anchor and running the reference's NMS."""
+    from retinaface_tf.ops.nms import face_probability, postprocess
+
+    rng = np.random.default_rng(3)
+    h, w = 96, 128
+    anchors = generate_anchors_np(h, w)
+    n = len(anchors)
+    deltas = rng.normal(0, 0.5, (2, n, 4)).astype(np.float32)
+    lms = rng.normal(0, 0.5, (2, n, 10)).astype(np.float32)
+    logits = rng.normal(0, 2, (2, n, 2)).astype(np.float32)
+    logits[1, :, 1] -= 3.0  # image 1 has far fewer confident anchors than image 0
+    scores = face_probability(tf.constant(logits)).numpy()
+    np.testing.assert_allclose(scores, tf.nn.softmax(logits)[..., 1].numpy(), atol=1e-6)
+    out = postprocess(tf.constant(deltas), tf.constant(scores), tf.constant(lms), tf.constant(anchors),
+                      input_size=(h, w), output_scale=tf.constant([[1.0, 1.0], [2.0, 2.0]]),
+                      score_threshold=threshold, iou_threshold=0.4, pre_nms_top_k=300, max_detections=50)
+    for b, scale in enumerate((1.0, 2.0)):
+        boxes = decode_boxes(deltas[b], anchors).numpy() * np.array([w, h, w, h]) * scale
+        keep = _greedy_nms(boxes, scores[b], threshold, 0.4, 300, 50)
+        k = int(out["num_detections"][b])
+        assert k == len(keep)
+        np.testing.assert_allclose(out["boxes"][b, :k].numpy(), boxes[keep], rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(out["scores"][b, :k].numpy(), scores[b][keep], atol=1e-7)
+        expected_lm = decode_landmarks(lms[b][keep], anchors[keep]).numpy() * np.array([w, h]) * scale
+        np.testing.assert_allclose(out["landmarks"][b, :k].numpy(), expected_lm, rtol=1e-5, atol=1e-3)
+        assert not out["boxes"][b, k:].numpy().any()

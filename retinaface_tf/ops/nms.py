@@ -16,9 +16,23 @@ import tensorflow as tf
 from retinaface_tf.ops.box_coder import DEFAULT_VARIANCES, decode_boxes, decode_landmarks
 
 
-def _top_k(scores, pre_nms_top_k: int):
-    """Per image, the ``min(pre_nms_top_k, N)`` best scores (descending) and their indices."""
+def face_probability(class_logits):
+    """``[..., 2]`` (background, face) logits → ``[...]`` face probability. Equals
+    ``softmax(logits)[..., 1]`` (the reference's ``conf[:, 1]``) without normalising over both."""
+    return tf.sigmoid(class_logits[..., 1] - class_logits[..., 0])
+
+
+def _top_k(scores, pre_nms_top_k: int, score_threshold=None):
+    """Per image, the ``k = min(pre_nms_top_k, N)`` best scores (descending) and their indices.
+
+    With ``score_threshold``, ``k`` also shrinks to the most candidates any image of the batch
+    has above it: everything above the threshold ranks first, so NMS sees the same boxes, and a
+    0.5 threshold sorts tens of scores instead of thousands.
+    """
     k = tf.minimum(tf.constant(pre_nms_top_k, tf.int32), tf.shape(scores)[1])
+    if score_threshold is not None:
+        above = tf.reduce_sum(tf.cast(scores > tf.cast(score_threshold, scores.dtype), tf.int32), axis=1)
+        k = tf.minimum(k, tf.maximum(tf.reduce_max(above), 1))
     return tf.math.top_k(scores, k=k, sorted=True)
 
 
@@ -104,7 +118,7 @@ def postprocess(box_deltas, face_scores, landmark_deltas, anchors, *, input_size
     output_scale = tf.cast(output_scale, tf.float32)
     to_pixels = tf.stack([w, h])[None, :] * output_scale  # [B, 2] (x, y)
 
-    top_scores, top_idx = _top_k(face_scores, pre_nms_top_k)
+    top_scores, top_idx = _top_k(face_scores, pre_nms_top_k, score_threshold)
     top_anchors = tf.gather(anchors, top_idx)  # [B, k, 4]
     boxes = decode_boxes(tf.gather(box_deltas, top_idx, batch_dims=1), top_anchors, variances)
     boxes = boxes * tf.tile(to_pixels, [1, 2])[:, None, :]
