@@ -186,3 +186,17 @@ def test_killed_run_resumes_from_last_completed_epoch(tmp_path):
     rows = (run / "history.csv").read_text().strip().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]
     assert not (run / "backup").exists() and (run / "model.weights.h5").exists()
+
+
+def test_validation_ap_is_logged_and_picks_best(tmp_path, widerface_dir):
+    label, images = make_dataset(tmp_path / "data", images=4)
+    cfg = Config.preset("mobilenet025").override({**TINY, "train.epochs": "2"})
+    history = train(cfg, output_dir=tmp_path / "run", label_file=label, images_dir=images, verbose=0,
+                    val_images=widerface_dir / "val" / "images", val_ground_truth=widerface_dir / "ground_truth",
+                    val_every=2, val_max_images=2)
+    hard = history.history["val_hard_ap"]
+    assert len(hard) == 2 and np.isnan(hard[0]) and 0.0 <= hard[1] <= 1.0  # evaluated at epoch 2 only
+    header, *rows = (tmp_path / "run" / "history.csv").read_text().strip().splitlines()
+    assert {"val_easy_ap", "val_medium_ap", "val_hard_ap", "learning_rate", "bbox_loss"} <= set(header.split(","))
+    assert len(rows) == 2
+    assert (tmp_path / "run" / "best.weights.h5").exists() and (tmp_path / "run" / "model.weights.h5").exists()
