@@ -202,10 +202,8 @@ class LearningRateLogger(keras.callbacks.Callback):
     """Puts the epoch's last learning rate into ``logs["learning_rate"]`` (history.csv, TensorBoard)."""
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            opt = self.model.optimizer
-            lr = opt.learning_rate if not callable(getattr(opt, "learning_rate", None)) else opt.learning_rate
-            logs["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
+        if logs is not None:  # the property evaluates the schedule at the current iteration
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
 class WeightsCheckpoint(keras.callbacks.Callback):
