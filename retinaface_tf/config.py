@@ -148,6 +148,14 @@ class Config:
             raise ConfigError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
         return Config.from_dict(data or {}, source=path)
 
+    @staticmethod
+    def load(spec: "str | os.PathLike | Config") -> "Config":
+        """A preset name (``mobilenet025``, ``resnet50``), a YAML path, or a Config as is."""
+        if isinstance(spec, Config):
+            return spec
+        spec = os.fspath(spec)
+        return Config.from_yaml(spec) if spec.endswith((".yaml", ".yml")) else Config.preset(spec)
+
     def override(self, dotted: dict[str, Any], source: str = "command line") -> "Config":
         """Apply ``{"train.batch_size": 16, ...}`` overrides (values may be YAML strings)."""
         nested: dict[str, Any] = {}
@@ -170,10 +178,8 @@ class Config:
     def to_yaml(self, path: str | os.PathLike | None = None) -> str:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         if path is not None:
-            tmp = f"{os.fspath(path)}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, path)
+            from retinaface_tf.fileio import write_text_atomic
+            write_text_atomic(path, text)
         return text
 
     # ------------------------------------------------------------------ checks

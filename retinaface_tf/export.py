@@ -51,7 +51,7 @@ import tensorflow as tf
 import yaml
 
 from retinaface_tf.errors import RetinaFaceError
-from retinaface_tf.fileio import atomic_directory
+from retinaface_tf.fileio import atomic_directory, write_bytes_atomic, write_text_atomic
 from retinaface_tf.models import preprocess
 from retinaface_tf.ops.anchors import generate_anchors
 from retinaface_tf.ops.nms import face_probability, postprocess
@@ -410,21 +410,6 @@ def convert_tflite(saved_model_dir: str | os.PathLike, *, quantize: str = "none"
     return converter.convert()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def export_tflite(model, config, output: str | os.PathLike, settings: ExportSettings, *,
                   input_size: tuple[int, int] = (640, 640), quantize: str = "none", raw: bool = False,
                   calibration_images: Sequence | None = None, calibration_count: int = 100) -> Path:
@@ -463,8 +448,8 @@ def export_tflite(model, config, output: str | os.PathLike, settings: ExportSett
                         outputs=list(RAW_KEYS if raw else DETECTION_KEYS),
                         calibration_images=(min(len(calibration_images), calibration_count) if rep else 0),
                         config=_resolved_config(config, settings).to_dict())
-    _atomic_write(output.with_suffix(".yaml"), yaml.safe_dump(info, sort_keys=False).encode())
-    _atomic_write(output, flatbuffer)
+    write_text_atomic(output.with_suffix(".yaml"), yaml.safe_dump(info, sort_keys=False))
+    write_bytes_atomic(output, flatbuffer)
     return output
 
 

@@ -88,6 +88,41 @@ def list_images(paths) -> list[str]:
     return out
 
 
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | os.PathLike, *, suffix: str = ".tmp"):
+    """Yield a temporary path in ``target``'s folder (ending in ``suffix``, for writers that
+    choose the format by extension: ``.weights.h5``, ``.jpg``); on success it replaces
+    ``target`` in one rename, so a reader or a kill never sees a half-written file. On error
+    the temporary file is removed and ``target`` is left as it was."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; the result is an ordinary file
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike, *, keep_other_files: bool = False):
     """Yield a temporary directory next to ``target``; on success it replaces ``target`` in one
@@ -107,9 +142,7 @@ def atomic_directory(target: str | os.PathLike, *, keep_other_files: bool = Fals
         for item in target.iterdir():
             if item.is_file() and not (tmp / item.name).exists():
                 shutil.copy2(item, tmp / item.name)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a model folder should be readable like any other
+    os.chmod(tmp, _file_mode() | 0o111)  # mkdtemp makes 0700; a model folder should be readable like any other
     backup = None
     if target.exists():
         backup = target.parent / f".{target.name}.old-{os.getpid()}"

@@ -42,10 +42,8 @@ def resolve_weights(weights: str | os.PathLike | None, config: Config | str | os
         folder, path = path, path / WEIGHTS_FILE
         if not path.exists():
             raise WeightsError(f"{folder}: folder has no {WEIGHTS_FILE}")
-    if isinstance(config, Config):
-        cfg = config
-    elif config is not None:
-        cfg = Config.from_yaml(config) if str(config).endswith((".yaml", ".yml")) else Config.preset(str(config))
+    if config is not None:
+        cfg = Config.load(config)
     elif (path.parent / CONFIG_FILE).exists():
         cfg = Config.from_yaml(path.parent / CONFIG_FILE)
     else:
@@ -122,7 +120,7 @@ class Detector:
         if model is None:
             model, config = load_model(weights, config)
         elif not isinstance(config, Config):
-            config = Config.preset(config or "mobilenet025")
+            config = Config.load(config or "mobilenet025")
         self.model = model
         self.config = config
         post = config.postprocess

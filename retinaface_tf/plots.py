@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -39,24 +38,12 @@ class PictureError(RetinaFaceError):
 
 # ---------------------------------------------------------------------------------- writing
 def _atomic_write_bytes(path: Path, data: bytes) -> Path:
-    path = Path(path)
+    from retinaface_tf.fileio import write_bytes_atomic
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        return write_bytes_atomic(path, data)
     except OSError as exc:
         raise PictureError(f"{path}: cannot write: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise PictureError(f"{path}: cannot write: {exc.strerror}") from None
-        raise
-    return path
 
 
 def write_png(path: str | os.PathLike, image_bgr: np.ndarray) -> Path:

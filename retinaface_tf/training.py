@@ -33,6 +33,7 @@ import yaml
 
 from retinaface_tf.config import Config
 from retinaface_tf.errors import RetinaFaceError
+from retinaface_tf.fileio import atomic_file, write_text_atomic
 
 REFERENCE_BATCH = 32  # the batch the reference's learning rate 1e-3 belongs to
 
@@ -138,20 +139,14 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 # ---------------------------------------------------------------------- callbacks
 def save_weights_atomic(model: keras.Model, path: Path, *, include_optimizer: bool) -> None:
-    """Write ``model``'s weights to ``path`` through a temporary file + rename, so a reader (or
-    a kill) never sees a half-written file. Without the optimizer the file is what inference
-    loads."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.weights.h5")
-    try:
+    """Write ``model``'s weights to ``path`` atomically (:func:`~retinaface_tf.fileio.atomic_file`).
+    Without the optimizer the file is what inference loads."""
+    with atomic_file(path, suffix=".weights.h5") as tmp:  # Keras picks the format by suffix
         if include_optimizer or model.optimizer is None:
             model.save_weights(str(tmp))
         else:
             from keras.src.saving import saving_lib  # weights without optimizer state
             saving_lib.save_weights_only(model, str(tmp), objects_to_skip=[model.optimizer])
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -186,9 +181,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         self._dir.mkdir(parents=True, exist_ok=True)
         name = f"epoch{self._current_epoch:05d}.weights.h5"
         save_weights_atomic(self.model, self._dir / name, include_optimizer=True)
-        tmp = self._dir / ".state.json.tmp"
-        tmp.write_text(json.dumps({"epoch": self._current_epoch, "weights": name}))
-        os.replace(tmp, self._dir / "state.json")
+        write_text_atomic(self._dir / "state.json", json.dumps({"epoch": self._current_epoch, "weights": name}))
         for old in self._dir.glob("epoch*.weights.h5"):
             if old.name != name:
                 old.unlink(missing_ok=True)
@@ -289,9 +282,7 @@ def prepare_output(output_dir: Path, config: Config, data: dict) -> bool:
     if output_dir.exists() and any(output_dir.iterdir()):
         raise TrainingError(f"{output_dir}: folder is not empty and holds no run.yaml; choose another --output")
     output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir / ".run.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(identity, sort_keys=False))
-    os.replace(tmp, run_file)
+    write_text_atomic(run_file, yaml.safe_dump(identity, sort_keys=False))
     config.to_yaml(output_dir / "config.yaml")
     return False
 

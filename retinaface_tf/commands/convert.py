@@ -19,7 +19,7 @@ def run(args) -> int:
     from retinaface_tf.config import Config
     from retinaface_tf.convert.convert import convert_checkpoint
 
-    cfg = Config.from_yaml(args.config) if args.config.endswith((".yaml", ".yml")) else Config.preset(args.config)
+    cfg = Config.load(args.config)
     summary = convert_checkpoint(args.checkpoint, args.output, config=cfg)
     print(f"converted {summary['kind']} checkpoint: {summary['tensors']} tensors mapped, "
           f"{summary['skipped']} skipped (num_batches_tracked / classifier) -> {summary['weights']}")

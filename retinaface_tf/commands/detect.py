@@ -57,7 +57,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from retinaface_tf.errors import RetinaFaceError
-    from retinaface_tf.fileio import read_image
+    from retinaface_tf.fileio import atomic_file, read_image, write_text_atomic
     from retinaface_tf.inference import Detector
     from retinaface_tf.visualize import draw_detections
 
@@ -92,22 +92,21 @@ def run(args) -> int:
         if not args.no_draw:
             target = out_dir / names[i]
             target = target.with_suffix(".jpg") if target.suffix.lower() not in (".jpg", ".jpeg", ".png") else target
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.stem}.tmp{target.suffix}")
-            if not cv2.imwrite(str(tmp), draw_detections(image, result)):
+            try:
+                with atomic_file(target, suffix=target.suffix) as tmp:  # cv2 picks the format by suffix
+                    if not cv2.imwrite(str(tmp), draw_detections(image, result)):
+                        raise OSError("cannot write annotated image")
+            except OSError as exc:
                 failed += 1
-                progress.write(f"error: {target}: cannot write annotated image", file=sys.stderr)
+                progress.write(f"error: {target}: {exc.strerror or exc}", file=sys.stderr)
             else:
-                os.replace(tmp, target)
                 record["annotated"] = str(target)
         records[i] = record
     progress.close()
     text = json.dumps({"threshold": args.threshold, "box_format": "xyxy (pixels, original image)",
                        "landmark_order": ["left_eye", "right_eye", "nose", "left_mouth", "right_mouth"],
                        "images": records}, indent=1)
-    tmp = out_dir / ".detections.json.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, out_dir / "detections.json")
+    write_text_atomic(out_dir / "detections.json", text)
     if args.json:
         print(text)
     else:

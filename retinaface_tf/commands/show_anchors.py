@@ -33,7 +33,7 @@ def run(args) -> int:
 
     if not 0.25 <= args.scale <= 8:
         raise CliError(f"--scale must be in [0.25, 8], got {args.scale}")
-    cfg = Config.from_yaml(args.config) if args.config.endswith((".yaml", ".yml")) else Config.preset(args.config)
+    cfg = Config.load(args.config)
     if args.set:
         cfg = cfg.override(parse_overrides(args.set))
 

@@ -49,7 +49,7 @@ def run(args) -> int:
     from retinaface_tf.config import Config
     from retinaface_tf.training import train
 
-    cfg = Config.from_yaml(args.config) if args.config.endswith((".yaml", ".yml")) else Config.preset(args.config)
+    cfg = Config.load(args.config)
     overrides = parse_overrides(args.set)
     if args.epochs is not None:
         overrides["train.epochs"] = str(args.epochs)
