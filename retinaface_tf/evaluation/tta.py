@@ -25,7 +25,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from retinaface_tf.errors import RetinaFaceError
-from retinaface_tf.ops.boxes import MIRROR_LANDMARK_ORDER
+from retinaface_tf.ops.boxes import MIRROR_LANDMARK_ORDER, iou_matrix_np
 
 TEST_SCALES = ("original", "reference", "pyramid")
 MERGES = ("vote", "nms")
@@ -86,17 +86,11 @@ def merge_detections(boxes: np.ndarray, scores: np.ndarray, landmarks: np.ndarra
     landmarks = np.asarray(landmarks, dtype=np.float64).reshape(-1, 5, 2)
     order = np.argsort(-scores, kind="stable")
     boxes, scores, landmarks = boxes[order], scores[order], landmarks[order]
-    areas = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
     remaining = np.arange(len(scores))
     out_b, out_s, out_l = [], [], []
     while remaining.size and len(out_s) < max_detections:
         top = remaining[0]
-        rb = boxes[remaining]
-        iw = np.maximum(np.minimum(rb[:, 2], boxes[top, 2]) - np.maximum(rb[:, 0], boxes[top, 0]) + 1, 0)
-        ih = np.maximum(np.minimum(rb[:, 3], boxes[top, 3]) - np.maximum(rb[:, 1], boxes[top, 1]) + 1, 0)
-        inter = iw * ih
-        with np.errstate(divide="ignore", invalid="ignore"):
-            iou = inter / (areas[top] + areas[remaining] - inter)
+        iou = iou_matrix_np(boxes[top:top + 1], boxes[remaining], plus_one=True)[0]
         group = iou >= iou_threshold
         group[0] = True
         members = remaining[group]
