@@ -1,9 +1,8 @@
 """Deployment exports: a TF Serving SavedModel and TFLite models, post-processing inside.
 
-Both run without this package: preprocessing (:func:`retinaface_tf.models.preprocess`), anchors
-(:func:`retinaface_tf.ops.anchors.generate_anchors`) and decode + NMS
-(:func:`retinaface_tf.ops.nms.postprocess`, the same code the :class:`~retinaface_tf.Detector`
-runs) are traced into the exported graph.
+Both run without this package: preprocessing (:func:`retinaface_tf.models.preprocess`) and
+anchors + decode + NMS (:func:`retinaface_tf.ops.nms.detect_from_heads`, the same code the
+:class:`~retinaface_tf.Detector` runs) are traced into the exported graph.
 
 SavedModel signatures (``saved_models/NAME/<version>/``), thresholds baked at export unless
 the signature takes them:
@@ -53,8 +52,7 @@ import yaml
 from retinaface_tf.errors import RetinaFaceError
 from retinaface_tf.fileio import atomic_directory, write_bytes_atomic, write_text_atomic
 from retinaface_tf.models import preprocess
-from retinaface_tf.ops.anchors import generate_anchors
-from retinaface_tf.ops.nms import face_probability, postprocess
+from retinaface_tf.ops.nms import detect_from_heads
 
 DETECTION_KEYS = ("detection_boxes", "detection_scores", "detection_landmarks", "num_detections")
 RAW_KEYS = ("bbox", "classes", "landmarks")
@@ -154,13 +152,11 @@ class ExportModule(tf.Module):
                 h, w = self._input_size
             else:
                 h, w = tf.shape(images)[1], tf.shape(images)[2]
-            anchors = generate_anchors(h, w, **self._anchor_args)
-            scores = face_probability(out["classes"])
             ones = tf.ones(tf.stack([tf.shape(images)[0], 2]), tf.float32)
-            det = postprocess(out["bbox"], scores, out["landmarks"], anchors, input_size=(h, w), output_scale=ones,
-                              score_threshold=score_threshold, iou_threshold=iou_threshold,
-                              pre_nms_top_k=s.pre_nms_top_k, max_detections=s.max_detections,
-                              variances=self._variances, single_image=single_image)
+            det = detect_from_heads(out, input_size=(h, w), output_scale=ones, score_threshold=score_threshold,
+                                    iou_threshold=iou_threshold, pre_nms_top_k=s.pre_nms_top_k,
+                                    max_detections=s.max_detections, variances=self._variances,
+                                    single_image=single_image, **self._anchor_args)
             return {"detection_boxes": det["boxes"], "detection_scores": det["scores"],
                     "detection_landmarks": det["landmarks"], "num_detections": det["num_detections"]}
 

@@ -141,18 +141,15 @@ class Detector:
         import tensorflow as tf
 
         from retinaface_tf.models import preprocess
-        from retinaface_tf.ops.anchors import generate_anchors
-        from retinaface_tf.ops.nms import face_probability, postprocess
+        from retinaface_tf.ops.nms import detect_from_heads
 
         a = self.config.anchors
         out = self.model(preprocess(images, channel_order="bgr"), training=False)
-        h, w = tf.shape(images)[1], tf.shape(images)[2]
-        anchors = generate_anchors(h, w, a.min_sizes, a.steps, a.clip)
-        scores = face_probability(out["classes"])
-        return postprocess(out["bbox"], scores, out["landmarks"], anchors, input_size=(h, w),
-                           output_scale=output_scale, score_threshold=score_threshold,
-                           iou_threshold=iou_threshold, pre_nms_top_k=self.pre_nms_top_k,
-                           max_detections=self.max_detections, variances=a.variances)
+        return detect_from_heads(out, input_size=(tf.shape(images)[1], tf.shape(images)[2]),
+                                 output_scale=output_scale, score_threshold=score_threshold,
+                                 iou_threshold=iou_threshold, pre_nms_top_k=self.pre_nms_top_k,
+                                 max_detections=self.max_detections, min_sizes=a.min_sizes, steps=a.steps,
+                                 clip=a.clip, variances=a.variances)
 
     # ------------------------------------------------------------------ API
     def _prepare(self, image, resize: float | None):

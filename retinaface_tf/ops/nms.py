@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from retinaface_tf.ops.anchors import DEFAULT_MIN_SIZES, DEFAULT_STEPS, generate_anchors
 from retinaface_tf.ops.box_coder import DEFAULT_VARIANCES, decode_boxes, decode_landmarks
 
 
@@ -133,3 +134,16 @@ def postprocess(box_deltas, face_scores, landmark_deltas, anchors, *, input_size
         "landmarks": landmarks * to_pixels[:, None, None, :] * validf[..., None, None],
         "num_detections": num,
     }
+
+
+def detect_from_heads(outputs, *, input_size, output_scale, score_threshold, iou_threshold, pre_nms_top_k: int,
+                      max_detections: int, min_sizes=DEFAULT_MIN_SIZES, steps=DEFAULT_STEPS, clip: bool = False,
+                      variances=DEFAULT_VARIANCES, single_image: bool = False):
+    """The network's output dict (``bbox``, ``classes`` logits, ``landmarks``) → padded detections:
+    anchors for ``input_size`` ``(height, width)``, face probability, then :func:`postprocess`.
+    The one path from head outputs to faces, shared by the Detector and every export."""
+    anchors = generate_anchors(input_size[0], input_size[1], min_sizes, steps, clip)
+    return postprocess(outputs["bbox"], face_probability(outputs["classes"]), outputs["landmarks"], anchors,
+                       input_size=input_size, output_scale=output_scale, score_threshold=score_threshold,
+                       iou_threshold=iou_threshold, pre_nms_top_k=pre_nms_top_k, max_detections=max_detections,
+                       variances=variances, single_image=single_image)
