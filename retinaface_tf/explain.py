@@ -96,16 +96,15 @@ def find_anchor(outputs: dict, box_xyxy, *, height: int, width: int, min_sizes, 
     ``outputs``: the network's outputs for that one image (``bbox [1, N, 4]``, ``classes
     [1, N, 2]``). Highest IoU wins; among anchors within 1e-4 of it, the highest face score.
     """
-    import tensorflow as tf
-
     from retinaface_tf.ops.anchors import generate_anchors_np
     from retinaface_tf.ops.box_coder import decode_boxes
     from retinaface_tf.ops.boxes import center_xywh_to_xyxy, iou_matrix_np
+    from retinaface_tf.ops.nms import face_probability
 
     anchors = generate_anchors_np(height, width, min_sizes, steps)
     scale = np.array([width, height, width, height], np.float32)
     decoded = decode_boxes(outputs["bbox"][0], anchors, variances).numpy() * scale
-    scores = tf.nn.softmax(outputs["classes"][0], axis=-1)[:, 1].numpy()
+    scores = face_probability(outputs["classes"][0]).numpy()
     iou = iou_matrix_np(np.asarray(box_xyxy, np.float32)[None], decoded)[0]
     candidates = np.flatnonzero(iou >= iou.max() - 1e-4)
     index = int(candidates[np.argmax(scores[candidates])])
