@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from retinaface_tf.commands import add_model_args  # noqa: F401  (shared flags live there)
-
 
 def add_parser(sub, name, help_text):
     p = sub.add_parser(name, help=help_text, description=(
