@@ -235,6 +235,7 @@ class WiderValidation(keras.callbacks.Callback):
         if max_images:
             images = dict(list(images.items())[:max_images])
         self.images = images
+        self._detector = None
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every:
@@ -246,8 +247,9 @@ class WiderValidation(keras.callbacks.Callback):
         from retinaface_tf.evaluation.widerface import evaluate_predictions
         from retinaface_tf.inference import Detector
 
-        detector = Detector(model=self.model, config=self.config, score_threshold=0.02)
-        preds, _ = predict_images(detector, self.images, progress=False)
+        if self._detector is None:  # holds the model itself: later epochs reuse the traced graph
+            self._detector = Detector(model=self.model, config=self.config, score_threshold=0.02)
+        preds, _ = predict_images(self._detector, self.images, progress=False)
         result = evaluate_predictions(preds, self.ground_truth)
         if logs is not None:
             for setting, ap in result.ap.items():
