@@ -78,6 +78,13 @@ class _RetinaFaceLoss(keras.losses.Loss):
         return super().get_config()
 
 
+def _masked_smooth_l1(target, pred, mask):
+    """Smooth-L1 summed over the anchors in ``mask`` ``[B, N]`` (and the last axis), divided by
+    their global count: the box and landmark terms differ only in the mask."""
+    per_anchor = tf.reduce_sum(smooth_l1(pred - target), axis=-1)
+    return tf.reduce_sum(tf.where(mask, per_anchor, 0.0)) / global_count(mask)
+
+
 @keras.saving.register_keras_serializable(package="retinaface_tf")
 class BoxRegressionLoss(_RetinaFaceLoss):
     """Smooth-L1 on box deltas of anchors with label != 0, / global count of those anchors.
@@ -91,9 +98,7 @@ class BoxRegressionLoss(_RetinaFaceLoss):
     def call(self, y_true, y_pred):
         y_true = tf.cast(y_true, tf.float32)
         y_pred = tf.cast(y_pred, tf.float32)
-        positive = _labels(y_true[..., 4]) != 0
-        per_anchor = tf.reduce_sum(smooth_l1(y_pred - y_true[..., :4]), axis=-1)
-        return tf.reduce_sum(tf.where(positive, per_anchor, 0.0)) / global_count(positive)
+        return _masked_smooth_l1(y_true[..., :4], y_pred, _labels(y_true[..., 4]) != 0)
 
 
 @keras.saving.register_keras_serializable(package="retinaface_tf")
@@ -109,9 +114,7 @@ class LandmarkLoss(_RetinaFaceLoss):
     def call(self, y_true, y_pred):
         y_true = tf.cast(y_true, tf.float32)
         y_pred = tf.cast(y_pred, tf.float32)
-        positive = _labels(y_true[..., 10]) > 0
-        per_anchor = tf.reduce_sum(smooth_l1(y_pred - y_true[..., :10]), axis=-1)
-        return tf.reduce_sum(tf.where(positive, per_anchor, 0.0)) / global_count(positive)
+        return _masked_smooth_l1(y_true[..., :10], y_pred, _labels(y_true[..., 10]) > 0)
 
 
 def hard_negative_mask(background_loss, positive, neg_pos_ratio: int):
