@@ -423,7 +423,8 @@ def train(config: Config, *, output_dir, label_file=None, images_dir=None, tfrec
     if num_images < global_batch and steps_per_epoch is None:
         raise TrainingError(f"{label_file}: {num_images} images cannot fill one batch of {global_batch}; "
                             "lower train.batch_size")
-    steps = steps_per_epoch or num_images // global_batch
+    # the reference's epoch_size = ceil(images / batch); the dataset repeats, so every step is a full batch
+    steps = steps_per_epoch or math.ceil(num_images / global_batch)
 
     if chief:
         resuming = prepare_output(output_dir, config, data_desc)
@@ -444,6 +445,7 @@ def train(config: Config, *, output_dir, label_file=None, images_dir=None, tfrec
 
     dataset = strategy.distribute_datasets_from_function(dataset_fn)
 
+    keras.utils.set_random_seed(t.seed)  # head initialisation (the data has its own stateless seed)
     with strategy.scope():
         model = build_training_model(config, steps_per_epoch=steps, global_batch=global_batch)
         init = "resumed from backup" if resuming else load_initial_weights(
