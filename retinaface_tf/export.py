@@ -39,6 +39,7 @@ own preprocessing) whose pre- / post-processing and first backbone stage stay fl
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import tempfile
 import warnings
@@ -262,6 +263,8 @@ def _resolved_config(config, settings: ExportSettings):
 
 
 # ---------------------------------------------------------------------- SavedModel
+SAVED_MODEL_ENTRIES = ("saved_model.pb", "variables", "assets", "assets.extra", "fingerprint.pb")
+
 def next_version(model_dir: str | os.PathLike) -> int:
     """1 + the highest numeric version folder under ``model_dir`` (1 when there is none)."""
     model_dir = Path(model_dir)
@@ -287,8 +290,12 @@ def export_saved_model(model, config, output: str | os.PathLike, settings: Expor
         raise ExportError(f"--version must be >= 1, got {version}")
     module = build_export_module(model, config, settings)
     signatures = module.signatures()
+    if output.exists() and not output.is_dir():
+        raise ExportError(f"{output}: exists and is not a folder")
     target = output / str(version)
-    with atomic_directory(target) as tmp:
+    # an existing version folder is replaced only when it is a SavedModel this command wrote
+    ours = (target / "saved_model.pb").is_file() and (target / "assets.extra" / "export.yaml").is_file()
+    with atomic_directory(target, owned=SAVED_MODEL_ENTRIES if ours else None, companions=()) as tmp:
         tf.saved_model.save(module, str(tmp), signatures=signatures)
         extra = tmp / "assets.extra"
         extra.mkdir(exist_ok=True)
@@ -406,6 +413,26 @@ def convert_tflite(saved_model_dir: str | os.PathLike, *, quantize: str = "none"
     return converter.convert()
 
 
+def _head(path: Path, n: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def _check_tflite_outputs(output: Path) -> None:
+    """``NAME.tflite`` and ``NAME.yaml`` may replace only a TFLite model and an export description."""
+    if output.exists() and (not output.is_file() or _head(output, 8)[4:8] != b"TFL3"):
+        raise ExportError(f"{output}: exists and is not a TFLite model; choose another --output (nothing was changed)")
+    desc = output.with_suffix(".yaml")
+    if desc.exists():
+        try:
+            ok = desc.is_file() and (yaml.safe_load(desc.read_text()) or {}).get("format") == "tflite"
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            ok = False
+        if not ok:
+            raise ExportError(f"{desc}: exists and is not a TFLite export description; choose another --output "
+                              "(nothing was changed)")
+
+
 def export_tflite(model, config, output: str | os.PathLike, settings: ExportSettings, *,
                   input_size: tuple[int, int] = (640, 640), quantize: str = "none", raw: bool = False,
                   calibration_images: Sequence | None = None, calibration_count: int = 100) -> Path:
@@ -417,14 +444,17 @@ def export_tflite(model, config, output: str | os.PathLike, settings: ExportSett
     or BGR arrays; the first ``calibration_count``) are required for ``int8``.
 
     ``output`` gets a ``.tflite`` suffix if it has none; ``NAME.yaml`` beside it holds the
-    export settings and the resolved config. Both are written to temporary files and renamed
-    into place, the model last.
+    export settings, the resolved config and the model's sha256. An existing ``.tflite`` / ``.yaml``
+    is replaced only if it is a TFLite model / export description (else an error before any work);
+    the old description is removed first, then the model and its new description are renamed into
+    place, so a model and a description that disagree never stand side by side.
     """
     output = Path(output)
     if output.suffix != ".tflite":
         output = output.with_name(output.name + ".tflite")
     if output.is_dir():
         raise ExportError(f"{output}: is a folder; give a .tflite file name")
+    _check_tflite_outputs(output)
     height, width = int(input_size[0]), int(input_size[1])
     if min(height, width) < 32:
         raise ExportError(f"input size must be at least 32x32, got {width}x{height}")
@@ -443,9 +473,14 @@ def export_tflite(model, config, output: str | os.PathLike, settings: ExportSett
                         input={"name": "images", "dtype": "uint8", "shape": [1, height, width, 3]},
                         outputs=list(RAW_KEYS if raw else DETECTION_KEYS),
                         calibration_images=(min(len(calibration_images), calibration_count) if rep else 0),
-                        config=_resolved_config(config, settings).to_dict())
-    write_text_atomic(output.with_suffix(".yaml"), yaml.safe_dump(info, sort_keys=False))
+                        model_file=output.name, model_sha256=hashlib.sha256(flatbuffer).hexdigest(),
+                        model_bytes=len(flatbuffer), config=_resolved_config(config, settings).to_dict())
+    _check_tflite_outputs(output)  # again: nothing foreign appeared while converting
+    # The pair is never mismatched: the old description goes first, then the model, then its new
+    # description (which names the model's sha256). A kill in between leaves a model without a yaml.
+    output.with_suffix(".yaml").unlink(missing_ok=True)
     write_bytes_atomic(output, flatbuffer)
+    write_text_atomic(output.with_suffix(".yaml"), yaml.safe_dump(info, sort_keys=False))
     return output
 
 

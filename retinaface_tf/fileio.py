@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -123,24 +125,63 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
+class OutputError(RetinaFaceError):
+    """An output location holds something the command did not write (or cannot be one)."""
+
+
+# files a model folder may hold beside what a command writes; they are carried into the new folder
+COMPANION_FILES = ("README*", "LICENSE*")
+
+
+def check_output_folder(target: str | os.PathLike, *, owned: Iterable[str],
+                        companions: Iterable[str] = COMPANION_FILES) -> None:
+    """Refuse, before any work, to replace ``target`` unless it is absent, an empty folder, or a
+    folder holding only entries named in ``owned`` (what the command itself writes) and regular
+    files matching ``companions`` (a README, a licence: carried over by :func:`atomic_directory`).
+    A file, the current folder (or one that contains it) and a folder holding anything else are a
+    one-line :class:`OutputError` naming the first foreign entry; nothing is touched."""
+    target = Path(target)
+    if not target.exists() and not target.is_symlink():
+        return
+    if target.is_symlink() or not target.is_dir():
+        raise OutputError(f"{target}: exists and is not a folder; give a new or empty folder")
+    resolved, cwd = target.resolve(), Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise OutputError(f"{target}: is the current folder (or contains it); give a new or empty folder")
+    owned, companions = set(owned), tuple(companions)
+    for item in sorted(target.iterdir()):
+        if item.name in owned:
+            continue
+        if item.is_file() and not item.is_symlink() and any(fnmatch.fnmatch(item.name, c) for c in companions):
+            continue
+        raise OutputError(f"{target}: holds {item.name!r}, which this command did not write; "
+                          "give a new or empty folder (nothing was changed)")
+
+
 @contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike, *, keep_other_files: bool = False):
+def atomic_directory(target: str | os.PathLike, *, owned: Iterable[str] | None = None,
+                     companions: Iterable[str] = COMPANION_FILES):
     """Yield a temporary directory next to ``target``; on success it replaces ``target`` in one
     rename (an existing target is moved aside first and removed after). On error the temporary
-    directory is removed and ``target`` is left exactly as it was. ``keep_other_files`` copies
-    files of an existing ``target`` that the new content does not replace (a README, a
-    licence) into the new folder before the swap."""
+    directory is removed and ``target`` is left exactly as it was.
+
+    An existing ``target`` is first checked by :func:`check_output_folder`: with ``owned`` (the
+    names the new content may replace) it may hold only those and ``companions`` files, which are
+    copied into the new folder before the swap; without ``owned`` it must be empty. So a swap never
+    drops anything the command did not write."""
     target = Path(target)
+    check_output_folder(target, owned=owned or (), companions=companions if owned is not None else ())
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
+        check_output_folder(target, owned=owned or (), companions=companions if owned is not None else ())
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if keep_other_files and target.is_dir():
-        for item in target.iterdir():
-            if item.is_file() and not (tmp / item.name).exists():
+    if target.is_dir():
+        for item in target.iterdir():  # only owned names and companion files are left (checked above)
+            if item.name not in (owned or ()) and not (tmp / item.name).exists():
                 shutil.copy2(item, tmp / item.name)
     os.chmod(tmp, _file_mode() | 0o111)  # mkdtemp makes 0700; a model folder should be readable like any other
     backup = None

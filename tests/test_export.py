@@ -287,6 +287,8 @@ def test_saved_model_export_is_atomic_and_versioned(bundled_model, tmp_path, mon
     target = tmp_path / "m"
     (target / "1").mkdir(parents=True)
     (target / "1" / "saved_model.pb").write_bytes(b"good model")
+    (target / "1" / "assets.extra").mkdir()
+    (target / "1" / "assets.extra" / "export.yaml").write_text("format: saved_model\n")
     (target / "7").mkdir()
     (target / "notes").mkdir()
     assert export.next_version(target) == 8
@@ -413,7 +415,7 @@ def test_tflite_export_is_atomic(bundled_model, tmp_path, monkeypatch):
 
     model, config = bundled_model
     good = tmp_path / "m.tflite"
-    good.write_bytes(b"good model")
+    good.write_bytes(b"\0\0\0\0TFL3 good model")
 
     def broken(*args, **kwargs):
         raise RuntimeError("converter crashed")
@@ -421,7 +423,7 @@ def test_tflite_export_is_atomic(bundled_model, tmp_path, monkeypatch):
     monkeypatch.setattr(export, "convert_tflite", broken)
     with pytest.raises(RuntimeError, match="converter crashed"):
         export_tflite(model, config, good, ExportSettings(), input_size=(64, 64))
-    assert good.read_bytes() == b"good model" and sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite"]
+    assert good.read_bytes() == b"\0\0\0\0TFL3 good model" and sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite"]
 
 
 @pytest.mark.parametrize("argv, message", [

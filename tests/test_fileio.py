@@ -28,7 +28,7 @@ def test_atomic_directory_keeps_other_files(tmp_path):
     with atomic_directory(target) as tmp:
         (tmp / "weights").write_text("v1")
         (tmp / "README.md").write_text("notes")
-    with atomic_directory(target, keep_other_files=True) as tmp:
+    with atomic_directory(target, owned=("weights",)) as tmp:
         (tmp / "weights").write_text("v2")
     assert (target / "weights").read_text() == "v2" and (target / "README.md").read_text() == "notes"
     assert sorted(os.listdir(tmp_path)) == ["model"]

@@ -52,10 +52,12 @@ def convert_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike,
 
     Full model → ``output/model.weights.h5``; backbone → ``output/backbone.weights.h5``; both with
     ``output/config.yaml`` (the resolved config). Nothing is written unless every tensor maps.
+    ``output`` must be new, empty, or a model folder: only the files convert writes, plus a README
+    or licence (carried over); anything else there is an error before any work.
     Returns a summary dict.
     """
     from retinaface_tf.config import Config
-    from retinaface_tf.fileio import atomic_directory
+    from retinaface_tf.fileio import atomic_directory, check_output_folder
     from retinaface_tf.inference import CONFIG_FILE, WEIGHTS_FILE
     from retinaface_tf.models import build_from_config
     from retinaface_tf.models.backbones import build_backbone
@@ -65,6 +67,8 @@ def convert_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike,
     if cfg.model.backbone != "mobilenet025":
         raise CheckpointError(f"{checkpoint}: only mobilenet025 reference checkpoints can be converted "
                               f"(config asks for {cfg.model.backbone})")
+    owned = (WEIGHTS_FILE, "backbone.weights.h5", CONFIG_FILE)
+    check_output_folder(output, owned=owned)  # before any work: never replace what convert did not write
     sd = load_torch_checkpoint(checkpoint)
     kind = checkpoint_kind(sd, checkpoint)
     if kind == FULL:
@@ -75,7 +79,7 @@ def convert_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike,
         model = build_backbone("mobilenet025", leaky=cfg.model.backbone_leaky)
         n = assign_state_dict(model, sd, path=checkpoint, prefix="", ignore=re.compile(r"^fc\."))
         filename = "backbone.weights.h5"
-    with atomic_directory(output, keep_other_files=True) as tmp:
+    with atomic_directory(output, owned=owned) as tmp:
         model.save_weights(str(Path(tmp) / filename))
         cfg.to_yaml(Path(tmp) / CONFIG_FILE)
     return {"kind": kind, "tensors": n, "skipped": len(sd) - n, "weights": str(Path(output) / filename)}
