@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
+import math
 import os
 import shutil
+import stat
+import struct
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,47 +20,395 @@ from retinaface_tf.errors import RetinaFaceError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pbm")
 
+# Images above this many pixels are refused from their header, before any pixel is decoded: a
+# small file can declare 30000 x 30000 pixels (2.7 GB of BGR) and take the process down.
+# 100 megapixels holds any camera photo (a 24 MP photo is a quarter of it); raise it with
+# ``max_pixels=`` / ``--max-pixels``.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+# Formats whose header gives the size (what OpenCV's decoders read); anything else is refused.
+KNOWN_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WebP", "TIFF", "JPEG 2000", "PNM", "PFM", "Sun raster",
+                 "Radiance HDR", "AVIF")
+
 
 class ImageError(RetinaFaceError):
     """An image cannot be used; the message names the file."""
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+@dataclasses.dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header says: ``format`` (one of :data:`KNOWN_FORMATS`), pixel size."""
+
+    format: str
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def parse_pixel_count(text: str) -> int:
+    """``--max-pixels`` values: a whole number of pixels, optionally with a decimal ``K`` / ``M`` /
+    ``G`` suffix (``400M`` = 400 000 000). Raises ``ValueError`` (argparse prints it)."""
+    raw = str(text).strip()
+    factor = {"k": 10**3, "m": 10**6, "g": 10**9}.get(raw[-1:].lower(), 1)
+    number = raw[:-1] if factor > 1 else raw
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"not a pixel count: {text!r} (e.g. 100000000 or 100M)") from None
+    if not math.isfinite(value) or value < 1 or value * factor != int(value * factor):
+        raise ValueError(f"not a positive whole number of pixels: {text!r}")
+    return int(value * factor)
+
+
+def check_max_pixels(max_pixels) -> int | None:
+    """Validate a ``max_pixels`` argument: a positive integer, or ``None`` for no limit."""
+    if max_pixels is None:
+        return None
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
+        raise RetinaFaceError(f"max_pixels must be a positive whole number of pixels or None, got {max_pixels!r}")
+    return int(max_pixels)
+
+
+def _pixel_limit_error(path: str, header: ImageHeader, max_pixels: int) -> ImageError:
+    return ImageError(f"{path}: {header.format} of {header.width}x{header.height} = {header.pixels / 1e6:.1f} "
+                      f"megapixels, over the limit of {max_pixels / 1e6:g} megapixels (raise it with --max-pixels)")
+
+
+@contextlib.contextmanager
+def open_regular_file(path: str | os.PathLike, what: str = "image"):
+    """Open ``path`` for reading as a binary file object, refusing anything but a regular file
+    with a one-line :class:`ImageError` naming it. A named pipe is opened without blocking and
+    refused, so a ``pipe.jpg`` never hangs the caller; a directory or device is refused too."""
+    path = os.fspath(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a directory, not an {what}") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageError(f"{path}: is a directory, not an {what}")
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(f"{path}: not a regular file (a pipe, device or socket); only files are read")
+        if getattr(os, "O_NONBLOCK", 0):
+            import fcntl
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        yield f
+
+
+def _u16(b, off, order):
+    return struct.unpack_from(order + "H", b, off)[0]
+
+
+def _u32(b, off, order):
+    return struct.unpack_from(order + "I", b, off)[0]
+
+
+def _jpeg_size(f) -> tuple[int, int]:
+    """Walk the JPEG marker segments (seeking over EXIF / ICC blobs) to the first SOFn."""
+    f.seek(2)
+    sof = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+    while True:
+        byte = f.read(1)
+        while byte and byte != b"\xff":  # tolerate stray bytes between segments, as libjpeg does
+            byte = f.read(1)
+        while byte == b"\xff":  # fill bytes
+            byte = f.read(1)
+        if not byte:
+            raise ValueError("JPEG ends before its frame header")
+        marker = byte[0]
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:
+            continue
+        if marker in (0xD9, 0xDA):
+            raise ValueError("JPEG has no frame header before its image data")
+        length = f.read(2)
+        if len(length) < 2 or struct.unpack(">H", length)[0] < 2:
+            raise ValueError("JPEG segment header is truncated")
+        length = struct.unpack(">H", length)[0]
+        if marker in sof:
+            seg = f.read(5)
+            if len(seg) < 5:
+                raise ValueError("JPEG frame header is truncated")
+            height, width = struct.unpack(">HH", seg[1:5])
+            if height == 0:
+                raise ValueError("JPEG leaves its height to a DNL marker (not supported)")
+            return width, height
+        f.seek(length - 2, os.SEEK_CUR)
+
+
+def _tiff_size(f, head: bytes) -> tuple[int, int]:
+    order = "<" if head[:2] == b"II" else ">"
+    big = _u16(head, 2, order) == 43
+    f.seek(0)
+    if big:
+        f.seek(struct.unpack_from(order + "Q", f.read(16), 8)[0])
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise ValueError("TIFF directory offset points past the end of the file")
+        count, entry = struct.unpack(order + "Q", raw)[0], 20
+    else:
+        f.seek(_u32(f.read(8), 4, order))
+        raw = f.read(2)
+        if len(raw) < 2:
+            raise ValueError("TIFF directory offset points past the end of the file")
+        count, entry = _u16(raw, 0, order), 12
+    table = f.read(min(count, 4096) * entry)
+    found = {}
+    value_at = 12 if big else 8  # entry: tag, type, count, then the value (or its offset)
+    for i in range(len(table) // entry):
+        tag, kind = struct.unpack_from(order + "HH", table, i * entry)
+        if tag in (256, 257):
+            if kind == 3:
+                found[tag] = _u16(table, i * entry + value_at, order)
+            elif kind in (4, 16):
+                found[tag] = struct.unpack_from(order + ("I" if kind == 4 else "Q"), table, i * entry + value_at)[0]
+    if 256 not in found or 257 not in found:
+        raise ValueError("TIFF directory has no ImageWidth / ImageLength")
+    return found[256], found[257]
+
+
+def _jp2_size(f) -> tuple[int, int]:
+    """JP2 boxes: the ``ihdr`` box inside the ``jp2h`` header box (height, width)."""
+
+    def boxes(start, end):
+        pos = start
+        while end is None or pos + 8 <= end:
+            f.seek(pos)
+            raw = f.read(8)
+            if len(raw) < 8:
+                return
+            size, kind = struct.unpack(">I4s", raw)
+            header = 8
+            if size == 1:
+                size, header = struct.unpack(">Q", f.read(8))[0], 16
+            elif size == 0:
+                size = (end or f.seek(0, os.SEEK_END)) - pos
+            if size < header:
+                raise ValueError("JPEG 2000 box is malformed")
+            yield kind, pos + header, pos + size
+            pos += size
+
+    for kind, body, end in boxes(0, None):
+        if kind == b"jp2h":
+            for sub, sub_body, _ in boxes(body, end):
+                if sub == b"ihdr":
+                    f.seek(sub_body)
+                    raw = f.read(8)
+                    if len(raw) < 8:
+                        break
+                    height, width = struct.unpack(">II", raw)
+                    return width, height
+            break
+        if kind == b"jp2c":
+            break
+    raise ValueError("JPEG 2000 file has no image header box (jp2h/ihdr) before its codestream")
+
+
+def _pnm_size(head: bytes) -> tuple[int, int]:
+    """``P1``..``P6`` and PFM: magic, then width and height as text (``#`` comments allowed);
+    ``P7`` (PAM): ``WIDTH`` / ``HEIGHT`` lines."""
+    text = head.decode("latin-1")
+    if text.startswith("P7"):
+        fields = dict(line.split(None, 1) for line in text.splitlines()[1:] if len(line.split(None, 1)) == 2)
+        return int(fields["WIDTH"]), int(fields["HEIGHT"])
+    tokens = []
+    for line in text[2:].splitlines():
+        tokens.extend(line.split("#", 1)[0].split())
+        if len(tokens) >= 2:
+            return int(tokens[0]), int(tokens[1])
+    raise ValueError("header ends before width and height")
+
+
+def _hdr_size(head: bytes) -> tuple[int, int]:
+    """Radiance: header lines, a blank line, then the resolution line ``-Y H +X W``."""
+    lines = head.split(b"\n")
+    for i, line in enumerate(lines):
+        if not line.strip() and i + 1 < len(lines):
+            parts = lines[i + 1].split()
+            if len(parts) == 4 and parts[0][1:] in (b"Y", b"X") and parts[2][1:] in (b"Y", b"X"):
+                a, b = int(parts[1]), int(parts[3])
+                return (b, a) if parts[0][1:] == b"Y" else (a, b)
+            break
+    raise ValueError("Radiance header has no resolution line")
+
+
+def _avif_size(f) -> tuple[int, int]:
+    """AVIF (ISO-BMFF): the largest ``ispe`` (image spatial extents) property of the meta box."""
+    f.seek(0)
+    blob = f.read(1 << 20)
+    best, at = None, blob.find(b"ispe")
+    while at >= 4:
+        if at + 16 <= len(blob):
+            width, height = struct.unpack_from(">II", blob, at + 8)
+            if best is None or width * height > best[0] * best[1]:
+                best = (width, height)
+        at = blob.find(b"ispe", at + 4)
+    if best is None:
+        raise ValueError("AVIF file has no image size property (ispe)")
+    return best
+
+
+def _parse_header(f) -> ImageHeader:
+    head = f.read(512)
+    if head.startswith(b"\xff\xd8"):
+        fmt, size = "JPEG", _jpeg_size(f)
+    elif head.startswith(b"\x89PNG\r\n\x1a\n"):
+        if head[12:16] != b"IHDR" or len(head) < 24:
+            raise ValueError("PNG does not start with its IHDR chunk")
+        fmt, size = "PNG", struct.unpack_from(">II", head, 16)
+    elif head.startswith(b"BM") and len(head) >= 26:
+        if _u32(head, 14, "<") == 12:
+            fmt, size = "BMP", (_u16(head, 18, "<"), _u16(head, 20, "<"))
+        else:
+            width, height = struct.unpack_from("<ii", head, 18)
+            fmt, size = "BMP", (width, abs(height))
+    elif head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:
+        fmt, size = "GIF", (_u16(head, 6, "<"), _u16(head, 8, "<"))
+    elif head[:4] == b"RIFF" and head[8:12] == b"WEBP" and len(head) >= 30:
+        chunk = head[12:16]
+        if chunk == b"VP8 ":
+            size = (_u16(head, 26, "<") & 0x3FFF, _u16(head, 28, "<") & 0x3FFF)
+        elif chunk == b"VP8L":
+            bits = _u32(head, 21, "<")
+            size = ((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
+        elif chunk == b"VP8X":
+            size = (1 + int.from_bytes(head[24:27], "little"), 1 + int.from_bytes(head[27:30], "little"))
+        else:
+            raise ValueError(f"WebP with an unknown first chunk {chunk!r}")
+        fmt = "WebP"
+    elif head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        fmt, size = "TIFF", _tiff_size(f, head)
+    elif head.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n"):
+        fmt, size = "JPEG 2000", _jp2_size(f)
+    elif head.startswith(b"\xff\x4f\xff\x51") and len(head) >= 24:  # raw J2K codestream, SIZ marker
+        xsiz, ysiz, xo, yo = struct.unpack_from(">IIII", head, 8)
+        fmt, size = "JPEG 2000", (xsiz - xo, ysiz - yo)
+    elif head[:1] == b"P" and head[1:2] in b"1234567" and len(head) > 2 and head[2:3].isspace():
+        fmt, size = "PNM", _pnm_size(head)
+    elif head[:2] in (b"PF", b"Pf") and head[2:3].isspace():
+        fmt, size = "PFM", _pnm_size(head)
+    elif head[:4] == b"\x59\xa6\x6a\x95" and len(head) >= 12:
+        fmt, size = "Sun raster", struct.unpack_from(">II", head, 4)
+    elif head.startswith((b"#?RADIANCE", b"#?RGBE")):
+        fmt, size = "Radiance HDR", _hdr_size(head)
+    elif head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis"):
+        fmt, size = "AVIF", _avif_size(f)
+    else:
+        raise LookupError("unknown format")
+    width, height = (int(v) for v in size)
+    return ImageHeader(fmt, width, height)
+
+
+def probe_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageHeader:
+    """Read only the header of an image file: its format and pixel size, without decoding.
+
+    Raises :class:`ImageError` naming the file when it is missing, not a regular file (a named
+    pipe, a device), not one of :data:`KNOWN_FORMATS`, has a malformed header or no pixels, or
+    declares more than ``max_pixels`` pixels (``None``: no limit)."""
+    with open_regular_file(path) as f:
+        return _probe_open(os.fspath(path), f, check_max_pixels(max_pixels))
+
+
+def _probe_open(path: str, f, max_pixels: int | None) -> ImageHeader:
+    try:
+        header = _parse_header(f)
+    except LookupError:
+        f.seek(0)
+        if not f.read(1):
+            raise ImageError(f"{path}: empty file") from None
+        raise ImageError(f"{path}: not a readable image (unknown format; {', '.join(KNOWN_FORMATS)} are read)") from None
+    except (ValueError, struct.error, OSError, OverflowError, KeyError) as exc:
+        reason = str(exc) if isinstance(exc, ValueError) and not isinstance(exc, struct.error) else "header is truncated"
+        raise ImageError(f"{path}: not a readable image (corrupt header: {reason})") from None
+    if header.width <= 0 or header.height <= 0:
+        raise ImageError(f"{path}: {header.format} header declares {header.width}x{header.height} pixels (no pixels)")
+    if max_pixels is not None and header.pixels > max_pixels:
+        raise _pixel_limit_error(path, header, max_pixels)
+    return header
+
+
+def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read any image file as a BGR uint8 ``[H, W, 3]`` array.
 
     Grayscale is replicated to 3 channels, BGRA drops alpha, 16-bit and float images are scaled
-    to 8 bits. Raises :class:`ImageError` naming the file when it is missing, unreadable, not an
-    image, or has no pixels.
+    to 8 bits. The header is checked first (:func:`probe_image`): only regular files are opened,
+    and an image of more than ``max_pixels`` pixels (default :data:`DEFAULT_MAX_PIXELS`,
+    ``None``: no limit) is refused before anything is decoded. Raises :class:`ImageError` naming
+    the file when it is missing, unreadable, not an image, too large, or has no pixels. Any file
+    name works, including ones that are not valid UTF-8 (OpenCV never sees the name).
     """
     import cv2
 
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ImageError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise ImageError(f"{path}: is a directory, not an image")
+    max_pixels = check_max_pixels(max_pixels)
+    with open_regular_file(path) as f:
+        header = _probe_open(path, f, max_pixels)
+        size = os.fstat(f.fileno()).st_size
+        if max_pixels is not None and size > 8 * max_pixels + (64 << 20):
+            raise ImageError(f"{path}: {size} bytes, more than any image within the limit of "
+                             f"{max_pixels / 1e6:g} megapixels needs (raise it with --max-pixels)")
+        f.seek(0)
+        try:
+            data = np.frombuffer(f.read(), dtype=np.uint8)
+        except OSError as exc:
+            raise ImageError(f"{path}: cannot read: {exc.strerror}") from None
     try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot read: {exc.strerror}") from None
-    if data.size == 0:
-        raise ImageError(f"{path}: empty file")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise ImageError(f"{path}: not a readable image ({header.format}: {_first_line(exc)})") from None
+    except MemoryError:
+        raise ImageError(f"{path}: out of memory decoding {header.width}x{header.height} pixels") from None
     if image is None:
-        raise ImageError(f"{path}: not a readable image (corrupt or unsupported format)")
+        raise ImageError(f"{path}: not a readable image (corrupt or unsupported {header.format})")
+    if max_pixels is not None and image.shape[0] * image.shape[1] > max_pixels:  # the decoder disagreed
+        raise _pixel_limit_error(path, ImageHeader(header.format, image.shape[1], image.shape[0]), max_pixels)
     try:
         return to_bgr_uint8(image)
     except ValueError as exc:
         raise ImageError(f"{path}: {exc}") from None
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def encode_image(image: np.ndarray, suffix: str) -> bytes:
+    """Encode a BGR image as ``suffix`` (``.jpg``, ``.png``, ...) in memory. Write the bytes with
+    :func:`write_bytes_atomic`: Python handles the file name (``cv2.imwrite`` crashes on names
+    that are not valid UTF-8)."""
+    import cv2
+
+    ok, buf = cv2.imencode(suffix, image)
+    if not ok:
+        raise ImageError(f"cannot encode an image as {suffix}")
+    return buf.tobytes()
+
+
 def to_bgr_uint8(image: np.ndarray) -> np.ndarray:
     """Convert an ``[H, W]`` / ``[H, W, 1|3|4]`` array of uint8/uint16/float to BGR uint8."""
     import cv2
 
+    if image is None:
+        raise ValueError("not an image (got None)")
     image = np.asarray(image)
     if image.ndim not in (2, 3) or image.size == 0 or min(image.shape[:2]) == 0:
         raise ValueError(f"zero-sized or malformed image of shape {image.shape}")
+    if image.dtype.kind not in "uifb":
+        raise ValueError(f"image array of unsupported dtype {image.dtype}")
     if image.dtype == np.uint16:
         image = (image / 257.0 + 0.5).astype(np.uint8)
     elif image.dtype.kind == "f":
@@ -76,15 +428,22 @@ def to_bgr_uint8(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def list_images(paths) -> list[str]:
+def list_images(paths, *, exclude=()) -> list[str]:
     """Expand files and folders (recursively, sorted) into image paths. Files are kept as
-    given even with an unknown extension, so a non-image file gets its own clear error later."""
+    given even with an unknown extension, so a non-image file gets its own clear error later.
+    Folders in ``exclude`` (e.g. the command's own output folder inside an input folder) are not
+    walked into."""
+    skip = {os.path.realpath(os.fspath(e)) for e in exclude}
     out = []
     for p in paths:
         p = os.fspath(p)
         if os.path.isdir(p):
-            for root, _, files in sorted(os.walk(p)):
-                out.extend(os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS))
+            found = []
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(root, d)) not in skip)
+                found.append((root, sorted(f for f in files if f.lower().endswith(IMAGE_EXTENSIONS))))
+            for root, files in sorted(found):
+                out.extend(os.path.join(root, f) for f in files)
         else:
             out.append(p)
     return out

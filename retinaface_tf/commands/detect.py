@@ -1,24 +1,54 @@
-"""``retinaface-tf detect``: faces in files or folders → annotated images + JSON."""
+"""``retinaface-tf detect``: faces in files or folders → annotated images + JSON.
+
+Output folder rule (checked before the model is loaded, nothing written on error): ``--output``
+must be a new folder, an empty one, or the output of an earlier ``detect`` (it holds the
+``detections.json`` that detect writes, which lists the annotated files detect wrote there with
+their sha256). An annotated file replaces only a file that list names, unchanged since; any
+other existing file in its place is an error. Other files in the folder are never touched. No input may lie inside the output
+folder (an output folder inside an input folder is skipped when that folder is walked), so an
+input is never written to.
+
+``detections.json`` is rewritten every few seconds while images are processed and always at the
+end, even when the run stops on an error or Ctrl-C: ``"complete": false`` marks a partial one,
+and every image finished by then is in it.
+"""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import math
 import os
 import sys
+import time
 from pathlib import Path
 
 from retinaface_tf.commands import add_model_args
 
+REPORT_NAME = "detections.json"
+TOOL = "retinaface-tf detect"
+ANNOTATED_SUFFIXES = (".jpg", ".jpeg", ".png")
+REPORT_EVERY_S = 2.0
+# a write failing like this fails every later write too: stop (finished results are kept)
+_FATAL_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
+
 
 def add_parser(sub, name, help_text):
+    from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, parse_pixel_count
+
     p = sub.add_parser(name, help=help_text, description=help_text)
     p.add_argument("paths", nargs="*", metavar="PATH",
                    help="image files or folders (default: the bundled demo photo)")
     p.add_argument("--output", "-o", default="detections",
-                   help="folder for annotated images and detections.json (default: ./detections)")
+                   help="folder for annotated images and detections.json (default: ./detections); it must be "
+                        "new, empty, or an earlier detect output, and may not hold any input")
     p.add_argument("--threshold", type=float, default=0.5, help="minimum face score (default 0.5)")
     p.add_argument("--max-size", type=int, default=None,
                    help="downscale images whose long side exceeds this many pixels (default: original size)")
+    p.add_argument("--max-pixels", type=parse_pixel_count, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help=f"refuse images larger than this from their header, before decoding (default "
+                        f"{DEFAULT_MAX_PIXELS // 10**6}M = {DEFAULT_MAX_PIXELS} pixels; K/M/G suffixes allowed)")
     p.add_argument("--batch-size", type=int, default=8, help="images of equal size per inference batch (default 8)")
     p.add_argument("--json", action="store_true", help="print the detections as JSON on stdout")
     p.add_argument("--no-draw", action="store_true", help="do not write annotated images")
@@ -26,93 +56,257 @@ def add_parser(sub, name, help_text):
     return p
 
 
+def _inside(path: str, folder: str) -> bool:
+    """``path`` is ``folder`` or lies inside it (both already ``realpath``)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def _output_names(paths: list[str], roots: list[str]) -> list[str]:
-    """Relative output names: folder inputs keep their sub-paths, files their base name;
-    clashes get a numeric suffix."""
-    names, seen = [], {}
+    """Relative names of the annotated files: folder inputs keep their sub-paths, files their
+    base name; other formats become ``.jpg``; clashes (also ``a.bmp`` vs ``a.jpg``) get a
+    numeric suffix."""
+    names, taken = [], set()
+    abs_roots = [(r, os.path.abspath(r)) for r in roots if os.path.isdir(r)]
     for path in paths:
-        root = next((r for r in roots if os.path.isdir(r) and os.path.commonpath([os.path.abspath(r), os.path.abspath(path)]) == os.path.abspath(r)), None)
+        ap = os.path.abspath(path)
+        root = next((r for r, ar in abs_roots if os.path.commonpath([ar, ap]) == ar), None)
         rel = os.path.relpath(path, root) if root else os.path.basename(path)
         stem, ext = os.path.splitext(rel)
-        n = seen.get(rel, 0)
-        seen[rel] = n + 1
-        names.append(rel if n == 0 else f"{stem}_{n}{ext}")
+        if ext.lower() not in ANNOTATED_SUFFIXES:
+            ext = ".jpg"
+        name, n = stem + ext, 0
+        while name in taken:
+            n += 1
+            name = f"{stem}_{n}{ext}"
+        taken.add(name)
+        names.append(name)
     return names
+
+
+def _show(path) -> str:
+    """A path for a message: names that are not valid UTF-8 keep their bytes as ``\\xNN``."""
+    text = os.fsdecode(path)
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _sha256(path) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def _previous_report(out_dir: Path) -> dict[str, str | None] | None:
+    """The annotated files an earlier detect wrote into ``out_dir`` (names relative to it →
+    their sha256, ``None`` for reports older than the hashes), or ``None`` when ``out_dir``
+    holds no detections.json. A detections.json that detect did not write is an error."""
+    from retinaface_tf.cli import CliError
+
+    report = out_dir / REPORT_NAME
+    if not os.path.lexists(report):
+        return None
+    where = f"--output {_show(out_dir)}: {_show(report)}"
+    if report.is_symlink() or not report.is_file():
+        raise CliError(f"{where} is not a regular file; give a new or empty folder (nothing was changed)")
+    try:
+        data = json.loads(report.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CliError(f"{where} cannot be read as a detect report ({str(exc).splitlines()[0]}); "
+                       "give a new or empty folder (nothing was changed)") from None
+    legacy = isinstance(data, dict) and "box_format" in data and isinstance(data.get("images"), list)
+    if not isinstance(data, dict) or not (data.get("tool") == TOOL or legacy):
+        raise CliError(f"{where} was not written by {TOOL}; give a new or empty folder (nothing was changed)")
+    written: dict[str, str | None] = {}
+    if isinstance(data.get("annotated_files"), dict):
+        written.update((n, h if isinstance(h, str) else None) for n, h in data["annotated_files"].items())
+    elif isinstance(data.get("images"), list):  # older reports: the per-image "annotated" paths
+        base = os.path.realpath(out_dir)
+        for record in data["images"]:
+            target = record.get("annotated") if isinstance(record, dict) else None
+            if isinstance(target, str):
+                real = os.path.realpath(target)
+                if _inside(real, base) and real != base:
+                    written[os.path.relpath(real, base)] = None
+    return {os.path.normpath(n): h for n, h in written.items()
+            if n and not os.path.isabs(n) and not os.path.normpath(n).startswith(os.pardir)}
+
+
+def check_output(out_dir: Path, roots: list[str], paths: list[str], names: list[str], *,
+                 draw: bool) -> dict[str, str | None]:
+    """Every check of the output location, before any work (see the module docstring). Returns
+    the annotated files earlier detect runs wrote there (name → sha256), kept in the new report."""
+    from retinaface_tf.cli import CliError
+
+    shown = _show(out_dir)
+    if os.path.lexists(out_dir) and not out_dir.is_dir():
+        raise CliError(f"--output {shown}: exists and is not a folder; give a new or empty folder")
+    out_real = os.path.realpath(out_dir)
+    for path in list(roots) + list(paths):
+        if os.path.lexists(path) and _inside(os.path.realpath(path), out_real):
+            raise CliError(f"{_show(path)}: input lies inside the output folder {shown}; detect never writes "
+                           "where its inputs are: choose another --output")
+    if not out_dir.is_dir():
+        return {}
+    try:
+        entries = sorted(os.listdir(out_dir))
+    except OSError as exc:
+        raise CliError(f"--output {shown}: cannot list the folder: {exc.strerror}") from None
+    previous = _previous_report(out_dir)
+    if previous is None and entries:
+        raise CliError(f"--output {shown}: folder is not empty and holds no {REPORT_NAME} from an earlier detect "
+                       f"(it holds {_show(entries[0])!r}); give a new or empty folder (nothing was changed)")
+    previous = previous or {}
+    if draw:
+        for name in names:
+            target = out_dir / name
+            if not os.path.lexists(target):
+                continue
+            key = os.path.normpath(name)
+            ours = (key in previous and not target.is_symlink() and target.is_file()
+                    and (previous[key] is None or _sha256(target) == previous[key]))
+            if not ours:
+                raise CliError(f"{_show(target)}: exists and is not an annotated image detect wrote (or was changed "
+                               "since); it would be replaced: give a new or empty --output (nothing was changed)")
+    return previous
+
+
+def _prepare_output(out_dir: Path) -> None:
+    """Create the output folder and prove it is writable, before the model is loaded."""
+    import tempfile
+
+    from retinaface_tf.cli import CliError
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".detect-write-test-", dir=out_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise CliError(f"--output {_show(out_dir)}: cannot write there: {exc.strerror}") from None
 
 
 def run(args) -> int:
     from retinaface_tf.cli import CliError
     from retinaface_tf.fileio import bundled_image, list_images
 
-    if args.threshold < 0 or args.threshold > 1:
+    if not (math.isfinite(args.threshold) and 0 <= args.threshold <= 1):
         raise CliError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.max_size is not None and args.max_size < 32:
         raise CliError(f"--max-size must be >= 32, got {args.max_size}")
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be >= 1, got {args.batch_size}")
     roots = args.paths or [str(bundled_image())]
-    paths = list_images(roots)
+    out_dir = Path(args.output)
+    paths = list_images(roots, exclude=[out_dir])
     if not paths:
-        raise CliError(f"no images found in {', '.join(roots)}")
+        raise CliError(f"no images found in {', '.join(_show(r) for r in roots)}")
+    names = _output_names(paths, roots)
+    previous = check_output(out_dir, roots, paths, names, draw=not args.no_draw)
+    _prepare_output(out_dir)
 
-    import cv2
     from tqdm import tqdm
 
+    from retinaface_tf import fileio
     from retinaface_tf.errors import RetinaFaceError
-    from retinaface_tf.fileio import atomic_file, read_image, write_text_atomic
     from retinaface_tf.inference import Detector
     from retinaface_tf.visualize import draw_detections
 
+    records: list[dict | None] = [None] * len(paths)
+    written = {n: h for n, h in previous.items() if (out_dir / n).is_file()}
+    report_path = out_dir / REPORT_NAME
+    state = {"last": 0.0, "text": ""}
+
+    def save_report(complete: bool) -> None:
+        done = [r for r in records if r is not None]
+        state["text"] = json.dumps(
+            {"tool": TOOL, "complete": complete, "images_done": len(done), "images_total": len(paths),
+             "threshold": args.threshold, "max_size": args.max_size,
+             "box_format": "xyxy (pixels, original image)",
+             "landmark_order": ["left_eye", "right_eye", "nose", "left_mouth", "right_mouth"],
+             "annotated_files": dict(sorted(written.items())), "images": done},
+            indent=1, ensure_ascii=True)  # ASCII: a file name that is not UTF-8 stays \udcxx, never a crash
+        try:
+            fileio.write_text_atomic(report_path, state["text"])
+        except OSError as exc:
+            raise RetinaFaceError(f"{_show(report_path)}: cannot write: {exc.strerror or exc}") from None
+        state["last"] = time.monotonic()
+
+    save_report(False)  # marks the folder as detect's before any image is written
     detector = Detector(args.weights, args.config, score_threshold=args.threshold, max_size=args.max_size,
-                        batch_size=args.batch_size)
-    out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    names = _output_names(paths, roots)
+                        batch_size=args.batch_size, max_pixels=args.max_pixels)
     originals: dict[int, object] = {}  # read once: detected, then drawn, then dropped
 
     def load():
         for i, path in enumerate(paths):
             try:
-                originals[i] = read_image(path)
+                originals[i] = fileio.read_image(path, max_pixels=args.max_pixels)
             except RetinaFaceError as exc:
                 yield exc
                 continue
+            except MemoryError:
+                yield fileio.ImageError(f"{path}: out of memory reading the image")
+                continue
             yield originals[i]
 
-    records: list[dict | None] = [None] * len(paths)
     failed = 0
     progress = tqdm(total=len(paths), unit="img", disable=len(paths) < 2, file=sys.stderr)
-    for i, result in detector.iter_detect(load()):
-        progress.update(1)
-        image = originals.pop(i, None)
-        if isinstance(result, Exception):
-            failed += 1
-            progress.write(f"error: {result}", file=sys.stderr)
-            records[i] = {"image": paths[i], "error": str(result)}
-            continue
-        record = {"image": paths[i], "width": image.shape[1], "height": image.shape[0], "faces": result.to_list()}
-        if not args.no_draw:
-            target = out_dir / names[i]
-            target = target.with_suffix(".jpg") if target.suffix.lower() not in (".jpg", ".jpeg", ".png") else target
-            try:
-                with atomic_file(target, suffix=target.suffix) as tmp:  # cv2 picks the format by suffix
-                    if not cv2.imwrite(str(tmp), draw_detections(image, result)):
-                        raise OSError("cannot write annotated image")
-            except OSError as exc:
+    try:
+        for i, result in detector.iter_detect(load()):
+            progress.update(1)
+            image = originals.pop(i, None)
+            if isinstance(result, Exception):
                 failed += 1
-                progress.write(f"error: {target}: {exc.strerror or exc}", file=sys.stderr)
-            else:
-                record["annotated"] = str(target)
-        records[i] = record
+                progress.write(f"error: {_show(str(result))}", file=sys.stderr)
+                records[i] = {"image": paths[i], "error": str(result)}
+                continue
+            record = {"image": paths[i], "width": image.shape[1], "height": image.shape[0],
+                      "faces": result.to_list()}
+            if not args.no_draw:
+                target = out_dir / names[i]
+                try:
+                    data = fileio.encode_image(draw_detections(image, result), target.suffix)
+                    fileio.write_bytes_atomic(target, data)
+                except (OSError, RetinaFaceError) as exc:
+                    reason = getattr(exc, "strerror", None) or str(exc)
+                    if isinstance(exc, OSError) and exc.errno in _FATAL_WRITE_ERRNOS:
+                        records[i] = {"image": paths[i], "error": f"{target}: cannot write: {reason}"}
+                        raise RetinaFaceError(f"{_show(target)}: cannot write the annotated image: {reason}; "
+                                              f"stopped after {sum(r is not None for r in records)} of "
+                                              f"{len(paths)} images") from None
+                    failed += 1
+                    record["error"] = f"{target}: cannot write: {reason}"
+                    progress.write(f"error: {_show(target)}: cannot write the annotated image: {reason}",
+                                   file=sys.stderr)
+                else:
+                    written[os.path.normpath(names[i])] = hashlib.sha256(data).hexdigest()
+                    record["annotated"] = str(target)
+            records[i] = record
+            if time.monotonic() - state["last"] >= REPORT_EVERY_S:
+                save_report(False)
+    except BaseException as exc:
+        progress.close()
+        done = sum(r is not None for r in records)
+        try:
+            save_report(False)
+            note = f"results of the {done} finished images are in {_show(report_path)}"
+        except RetinaFaceError as save_exc:
+            note = f"and {save_exc}"
+        if isinstance(exc, RetinaFaceError):
+            raise RetinaFaceError(f"{exc} ({note})") from None
+        print(f"detect stopped ({type(exc).__name__}); {note}", file=sys.stderr)
+        raise
     progress.close()
-    text = json.dumps({"threshold": args.threshold, "box_format": "xyxy (pixels, original image)",
-                       "landmark_order": ["left_eye", "right_eye", "nose", "left_mouth", "right_mouth"],
-                       "images": records}, indent=1)
-    write_text_atomic(out_dir / "detections.json", text)
+    save_report(True)
     if args.json:
-        print(text)
+        print(state["text"])
     else:
         faces = sum(len(r.get("faces", [])) for r in records)
         print(f"{len(paths) - failed}/{len(paths)} images, {faces} faces (score > {args.threshold}); "
-              f"results in {out_dir}/detections.json" + ("" if args.no_draw else f" and annotated images in {out_dir}/"))
+              f"results in {_show(report_path)}" + ("" if args.no_draw else f" and annotated images in {_show(out_dir)}/"))
     if failed:
         print(f"{failed} of {len(paths)} images failed", file=sys.stderr)
     return 1 if failed else 0
