@@ -1,9 +1,11 @@
 """Typed, frozen configuration.
 
-Every setting lives in a frozen dataclass. A YAML file (``configs/*.yaml``) overrides the
-preset it names; ``Config.to_dict`` / ``Config.to_yaml`` write the *resolved* config, which is
-saved next to every checkpoint and export. Library functions take explicit keyword arguments,
-never the whole config: the config is unpacked once, at the edge (CLI, Detector, training).
+Every setting lives in a frozen dataclass. A YAML file (``configs/*.yaml``, shipped as package
+data ``retinaface_tf.configs`` so a bare name such as ``mobilenet025_short`` works from any
+directory) overrides the config its ``base`` names; ``Config.to_dict`` / ``Config.to_yaml``
+write the *resolved* config, which is saved next to every checkpoint and export. Library
+functions take explicit keyword arguments, never the whole config: the config is unpacked once,
+at the edge (CLI, Detector, training).
 """
 
 from __future__ import annotations
@@ -114,28 +116,59 @@ class Config:
                 train=TrainConfig(batch_size=24, epochs=100, decay_epochs=(70, 90)),
             )
         else:
-            raise ConfigError(f"unknown preset {name!r}; known: mobilenet025, resnet50")
+            raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
         cfg.validate()
         return cfg
 
     @staticmethod
-    def from_dict(data: dict[str, Any], source: str = "<dict>") -> "Config":
-        """Build from a (possibly partial) nested dict on top of the preset named by ``name``
-        (or ``base``); unknown keys are an error naming ``source`` and the key."""
+    def names() -> list[str]:
+        """Every config a bare name selects: the presets and the packaged ``configs/*.yaml``."""
+        return sorted(set(PRESETS) | set(_packaged_configs()))
+
+    @staticmethod
+    def named(name: str, _seen: tuple[str, ...] = ()) -> "Config":
+        """A config by name: a preset (``mobilenet025``, ``resnet50``) or a packaged YAML
+        (``mobilenet025_short``); an unknown name is an error listing the known ones."""
+        if name in PRESETS:
+            return Config.preset(name)
+        packaged = _packaged_configs()
+        if not isinstance(name, str) or name not in packaged:
+            raise ConfigError(f"unknown config name {name!r} (known: {', '.join(Config.names())})")
+        if name in _seen:
+            raise ConfigError(f"{packaged[name]}: field 'base': circular ({' -> '.join((*_seen, name))})")
+        return Config.from_yaml(packaged[name], _seen=(*_seen, name))
+
+    @staticmethod
+    def from_dict(data: dict[str, Any], source: str = "<dict>", _seen: tuple[str, ...] = ()) -> "Config":
+        """Build from a (possibly partial) nested dict on top of a base config; unknown keys,
+        wrong types and out-of-range values are errors naming ``source`` and the field.
+
+        The base is ``base`` (a config name) if given, else ``name`` when that names a known
+        config, else the preset of ``model.backbone`` (so a saved, complete config with any
+        ``name`` loads back as it was)."""
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: top level must be a mapping, got {type(data).__name__}")
         data = dict(data)
-        base_name = data.pop("base", None) or data.get("name", "mobilenet025")
+        if "base" in data:
+            base_name, base_field = data.pop("base"), "base"
+        elif isinstance(data.get("name"), str) and data["name"] in Config.names():
+            base_name, base_field = data["name"], "name"
+        else:
+            model = data.get("model")
+            backbone = model.get("backbone") if isinstance(model, dict) else None
+            base_name, base_field = (backbone if backbone in PRESETS else "mobilenet025"), None
         try:
-            base = Config.preset(base_name)
+            base = Config.named(base_name, _seen)
         except ConfigError as exc:
-            raise ConfigError(f"{source}: field 'name'/'base': {exc}") from None
+            if base_field is None:
+                raise
+            raise ConfigError(f"{source}: field '{base_field}': {exc}") from None
         cfg = _merge(base, data, source, prefix="")
         cfg.validate(source)
         return cfg
 
     @staticmethod
-    def from_yaml(path: str | os.PathLike) -> "Config":
+    def from_yaml(path: str | os.PathLike, _seen: tuple[str, ...] = ()) -> "Config":
         path = os.fspath(path)
         try:
             with open(path, encoding="utf-8") as f:
@@ -146,15 +179,23 @@ class Config:
             mark = getattr(exc, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark is not None else ""
             raise ConfigError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
-        return Config.from_dict(data or {}, source=path)
+        return Config.from_dict({} if data is None else data, source=path, _seen=_seen)
 
     @staticmethod
     def load(spec: "str | os.PathLike | Config") -> "Config":
-        """A preset name (``mobilenet025``, ``resnet50``), a YAML path, or a Config as is."""
+        """A config name (:meth:`names`: ``mobilenet025``, ``resnet50``, ``mobilenet025_short``),
+        a YAML path, or a Config as is. Names work from any directory: they are package data."""
         if isinstance(spec, Config):
             return spec
         spec = os.fspath(spec)
-        return Config.from_yaml(spec) if spec.endswith((".yaml", ".yml")) else Config.preset(spec)
+        if spec in Config.names():
+            return Config.named(spec)
+        if spec.endswith((".yaml", ".yml")) or os.sep in spec or "/" in spec or os.path.exists(spec):
+            if not os.path.exists(spec):
+                raise ConfigError(f"{spec}: no such config file (or give a config name: {', '.join(Config.names())})")
+            return Config.from_yaml(spec)
+        raise ConfigError(f"unknown config {spec!r}: not a YAML file or a config name "
+                          f"(known: {', '.join(Config.names())})")
 
     def override(self, dotted: dict[str, Any], source: str = "command line") -> "Config":
         """Apply ``{"train.batch_size": 16, ...}`` overrides (values may be YAML strings)."""
@@ -212,7 +253,26 @@ class Config:
             raise ConfigError(f"{source}: train.batch_size must be >= 1, got {self.train.batch_size}")
 
 
+PRESETS = ("mobilenet025", "resnet50")
+
+
 # ---------------------------------------------------------------------- helpers
+
+def _packaged_configs() -> dict[str, str]:
+    """``{name: path}`` of the YAML files shipped as ``retinaface_tf.configs`` (the checkout's
+    ``configs/`` folder when running from source)."""
+    folders = []
+    try:
+        from importlib.resources import files
+        folders.append(str(files("retinaface_tf.configs")))
+    except (ImportError, TypeError):  # a checkout used without (re)installing
+        pass
+    folders.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
+    for folder in folders:
+        if os.path.isfile(os.path.join(folder, "mobilenet025.yaml")):
+            return {f[:-5]: os.path.join(folder, f) for f in sorted(os.listdir(folder)) if f.endswith(".yaml")}
+    return {}
+
 
 def _to_plain(value: Any) -> Any:
     if isinstance(value, dict):

@@ -1,3 +1,9 @@
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
 import pytest
 
 from retinaface_tf.config import Config, ConfigError
@@ -30,7 +36,7 @@ def test_roundtrip_and_overrides(tmp_path):
     ("train:\n  batch_sise: 3\n", "field 'train.batch_sise': unknown field"),
     ("train:\n  batch_size: many\n", "field 'train.batch_size': expected an integer"),
     ("model: [1, 2\n", "line"),
-    ("name: mobilenet3\n", "unknown preset"),
+    ("base: mobilenet3\n", "field 'base': unknown config name 'mobilenet3'"),
 ])
 def test_bad_config_names_file_and_field(tmp_path, text, needle):
     path = tmp_path / "bad.yaml"
@@ -39,3 +45,114 @@ def test_bad_config_names_file_and_field(tmp_path, text, needle):
         Config.from_yaml(path)
     msg = str(err.value)
     assert str(path) in msg and needle in msg and "\n" not in msg
+
+
+# ---------------------------------------------------------------------- packaged configs (by name)
+
+def test_names_resolve_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here
+    assert Config.names() == ["mobilenet025", "mobilenet025_short", "resnet50"]
+    short = Config.load("mobilenet025_short")
+    assert short.name == "mobilenet025_short" and short.model.backbone == "mobilenet025"
+    assert (short.data.image_size, short.train.epochs, short.train.decay_epochs) == (320, 40, (30, 36))
+    assert Config.load("mobilenet025") == Config.preset("mobilenet025")
+    assert Config.load("resnet50") == Config.preset("resnet50")
+
+
+@pytest.mark.parametrize("name", ["mobilenet025", "mobilenet025_short", "resnet50"])
+def test_packaged_yaml_files_load(name):
+    assert Config.from_yaml(REPO / "configs" / f"{name}.yaml") == Config.load(name)
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ("mobilenet3", "unknown config 'mobilenet3': not a YAML file or a config name "
+                   "(known: mobilenet025, mobilenet025_short, resnet50)"),
+    ("configs/nope.yaml", "configs/nope.yaml: no such config file (or give a config name: mobilenet025, "
+                          "mobilenet025_short, resnet50)"),
+])
+def test_unknown_config_lists_the_names(tmp_path, monkeypatch, spec, needle):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        Config.load(spec)
+    assert str(err.value) == needle
+
+
+@pytest.mark.parametrize("start, name", [("mobilenet025_short", "mobilenet025_short"), ("mobilenet025_short", "my_run"),
+                                         ("resnet50", "my_resnet")])
+def test_saved_config_with_any_name_loads_back(tmp_path, start, name):
+    """A run's config.yaml has a name but no base: it must load back as it was saved."""
+    cfg = Config.load(start).override({"name": name, "train.epochs": "5", "data.image_size": "256"})
+    cfg.to_yaml(tmp_path / "config.yaml")
+    assert Config.load(str(tmp_path / "config.yaml")) == cfg
+
+
+def test_partial_yaml_without_base_starts_from_its_backbone(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("name: my_resnet\nmodel:\n  backbone: resnet50\n")
+    cfg = Config.load(path)
+    assert cfg.name == "my_resnet" and cfg.model.fpn_channels == 256 and cfg.data.image_size == 840
+
+
+def test_circular_base_is_an_error(tmp_path, monkeypatch):
+    import retinaface_tf.config as config_module
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "mobilenet025.yaml").write_text("name: mobilenet025\n")
+    (folder / "a.yaml").write_text("base: b\n")
+    (folder / "b.yaml").write_text("base: a\n")
+    monkeypatch.setattr(config_module, "_packaged_configs",
+                        lambda: {p.stem: str(p) for p in sorted(folder.glob("*.yaml"))})
+    with pytest.raises(ConfigError, match="circular"):
+        Config.load("a")
+
+
+def test_train_command_defaults_to_the_packaged_name(tmp_path, monkeypatch):
+    from retinaface_tf.cli import build_parser
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["train", "--output", str(tmp_path / "run")])
+    assert args.config == "mobilenet025"
+    assert Config.load(args.config) == Config.preset("mobilenet025")
+
+
+def test_setup_cfg_ships_the_configs():
+    text = (REPO / "setup.cfg").read_text()
+    assert "    retinaface_tf.configs\n" in text and "retinaface_tf.configs = configs" in text
+    assert "retinaface_tf.configs = *.yaml" in text
+    assert (REPO / "configs" / "__init__.py").exists()
+
+
+@pytest.mark.slow
+def test_wheel_ships_configs_and_train_finds_them_outside_the_checkout(tmp_path):
+    """Build a wheel from a copy of the sources (the checkout gets no build/ folder), check its
+    file list, install it with --target and load a config by name from an unrelated folder."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("retinaface_tf", "configs", "saved_models"):
+        shutil.copytree(REPO / name, src / name, ignore=ignore)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
+                   check=True, cwd=tmp_path, timeout=600)
+    (wheel,) = (tmp_path / "dist").glob("retinaface_tf-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for config in ("mobilenet025", "mobilenet025_short", "resnet50"):
+        assert f"retinaface_tf/configs/{config}.yaml" in names, sorted(names)
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)],
+                   check=True, cwd=tmp_path, timeout=600)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    code = ("import retinaface_tf, sys; from retinaface_tf.config import Config; "
+            "assert retinaface_tf.__file__.startswith(sys.argv[1]), retinaface_tf.__file__; "
+            "print(Config.load('mobilenet025_short').data.image_size)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "site")], cwd=elsewhere, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "320", out.stderr
+    # `train` with no --config gets as far as the (refused) override: the default config loaded.
+    out = subprocess.run([sys.executable, "-m", "retinaface_tf", "train", "--output", "run", "--set", "train.batch_size=0"],
+                         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    last = out.stderr.splitlines()[-1] if out.stderr else ""
+    assert out.returncode == 2 and last.startswith("retinaface-tf train: error: command line:"), out.stderr
+    assert "train.batch_size" in last and not (elsewhere / "run").exists()

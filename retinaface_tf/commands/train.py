@@ -8,7 +8,9 @@ def add_parser(sub, name, help_text):
         "Train RetinaFace with model.fit on every GPU (MirroredStrategy; the CPU when there is none), or on "
         "several machines (MultiWorkerMirroredStrategy) when TF_CONFIG is set. Re-running the same command "
         "resumes an interrupted run from its last completed epoch."))
-    p.add_argument("--config", default="configs/mobilenet025.yaml", help="preset name or YAML (default mobilenet025)")
+    p.add_argument("--config", default="mobilenet025",
+                   help="config name (mobilenet025, mobilenet025_short, resnet50: shipped with the package) "
+                        "or YAML file (default mobilenet025)")
     p.add_argument("--label-file", help="retinaface_gt label.txt (or wider_face_*_bbx_gt.txt / .mat)")
     p.add_argument("--images", help="folder the label file's image paths are relative to")
     p.add_argument("--tfrecords", help="TFRecord shard pattern instead of --label-file/--images")
