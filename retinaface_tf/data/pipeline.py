@@ -26,6 +26,7 @@ import tensorflow as tf
 from retinaface_tf.data import augment as aug
 from retinaface_tf.data.widerface import Annotations, ImageAnnotation, check_images, read_annotations
 from retinaface_tf.errors import RetinaFaceError
+from retinaface_tf.fileio import DEFAULT_MAX_PIXELS
 from retinaface_tf.losses import pack_targets
 from retinaface_tf.ops.anchors import DEFAULT_MIN_SIZES, DEFAULT_STEPS, generate_anchors_np
 from retinaface_tf.ops.box_coder import DEFAULT_VARIANCES
@@ -44,6 +45,18 @@ def faces_ragged(images: Sequence[ImageAnnotation]) -> tf.RaggedTensor:
     lengths = np.asarray([a.shape[0] for a in arrays], np.int64)
     flat = np.concatenate(arrays, axis=0) if arrays else np.zeros((0, 15), np.float32)
     return tf.RaggedTensor.from_row_lengths(flat, lengths)
+
+
+def _known_image_format(contents):
+    """Scalar bool: the bytes start like a format ``tf.io.decode_image`` reads."""
+    head = tf.strings.join([tf.strings.substr(contents, 0, 12), b"\0" * 12])  # short files: no out-of-range
+
+    def at(pos, length):
+        return tf.strings.substr(head, pos, length)
+
+    return tf.reduce_any(tf.stack([
+        tf.equal(at(0, 3), b"\xff\xd8\xff"), tf.equal(at(0, 4), b"\x89PNG"), tf.equal(at(0, 2), b"BM"),
+        tf.equal(at(0, 3), b"GIF"), tf.logical_and(tf.equal(at(0, 4), b"RIFF"), tf.equal(at(8, 4), b"WEBP"))]))
 
 
 def _files_dataset(images: Sequence[ImageAnnotation], images_dir) -> tf.data.Dataset:
@@ -73,15 +86,17 @@ def build_dataset(label_file: str | os.PathLike | None = None, images_dir: str |
                   bgr_mean=aug.DEFAULT_BGR_MEAN, crop_scales=aug.DEFAULT_CROP_SCALES, crop_candidates: int = 250,
                   mirror_probability: float = 0.5, min_sizes=DEFAULT_MIN_SIZES, steps=DEFAULT_STEPS,
                   variances=DEFAULT_VARIANCES, match_threshold: float = 0.35, force_match_min_iou: float = 0.2,
-                  skip_empty: bool = True, verify_images: bool = True, return_faces: bool = False,
+                  skip_empty: bool = True, verify_images: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                  return_faces: bool = False,
                   jit_compile: bool = True,
                   input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
     """The training (or validation) ``tf.data.Dataset`` of ``(images, targets)``.
 
     Source, exactly one of:
       label_file + images_dir: any layout :func:`read_annotations` reads; image paths are relative
-        to ``images_dir``. Missing images raise ``MissingImagesError`` before anything runs
-        (``verify_images``).
+        to ``images_dir``. With ``verify_images`` every image is checked before anything runs
+        (:func:`retinaface_tf.data.widerface.check_images`: missing, not an image, corrupt, over
+        ``max_pixels`` pixels → one error naming the label file's line and the image).
       annotations + images_dir: already-read :class:`Annotations` / records.
       tfrecord_pattern: shards written by :func:`retinaface_tf.data.tfrecord.write_tfrecords`,
         read with ``interleave`` (and sharded per worker when ``input_context`` is given).
@@ -130,9 +145,12 @@ def build_dataset(label_file: str | os.PathLike | None = None, images_dir: str |
         images = annotations.images if isinstance(annotations, Annotations) else list(annotations)
         if not images:
             where = f"{os.fspath(label_file)}: " if label_file is not None else ""
-            raise DatasetError(f"{where}no images with faces to train on")
+            dropped = getattr(annotations, "dropped_faces", 0)
+            why = f" ({dropped} face(s) with zero or negative width/height dropped)" if dropped else ""
+            raise DatasetError(f"{where}no images with faces to train on{why}")
         if verify_images:
-            check_images(annotations if isinstance(annotations, Annotations) else images, images_dir)
+            check_images(annotations if isinstance(annotations, Annotations) else images, images_dir,
+                         max_pixels=max_pixels)
         ds = _files_dataset(images, images_dir)
         if input_context is not None and input_context.num_input_pipelines > 1:
             ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
@@ -152,7 +170,14 @@ def build_dataset(label_file: str | os.PathLike | None = None, images_dir: str |
     def load(item, element_seed):
         source, faces = item
         faces = tf.ensure_shape(tf.cast(faces, tf.float32), [None, 15])
-        contents = source if encoded else tf.io.read_file(source)
+        if encoded:
+            contents = source
+        else:
+            contents = tf.io.read_file(source)
+            # a file changed since check_images: fail naming it, not as an anonymous decode error
+            with tf.control_dependencies([tf.debugging.Assert(
+                    _known_image_format(contents), ["not a JPEG, PNG, BMP, GIF or WebP image file:", source])]):
+                contents = tf.identity(contents)
         if training:
             image, faces = aug.augment(contents, faces, element_seed, image_size=image_size, bgr_mean=bgr_mean,
                                        crop_scales=crop_scales, crop_candidates=crop_candidates,

@@ -16,6 +16,11 @@ Three layouts are read into the same :class:`ImageAnnotation` records:
 - the official ``wider_face_{train,val}_bbx_gt.txt`` (:func:`read_wider_bbx_gt`): boxes only.
 - the official ``wider_face_{train,val}.mat`` (:func:`read_wider_mat`): boxes only.
 
+Image paths must be relative and stay inside the images folder (no absolute path, no ``..``
+leading out of it, no NUL byte): anything else is a :class:`LabelFileError` naming the file and
+line, so a label file cannot make training read ``/etc/hostname``. (The check is on the text: a
+symlink the user placed inside the images folder is followed.)
+
 Faces with zero or negative width/height are dropped (counted in ``dropped_faces`` and reported
 with one :class:`UserWarning` per file): their encoded ``log(w)`` is ``-inf`` and turns the
 reference's loss into NaN. A malformed line raises :class:`LabelFileError` naming the file, the
@@ -26,6 +31,8 @@ from __future__ import annotations
 
 import math
 import os
+import posixpath
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +41,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from retinaface_tf.errors import RetinaFaceError
+from retinaface_tf.fileio import DEFAULT_MAX_PIXELS
 
 # Columns of the per-image face array handed to the tf.data pipeline (the reference's layout):
 # x1 y1 x2 y2 (pixel xyxy), 10 landmark coordinates (x0 y0 ... x4 y4, pixels), label
@@ -52,6 +60,16 @@ class MissingImagesError(RetinaFaceError):
     """Images named by a label file do not exist under the images folder."""
 
 
+class BadImagesError(RetinaFaceError):
+    """Images named by a label file exist but cannot be trained on (not an image, corrupt, a
+    format TensorFlow cannot decode, too many pixels); the message names the label file's line
+    and the first such image."""
+
+
+# What tf.io.decode_image (the training pipeline's decoder) reads.
+TF_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WebP")
+
+
 @dataclass(frozen=True)
 class ImageAnnotation:
     """The faces of one image.
@@ -60,12 +78,14 @@ class ImageAnnotation:
     - ``boxes``: ``[F, 4]`` float32 pixel ``xyxy``; every face has width and height > 0.
     - ``landmarks``: ``[F, 5, 2]`` float32 pixel (x, y); ``-1`` where ``has_landmarks`` is False.
     - ``has_landmarks``: ``[F]`` bool.
+    - ``line``: line of the label file naming the image (0 when the layout has no lines).
     """
 
     path: str
     boxes: np.ndarray
     landmarks: np.ndarray
     has_landmarks: np.ndarray
+    line: int = 0
 
     @property
     def num_faces(self) -> int:
@@ -96,7 +116,30 @@ class Annotations:
 
 # ---------------------------------------------------------------------- helpers
 
-def _annotation(path: str, boxes_xywh: list[list[float]], landmarks: list[list[float] | None]) -> ImageAnnotation:
+def image_path_problem(path: str) -> str | None:
+    """Why ``path`` cannot name an image under the images folder, or ``None`` if it can: it must
+    be relative, stay inside the folder once ``..`` is resolved, and hold no NUL byte."""
+    if "\x00" in path:
+        return f"image path {path!r} contains a NUL byte"
+    if os.path.isabs(path) or path.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", path):
+        return f"image path {path!r} is absolute; paths must be relative to the images folder"
+    norm = posixpath.normpath(path)
+    if norm == os.curdir:
+        return f"image path {path!r} names no file"
+    if norm == os.pardir or norm.startswith(os.pardir + "/"):
+        return f"image path {path!r} leads outside the images folder"
+    return None
+
+
+def _checked_path(path: str, where: str) -> str:
+    problem = image_path_problem(path)
+    if problem:
+        raise LabelFileError(f"{where}: {problem}")
+    return path
+
+
+def _annotation(path: str, boxes_xywh: list[list[float]], landmarks: list[list[float] | None],
+                line: int = 0) -> ImageAnnotation:
     if boxes_xywh:
         b = np.asarray(boxes_xywh, dtype=np.float64)
         boxes = np.concatenate([b[:, :2], b[:, :2] + b[:, 2:4]], axis=1).astype(np.float32)
@@ -108,7 +151,7 @@ def _annotation(path: str, boxes_xywh: list[list[float]], landmarks: list[list[f
         if pts is not None:
             lm[i] = np.asarray(pts, np.float32).reshape(5, 2)
             has[i] = True
-    return ImageAnnotation(path=path, boxes=boxes, landmarks=lm, has_landmarks=has)
+    return ImageAnnotation(path=path, boxes=boxes, landmarks=lm, has_landmarks=has, line=line)
 
 
 def _numbers(tokens: Sequence[str], where: str) -> list[float]:
@@ -159,12 +202,13 @@ def read_retinaface_labels(path: str | os.PathLike, *, skip_empty: bool = True) 
     path = os.fspath(path)
     result = Annotations(source=path)
     current: str | None = None
+    current_line = 0
     boxes: list[list[float]] = []
     marks: list[list[float] | None] = []
 
     def flush():
         if current is not None:
-            result.images.append(_annotation(current, boxes, marks))
+            result.images.append(_annotation(current, boxes, marks, current_line))
 
     for lineno, raw in enumerate(_open_lines(path), start=1):
         line = raw.strip()
@@ -176,6 +220,8 @@ def read_retinaface_labels(path: str | os.PathLike, *, skip_empty: bool = True) 
             current = line[1:].strip()
             if not current:
                 raise LabelFileError(f"{where}: '#' header without an image path")
+            _checked_path(current, where)
+            current_line = lineno
             boxes, marks = [], []
             continue
         if current is None:
@@ -210,6 +256,7 @@ def read_wider_bbx_gt(path: str | os.PathLike, *, skip_empty: bool = True) -> An
         if not name:
             continue
         header_line = i
+        _checked_path(name, f"{path}:{header_line}")
         if i >= n:
             raise LabelFileError(f"{path}:{header_line}: image {name!r} has no face count line")
         count_text = lines[i].strip()
@@ -235,7 +282,7 @@ def read_wider_bbx_gt(path: str | os.PathLike, *, skip_empty: bool = True) -> An
                 result.dropped_faces += 1
                 continue
             boxes.append(v[:4])
-        result.images.append(_annotation(name, boxes, [None] * len(boxes)))
+        result.images.append(_annotation(name, boxes, [None] * len(boxes), header_line))
     return _finish(result, skip_empty)
 
 
@@ -258,6 +305,7 @@ def read_wider_mat(path: str | os.PathLike, *, skip_empty: bool = True) -> Annot
         event = str(events[e][0][0])
         for k in range(len(files[e][0])):
             name = str(files[e][0][k][0][0])
+            _checked_path(f"{event}/{name}.jpg", f"{path}: file_list[{e}][{k}]")
             b = np.asarray(bbxs[e][0][k][0], dtype=np.float64).reshape(-1, 4)
             ok = (b[:, 2] > 0) & (b[:, 3] > 0)
             result.dropped_faces += int((~ok).sum())
@@ -284,15 +332,79 @@ def find_missing_images(images: Iterable[ImageAnnotation], images_dir: str | os.
     return [im.path for im in images if not (root / im.path).is_file()]
 
 
-def check_images(annotations: Annotations | Sequence[ImageAnnotation], images_dir: str | os.PathLike) -> None:
-    """Raise :class:`MissingImagesError` (count and the first few paths) if any image is missing:
-    called before training so a typo fails at once, not hours into an epoch."""
+def check_images(annotations: Annotations | Sequence[ImageAnnotation], images_dir: str | os.PathLike, *,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, decode: bool = True) -> None:
+    """Verify every image before training, so a bad one fails at once with its name, not as a
+    TensorFlow traceback hours into an epoch. In order:
+
+    - an image path that is absolute or leads outside ``images_dir``: :class:`LabelFileError`;
+    - missing images: :class:`MissingImagesError` (count and the first few paths);
+    - then each image's header (:func:`retinaface_tf.fileio.probe_image`: a regular file, a format
+      ``tf.io.decode_image`` reads (JPEG, PNG, BMP, GIF, WebP), at most ``max_pixels`` pixels
+      (default 100 megapixels, ``None``: no limit)) and, with ``decode``, a full decode
+      by TensorFlow's own decoder (JPEG at 1/8 scale: every byte is still entropy-decoded, a few
+      ms per image): :class:`BadImagesError` naming the label file's line, the first bad image and
+      why, and how many are bad.
+    """
+    from retinaface_tf.fileio import ImageError, probe_image
+
     images = annotations.images if isinstance(annotations, Annotations) else annotations
-    source = f"{annotations.source}: " if isinstance(annotations, Annotations) else ""
+    source = annotations.source if isinstance(annotations, Annotations) else None
+    prefix = f"{source}: " if source else ""
+
+    def where(im: ImageAnnotation) -> str:
+        if source and im.line:
+            return f"{source}:{im.line}: "
+        return prefix
+
+    for im in images:
+        problem = image_path_problem(im.path)
+        if problem:
+            raise LabelFileError(f"{where(im)}{problem}")
     if not Path(images_dir).is_dir():
-        raise MissingImagesError(f"{source}images folder {os.fspath(images_dir)} does not exist")
+        raise MissingImagesError(f"{prefix}images folder {os.fspath(images_dir)} does not exist")
     missing = find_missing_images(images, images_dir)
     if missing:
         shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
         raise MissingImagesError(
-            f"{source}{len(missing)} of {len(images)} image(s) not found under {os.fspath(images_dir)}: {shown}")
+            f"{prefix}{len(missing)} of {len(images)} image(s) not found under {os.fspath(images_dir)}: {shown}")
+    root = os.fspath(images_dir)
+    bad: list[str] = []
+    decode_fn = _tf_decoder() if decode else None
+    for im in images:
+        path = os.path.join(root, *im.path.split("/"))
+        try:
+            header = probe_image(path, max_pixels=max_pixels)
+            if header.format not in TF_FORMATS:
+                raise ImageError(f"{path}: {header.format} cannot be decoded by TensorFlow's decode_image; "
+                                 f"train on {', '.join(TF_FORMATS)}")
+            if decode_fn is not None:
+                decode_fn(path, header.format)
+        except ImageError as exc:
+            bad.append(f"{where(im)}{exc}")
+    if bad:
+        more = f" ({len(bad)} of {len(images)} images cannot be used; the first is shown)" if len(bad) > 1 else ""
+        raise BadImagesError(bad[0] + more)
+
+
+def _tf_decoder():
+    """``decode(path, format)``: decode with the training pipeline's TensorFlow decoder, raising
+    :class:`retinaface_tf.fileio.ImageError` (one line, naming ``path``) when it fails."""
+    import tensorflow as tf
+
+    from retinaface_tf.fileio import ImageError
+
+    def decode(path: str, fmt: str) -> None:
+        try:
+            contents = tf.io.read_file(path)
+            if fmt == "JPEG":
+                tf.io.decode_jpeg(contents, channels=3, ratio=8)
+            else:
+                tf.io.decode_image(contents, channels=3, expand_animations=False)
+        except (tf.errors.OpError, MemoryError) as exc:
+            lines = [ln.strip() for ln in str(getattr(exc, "message", exc)).splitlines() if ln.strip()]
+            reason = lines[0] if lines else type(exc).__name__
+            reason = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", reason)
+            raise ImageError(f"{path}: TensorFlow cannot decode this {fmt} ({reason})") from None
+
+    return decode
