@@ -2,13 +2,22 @@
 
 Either runs the detector over ``--images`` (optionally writing the predictions in the official
 layout) or scores an existing ``--predictions`` folder from any detector.
+
+Outputs, checked before any work (nothing written on error): ``--save-predictions`` must be a new
+or empty folder outside ``--images`` and ``--ground-truth``; ``--plot`` may replace only a plot
+(a file matplotlib wrote), never a folder or any other file. Every image header is checked
+(pixel limit ``--max-pixels``) before the detector runs. Prediction files are written atomically
+one by one: if writing stops (a full disk), the files written before are complete.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
 import time
+from pathlib import Path
 
 from retinaface_tf.commands import add_model_args
 
@@ -16,6 +25,8 @@ DEFAULT_PLOT = "widerface_pr_curves.png"
 
 
 def add_parser(sub, name, help_text):
+    from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, parse_pixel_count
+
     p = sub.add_parser(name, help=help_text, description=help_text + ". Run the detector with --images, "
                        "or score an existing prediction folder with --predictions.")
     p.add_argument("--ground-truth", "-g", required=True, metavar="DIR",
@@ -43,6 +54,9 @@ def add_parser(sub, name, help_text):
     p.add_argument("--max-detections", type=int, default=5000,
                    help="detections kept per image (default 5000: the reference's test_widerface.py keeps "
                         "every box after NMS of the top 5000)")
+    p.add_argument("--max-pixels", type=parse_pixel_count, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help=f"refuse images larger than this from their header, before decoding (default "
+                        f"{DEFAULT_MAX_PIXELS // 10**6}M pixels; K/M/G suffixes allowed)")
     p.add_argument("--plot", default=DEFAULT_PLOT, metavar="PNG",
                    help=f"save the PR curves here (default ./{DEFAULT_PLOT})")
     p.add_argument("--no-plot", action="store_true", help="do not save PR curves")
@@ -52,19 +66,118 @@ def add_parser(sub, name, help_text):
     return p
 
 
+def _inside(path, folder) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_writable_parent(path: Path, flag: str) -> None:
+    """The folder that will hold ``path`` exists (or can be made under an existing folder) and
+    takes a new file."""
+    import tempfile
+
+    from retinaface_tf.cli import CliError
+
+    base = _nearest_existing(path.parent if path.name else path)
+    if not base.is_dir():
+        raise CliError(f"{flag} {path}: {base} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".evaluate-write-test-", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise CliError(f"{flag} {path}: cannot write in {base}: {exc.strerror}") from None
+
+
+def _is_matplotlib_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return False
+    return b"matplotlib" in head.lower()
+
+
+def _check_outputs(args) -> None:
+    """Every output location is checked before any work; nothing is written when one is bad."""
+    from retinaface_tf.cli import CliError
+
+    inputs = [("--ground-truth", args.ground_truth), ("--images", args.images), ("--predictions", args.predictions)]
+    if args.save_predictions:
+        out = Path(args.save_predictions)
+        for flag, folder in inputs:
+            if folder and (_inside(out, folder) or _inside(folder, out)):
+                raise CliError(f"--save-predictions {out}: overlaps {flag} {folder}; give a new folder elsewhere")
+        if os.path.lexists(out):
+            if not out.is_dir():
+                raise CliError(f"--save-predictions {out}: exists and is not a folder; give a new or empty folder")
+            try:
+                entries = sorted(os.listdir(out))
+            except OSError as exc:
+                raise CliError(f"--save-predictions {out}: cannot list the folder: {exc.strerror}") from None
+            if entries:
+                raise CliError(f"--save-predictions {out}: folder is not empty (it holds {entries[0]!r}); "
+                               "give a new or empty folder (nothing was changed)")
+            _check_writable_parent(out / "x", "--save-predictions")
+        else:
+            _check_writable_parent(out, "--save-predictions")
+    if not args.no_plot:
+        plot = Path(args.plot)
+        try:
+            from matplotlib.backend_bases import FigureCanvasBase
+            formats = FigureCanvasBase.get_supported_filetypes()
+        except ImportError:
+            formats = None  # save_pr_curves says how to install it
+        if formats is not None and plot.suffix and plot.suffix[1:].lower() not in formats:
+            raise CliError(f"--plot {plot}: matplotlib cannot write {plot.suffix} files "
+                           f"(use one of .{', .'.join(sorted(formats))})")
+        if os.path.lexists(plot):
+            if plot.is_dir():
+                raise CliError(f"--plot {plot}: is a folder; give a file name for the PR-curve image")
+            if plot.is_symlink() or not plot.is_file():
+                raise CliError(f"--plot {plot}: exists and is not a regular file (nothing was changed)")
+            if not _is_matplotlib_file(plot):
+                raise CliError(f"--plot {plot}: exists and is not a plot (only a file matplotlib wrote is "
+                               "replaced); give another --plot (nothing was changed)")
+        for flag, folder in (("--predictions", args.predictions), ("--save-predictions", args.save_predictions)):
+            if folder and _inside(plot, folder):  # a stray file would break the EVENT/NAME.txt layout
+                raise CliError(f"--plot {plot}: lies inside {flag} {folder}; give a file elsewhere")
+        _check_writable_parent(plot, "--plot")
+
+
+def _create_folder(path: Path, flag: str) -> None:
+    from retinaface_tf.cli import CliError
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"{flag} {path}: cannot create the folder: {exc.strerror}") from None
+
+
 def run(args) -> int:
     from retinaface_tf.cli import CliError
+    from retinaface_tf.errors import RetinaFaceError
     from retinaface_tf.evaluation import widerface as W
 
     if not args.images and not args.predictions:
         raise CliError("give --images (run the detector) or --predictions (score a prediction folder)")
     if args.predictions and args.save_predictions:
         raise CliError("--save-predictions needs the detector (--images without --predictions)")
-    if not 0 <= args.score_threshold <= 1:
+    if not (math.isfinite(args.score_threshold) and 0 <= args.score_threshold <= 1):
         raise CliError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+    if args.nms_threshold is not None and not (math.isfinite(args.nms_threshold) and 0 <= args.nms_threshold <= 1):
+        raise CliError(f"--nms-threshold must be in [0, 1], got {args.nms_threshold}")
     if args.max_detections < 1:
         raise CliError(f"--max-detections must be >= 1, got {args.max_detections}")
     events = [e for e in args.events.split(",") if e] if args.events else None
+    _check_outputs(args)
 
     gt = W.load_ground_truth(args.ground_truth)
     if events:
@@ -97,13 +210,27 @@ def run(args) -> int:
             missing = next(k for k in gt.images if k not in images)
             raise CliError(f"--complete: {args.images}/{missing[0]}/{missing[1]}.jpg is missing "
                            f"({len(gt) - len(images)} of {len(gt)} images)")
+        from retinaface_tf.fileio import probe_image
+        for path in images.values():  # every header before any work: a bad image fails now, not in an hour
+            probe_image(path, max_pixels=args.max_pixels)
         tta = TestTimeAugmentation(scale=args.scale, flip=args.flip, merge=args.merge,
                                    max_detections=args.max_detections)
         detector = Detector(args.weights, args.config, score_threshold=args.score_threshold,
-                            iou_threshold=args.nms_threshold, max_detections=args.max_detections)
+                            iou_threshold=args.nms_threshold, max_detections=args.max_detections,
+                            max_pixels=args.max_pixels)
+        if args.save_predictions:
+            _create_folder(Path(args.save_predictions), "--save-predictions")
         log(f"detecting faces in {len(images)} images: {tta.describe()}")
-        preds, seconds_per_image = predict_images(detector, images, tta=tta, output_dir=args.save_predictions,
-                                                  progress=not args.quiet)
+        done = []
+        try:
+            preds, seconds_per_image = predict_images(detector, images, tta=tta, output_dir=args.save_predictions,
+                                                      progress=not args.quiet, max_pixels=args.max_pixels,
+                                                      on_image=lambda key, det: done.append(key))
+        except RetinaFaceError as exc:
+            if not args.save_predictions:
+                raise
+            raise type(exc)(f"{exc} (stopped after {len(done)} of {len(images)} images; their prediction files "
+                            f"in {args.save_predictions} are complete)") from None
         mode = tta.describe()
         if args.save_predictions:
             log(f"predictions written to {args.save_predictions}")

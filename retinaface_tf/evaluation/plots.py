@@ -51,9 +51,11 @@ def save_pr_curves(results: EvaluationResult | Mapping[str, EvaluationResult], p
         any_res = next(iter(results.values()))
         fig.suptitle(title or f"WIDER FACE val: {any_res.num_images} images")
         fig.tight_layout()
+        from retinaface_tf.fileio import atomic_file
+
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, dpi=100)
+            with atomic_file(path, suffix=path.suffix or ".png") as tmp:  # matplotlib picks the format by suffix
+                fig.savefig(tmp, dpi=100, format=(path.suffix[1:] or "png").lower())
         except OSError as exc:
             raise PlotError(f"{path}: cannot write the PR-curve image: {exc.strerror}") from None
     finally:

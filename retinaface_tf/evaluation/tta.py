@@ -196,12 +196,14 @@ def detections_to_rows(boxes_xyxy: np.ndarray, scores: np.ndarray) -> np.ndarray
 
 def predict_images(detector, images: Mapping[tuple, Path], *, tta: TestTimeAugmentation | None = None,
                    output_dir: str | Path | None = None, progress: bool = True,
-                   on_image: Callable | None = None) -> tuple[dict, float]:
+                   on_image: Callable | None = None, max_pixels: int | None = None) -> tuple[dict, float]:
     """Run ``detector`` over ``images`` (``{(event, name): path}``).
 
     Returns ``(predictions, seconds per image)`` with predictions ``{(event, name): [K, 5]}`` in
     the prediction-file representation (:func:`detections_to_rows`). With ``output_dir``, each
-    image's file is also written there as ``EVENT/NAME.txt`` in the official layout.
+    image's file is also written there as ``EVENT/NAME.txt`` in the official layout (each file
+    atomically). Images above ``max_pixels`` pixels (default: the detector's limit) are refused
+    from their header.
     """
     from retinaface_tf.evaluation.widerface import write_prediction_file
     from retinaface_tf.fileio import read_image
@@ -212,8 +214,9 @@ def predict_images(detector, images: Mapping[tuple, Path], *, tta: TestTimeAugme
     bar = tqdm(total=len(images), unit="img", disable=not progress, file=sys.stderr)
     preds = {}
     elapsed = 0.0
+    limit = getattr(detector, "max_pixels", None) if max_pixels is None else max_pixels
     for key, path in images.items():
-        image = read_image(path)
+        image = read_image(path, max_pixels=limit)
         t0 = time.perf_counter()
         det = tta.detect(detector, image)
         elapsed += time.perf_counter() - t0

@@ -323,10 +323,16 @@ def format_prediction_lines(name: str, boxes_xyxy: np.ndarray, scores: np.ndarra
 
 
 def write_prediction_file(directory: str | os.PathLike, event: str, name: str, boxes_xyxy, scores) -> Path:
-    """Write ``directory/event/name.txt`` (see :func:`format_prediction_lines`)."""
+    """Write ``directory/event/name.txt`` (see :func:`format_prediction_lines`) atomically: a
+    reader or a failure (a full disk) never leaves a half-written file. A failure is a one-line
+    :class:`PredictionError` naming the file."""
+    from retinaface_tf.fileio import write_text_atomic
+
     path = Path(directory) / event / f"{name}.txt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(format_prediction_lines(name, boxes_xyxy, scores))
+    try:
+        write_text_atomic(path, format_prediction_lines(name, boxes_xyxy, scores))
+    except OSError as exc:
+        raise PredictionError(f"{path}: cannot write the prediction file: {exc.strerror or exc}") from None
     return path
 
 
