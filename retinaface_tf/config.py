@@ -2,17 +2,24 @@
 
 Every setting lives in a frozen dataclass. A YAML file (``configs/*.yaml``, shipped as package
 data ``retinaface_tf.configs`` so a bare name such as ``mobilenet025_short`` works from any
-directory) overrides the config its ``base`` names; ``Config.to_dict`` / ``Config.to_yaml``
-write the *resolved* config, which is saved next to every checkpoint and export. Library
-functions take explicit keyword arguments, never the whole config: the config is unpacked once,
-at the edge (CLI, Detector, training).
+directory) overrides the config its ``base`` names; every field is checked for type and range
+(``Config.validate``), and each problem is a one-line ``ConfigError`` naming the source and the
+dotted field. ``Config.to_dict`` / ``Config.to_yaml`` write the *resolved* config, which is
+saved next to every checkpoint and export. Library functions take explicit keyword arguments,
+never the whole config: the config is unpacked once, at the edge (CLI, Detector, training).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import os
-from dataclasses import dataclass, field, fields
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import yaml
@@ -147,7 +154,7 @@ class Config:
         config, else the preset of ``model.backbone`` (so a saved, complete config with any
         ``name`` loads back as it was)."""
         if not isinstance(data, dict):
-            raise ConfigError(f"{source}: top level must be a mapping, got {type(data).__name__}")
+            raise ConfigError(f"{source}: top level must be a mapping, got {_show(data)}")
         data = dict(data)
         if "base" in data:
             base_name, base_field = data.pop("base"), "base"
@@ -174,11 +181,11 @@ class Config:
             with open(path, encoding="utf-8") as f:
                 data = yaml.safe_load(f)
         except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+            raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: cannot read config: not a UTF-8 text file") from None
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
+            raise ConfigError(f"{path}:{_yaml_where(exc)} invalid YAML: {_yaml_problem(exc)}") from None
         return Config.from_dict({} if data is None else data, source=path, _seen=_seen)
 
     @staticmethod
@@ -201,12 +208,23 @@ class Config:
         """Apply ``{"train.batch_size": 16, ...}`` overrides (values may be YAML strings)."""
         nested: dict[str, Any] = {}
         for key, value in dotted.items():
+            key = str(key)
             if isinstance(value, str):
-                value = yaml.safe_load(value)
+                try:
+                    value = yaml.safe_load(value)
+                except yaml.YAMLError as exc:
+                    raise ConfigError(f"{source}: field '{key}': invalid YAML value {value!r}: "
+                                      f"{_yaml_problem(exc)}") from None
             node = nested
             parts = key.split(".")
-            for part in parts[:-1]:
+            for i, part in enumerate(parts[:-1]):
                 node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    section = ".".join(parts[:i + 1])
+                    raise ConfigError(f"{source}: field '{key}': '{section}' is also set to a single value "
+                                      f"({_show(node)}); it is a section")
+            if isinstance(node.get(parts[-1]), dict) and not isinstance(value, dict):
+                raise ConfigError(f"{source}: field '{key}': expected a mapping (it is a section), got {_show(value)}")
             node[parts[-1]] = value
         cfg = _merge(self, nested, source, prefix="")
         cfg.validate(source)
@@ -225,35 +243,82 @@ class Config:
 
     # ------------------------------------------------------------------ checks
     def validate(self, source: str = "config") -> None:
-        a, m, p, d = self.anchors, self.model, self.postprocess, self.data
-        if len(a.min_sizes) != len(a.steps):
-            raise ConfigError(f"{source}: anchors.min_sizes has {len(a.min_sizes)} levels but anchors.steps has {len(a.steps)}")
-        if len(a.steps) != 3:
-            raise ConfigError(f"{source}: anchors.steps: the network has 3 pyramid levels, got {len(a.steps)}")
-        if any(len(s) != m.num_anchors for s in a.min_sizes):
-            raise ConfigError(f"{source}: anchors.min_sizes: every level needs model.num_anchors={m.num_anchors} sizes")
-        if list(a.steps) != [8, 16, 32]:
-            raise ConfigError(f"{source}: anchors.steps must be [8, 16, 32] (the backbone's strides), got {list(a.steps)}")
-        if m.backbone not in ("mobilenet025", "resnet50"):
-            raise ConfigError(f"{source}: model.backbone must be 'mobilenet025' or 'resnet50', got {m.backbone!r}")
-        if m.fpn_channels % 4:
-            raise ConfigError(f"{source}: model.fpn_channels must be divisible by 4 (SSH splits it), got {m.fpn_channels}")
-        if not 0 < p.iou_threshold <= 1:
-            raise ConfigError(f"{source}: postprocess.iou_threshold must be in (0, 1], got {p.iou_threshold}")
-        if p.max_detections < 1 or p.pre_nms_top_k < 1:
-            raise ConfigError(f"{source}: postprocess.max_detections and pre_nms_top_k must be >= 1")
+        """Check every field's type and range; the first problem is a one-line
+        ``ConfigError``: ``SOURCE: field 'SECTION.NAME': must be ..., got VALUE``."""
+        # Types first (a Config built in code skips _merge's conversion), then ranges.
+        for name, hint in _hints(Config).items():
+            value = getattr(self, name)
+            if dataclasses.is_dataclass(hint):
+                if not isinstance(value, hint):
+                    raise ConfigError(f"{source}: field '{name}': expected a mapping, got {_show(value)}")
+                for sub, sub_hint in _hints(hint).items():
+                    _coerce(getattr(value, sub), sub_hint, f"{source}: field '{name}.{sub}'")
+            else:
+                _coerce(value, hint, f"{source}: field '{name}'")
+
+        def need(ok: bool, where: str, requirement: str, value: Any) -> None:
+            if not ok:
+                raise ConfigError(f"{source}: field '{where}': {requirement}, got {_show(value)}")
+
+        a, m, p, lo, d, t = self.anchors, self.model, self.postprocess, self.loss, self.data, self.train
+        need(bool(self.name.strip()), "name", "must be a non-empty string", self.name)
+
+        need(m.backbone in BACKBONES, "model.backbone", f"must be one of {', '.join(BACKBONES)}", m.backbone)
+        need(m.fpn_channels >= 4 and m.fpn_channels % 4 == 0, "model.fpn_channels",
+             "must be a positive multiple of 4 (SSH splits it)", m.fpn_channels)
+        _range(need, "model.fpn_leaky", m.fpn_leaky, 0, 1)
+        _range(need, "model.backbone_leaky", m.backbone_leaky, 0, 1)
+        need(m.num_anchors >= 1, "model.num_anchors", "must be >= 1", m.num_anchors)
+        need(m.backbone_weights is None or bool(m.backbone_weights.strip()), "model.backbone_weights",
+             "must be a file path or null", m.backbone_weights)
+
+        # anchors: the backbone's three strides; num_anchors positive sizes per level.
+        need(list(a.steps) == [8, 16, 32], "anchors.steps", "must be [8, 16, 32] (the backbone's strides)", a.steps)
+        need(len(a.min_sizes) == len(a.steps), "anchors.min_sizes",
+             f"needs one list of sizes per anchor step ({len(a.steps)} levels)", a.min_sizes)
+        need(all(len(s) == m.num_anchors for s in a.min_sizes), "anchors.min_sizes",
+             f"every level needs model.num_anchors={m.num_anchors} sizes", a.min_sizes)
+        need(all(v >= 1 for s in a.min_sizes for v in s), "anchors.min_sizes", "sizes must be >= 1 pixel", a.min_sizes)
+        need(all(v > 0 for v in a.variances), "anchors.variances", "must both be > 0", a.variances)
+
+        _range(need, "postprocess.score_threshold", p.score_threshold, 0, 1)
+        need(p.pre_nms_top_k >= 1, "postprocess.pre_nms_top_k", "must be >= 1", p.pre_nms_top_k)
+        _range(need, "postprocess.iou_threshold", p.iou_threshold, 0, 1, low_open=True)
+        need(p.max_detections >= 1, "postprocess.max_detections", "must be >= 1", p.max_detections)
+
+        _range(need, "loss.match_threshold", lo.match_threshold, 0, 1, low_open=True)
+        _range(need, "loss.force_match_min_iou", lo.force_match_min_iou, 0, 1)
+        need(lo.neg_pos_ratio >= 1, "loss.neg_pos_ratio", "must be >= 1", lo.neg_pos_ratio)
+        need(lo.loc_weight >= 0, "loss.loc_weight", "must be >= 0", lo.loc_weight)
+        need(lo.landmark_weight >= 0, "loss.landmark_weight", "must be >= 0", lo.landmark_weight)
+
         # The network and the anchors agree for any size (both use ceil(size / step)); a
         # training size must still put the finest anchor grid on whole pixels. cfg_re50's 840
         # is not a multiple of 32, so the largest step cannot be required.
-        if d.image_size < max(a.steps) or d.image_size % min(a.steps):
-            raise ConfigError(
-                f"{source}: data.image_size={d.image_size} must be a multiple of the smallest step {min(a.steps)} "
-                f"and at least the largest step {max(a.steps)}")
-        if self.train.batch_size < 1:
-            raise ConfigError(f"{source}: train.batch_size must be >= 1, got {self.train.batch_size}")
+        need(d.image_size >= max(a.steps) and d.image_size % min(a.steps) == 0, "data.image_size",
+             f"must be a multiple of the smallest anchor step {min(a.steps)} and at least the largest step "
+             f"{max(a.steps)}", d.image_size)
+        need(all(0 <= v <= 255 for v in d.rgb_mean), "data.rgb_mean", "must be 3 pixel values in [0, 255]", d.rgb_mean)
+        need(len(d.crop_scales) >= 1 and all(0 < v <= 1 for v in d.crop_scales), "data.crop_scales",
+             "must be a non-empty list of fractions in (0, 1]", d.crop_scales)
+        need(d.crop_candidates >= 1, "data.crop_candidates", "must be >= 1", d.crop_candidates)
+        _range(need, "data.mirror_probability", d.mirror_probability, 0, 1)
+        need(d.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1", d.shuffle_buffer)
+
+        need(t.batch_size >= 1, "train.batch_size", "must be >= 1", t.batch_size)
+        need(t.epochs >= 1, "train.epochs", "must be >= 1", t.epochs)
+        need(t.learning_rate > 0, "train.learning_rate", "must be > 0", t.learning_rate)
+        need(0 <= t.momentum < 1, "train.momentum", "must be in [0, 1)", t.momentum)
+        need(t.weight_decay >= 0, "train.weight_decay", "must be >= 0", t.weight_decay)
+        need(all(e >= 0 for e in t.decay_epochs) and all(x < y for x, y in zip(t.decay_epochs, t.decay_epochs[1:])),
+             "train.decay_epochs", "must be increasing epoch numbers >= 0", t.decay_epochs)
+        _range(need, "train.decay_factor", t.decay_factor, 0, 1, low_open=True)
+        need(t.warmup_epochs >= 0, "train.warmup_epochs", "must be >= 0", t.warmup_epochs)
+        need(0 <= t.seed < 2**32, "train.seed", "must be in [0, 2**32)", t.seed)
 
 
 PRESETS = ("mobilenet025", "resnet50")
+BACKBONES = ("mobilenet025", "resnet50")
 
 
 # ---------------------------------------------------------------------- helpers
@@ -274,7 +339,33 @@ def _packaged_configs() -> dict[str, str]:
     return {}
 
 
+def _range(need, where: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
+    ok = (low < value if low_open else low <= value) and value <= high
+    need(ok, where, f"must be in {'(' if low_open else '['}{low}, {high}]", value)
+
+
+def _yaml_where(exc: Exception) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    return f" line {mark.line + 1}" if mark is not None else ""
+
+
+def _yaml_problem(exc: Exception) -> str:
+    return " ".join(str(getattr(exc, "problem", None) or exc).split())
+
+
+def _show(value: Any) -> str:
+    text = repr(_to_plain(value))
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+@lru_cache(maxsize=None)
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
     if isinstance(value, dict):
         return {k: _to_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -282,45 +373,65 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
-def _coerce(value: Any, template: Any, where: str) -> Any:
-    """Convert YAML values to the type of the dataclass default (lists → tuples)."""
-    if isinstance(template, tuple):
+# YAML 1.1 (PyYAML) reads "1e-3" as a string; a float field accepts it as the number it means.
+_EXPONENT_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as the field type ``hint`` (lists → tuples, ints → floats), or a
+    ``ConfigError`` naming ``where``. Floats must be finite."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [h for h in args if h is not type(None)]
+        return _coerce(value, inner, where)
+    if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        inner = template[0] if template else None
-        return tuple(_coerce(v, inner, where) if inner is not None else v for v in value)
-    if isinstance(template, bool):
+            raise ConfigError(f"{where}: expected a list, got {_show(value)}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            inner = [args[0]] * len(value)
+        else:
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: expected a list of {len(args)} values, got {_show(value)}")
+            inner = list(args)
+        return tuple(_coerce(v, h, f"{where[:-1]}[{i}]'" if where.endswith("'") else f"{where}[{i}]")
+                     for i, (v, h) in enumerate(zip(value, inner)))
+    if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+            raise ConfigError(f"{where}: expected true or false, got {_show(value)}")
         return value
-    if isinstance(template, int) and not isinstance(template, bool):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if isinstance(template, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if hint is int:  # numpy integers too; never a bool
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ConfigError(f"{where}: expected an integer, got {_show(value)}")
+        return int(value)
+    if hint is float:
+        if isinstance(value, str) and _EXPONENT_FLOAT.match(value.strip()):
+            value = float(value)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ConfigError(f"{where}: expected a number, got {_show(value)}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: must be a finite number, got {_show(value)}")
         return float(value)
-    if isinstance(template, str):
+    if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-    return value
+            raise ConfigError(f"{where}: expected a string, got {_show(value)}")
+        return value
+    raise TypeError(f"config field type {hint!r} has no conversion")  # a programming error
 
 
 def _merge(obj: Any, data: dict[str, Any], source: str, prefix: str) -> Any:
-    known = {f.name: f for f in fields(obj)}
+    hints = _hints(type(obj))
     changes = {}
     for key, value in data.items():
         where = f"{source}: field '{prefix}{key}'"
-        if key not in known:
-            raise ConfigError(f"{where}: unknown field (known: {', '.join(known)})")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
+        if key not in hints:
+            raise ConfigError(f"{where}: unknown field (known: {', '.join(hints)})")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
-                raise ConfigError(f"{where}: expected a mapping")
-            changes[key] = _merge(current, value, source, prefix=f"{prefix}{key}.")
-        elif current is None:
-            changes[key] = value
+                raise ConfigError(f"{where}: expected a mapping (it is a section), got {_show(value)}")
+            changes[key] = _merge(getattr(obj, key), value, source, prefix=f"{prefix}{key}.")
         else:
-            changes[key] = _coerce(value, current, where)
+            changes[key] = _coerce(value, hint, where)
     return dataclasses.replace(obj, **changes)

@@ -32,7 +32,7 @@ def test_roundtrip_and_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("text, needle", [
-    ("data:\n  image_size: 630\n", "data.image_size=630 must be a multiple of the smallest step 8"),
+    ("data:\n  image_size: 630\n", "field 'data.image_size': must be a multiple of the smallest anchor step 8"),
     ("train:\n  batch_sise: 3\n", "field 'train.batch_sise': unknown field"),
     ("train:\n  batch_size: many\n", "field 'train.batch_size': expected an integer"),
     ("model: [1, 2\n", "line"),

@@ -47,8 +47,9 @@ def parse_overrides(items) -> dict:
 def run(args) -> int:
     from retinaface_tf.cli import CliError
     from retinaface_tf.config import Config
-    from retinaface_tf.training import train
 
+    # Every check before TensorFlow is imported: a bad config or flag fails in a second, with
+    # one line, and leaves --output untouched.
     cfg = Config.load(args.config)
     overrides = parse_overrides(args.set)
     if args.epochs is not None:
@@ -63,6 +64,12 @@ def run(args) -> int:
         raise CliError("give --weights (fine-tuning) or --backbone-weights (ImageNet start), not both")
     if bool(args.val_images) != bool(args.val_ground_truth):
         raise CliError("--val-images and --val-ground-truth go together")
+    for flag, value, low in (("--steps-per-epoch", args.steps_per_epoch, 1), ("--val-every", args.val_every, 0),
+                             ("--val-max-images", args.val_max_images, 1)):
+        if value is not None and value < low:
+            raise CliError(f"{flag} must be >= {low}, got {value}")
+    from retinaface_tf.training import train
+
     history = train(cfg, output_dir=args.output, label_file=args.label_file, images_dir=args.images,
                     tfrecord_pattern=args.tfrecords, weights=args.weights, backbone_weights=args.backbone_weights,
                     val_images=args.val_images, val_ground_truth=args.val_ground_truth, val_every=args.val_every,
