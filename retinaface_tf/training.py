@@ -191,6 +191,79 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             shutil.rmtree(self._dir, ignore_errors=True)
 
 
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Ends the run with a :class:`TrainingError` naming the epoch and step at the first step whose
+    loss is NaN or infinite. It raises from the step's callback, so no later callback of that
+    epoch runs: ``model.weights.h5``, ``best.weights.h5``, ``history.csv`` and ``backup/`` keep
+    the last good epoch (``on_train_end``, which would delete the backup, never runs)."""
+
+    def __init__(self, output_dir):
+        super().__init__()
+        self.output_dir = Path(output_dir)
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        for key, value in (logs or {}).items():
+            if "loss" not in key:
+                continue
+            value = float(np.asarray(value).reshape(-1)[0])
+            if not math.isfinite(value):
+                raise TrainingError(
+                    f"{self.output_dir}: {key} became {value} at epoch {self._epoch + 1}, step {batch + 1}; stopped. "
+                    f"The last good epoch ({self._epoch}) is kept in model.weights.h5 and backup/; lower "
+                    "train.learning_rate (or check the data) and resume or fine-tune from it")
+
+
+class HistoryWriter(keras.callbacks.Callback):
+    """``history.csv``: one row per completed epoch, the whole file rewritten atomically. It runs
+    before the backup is saved, and on resume drops the rows of epochs the backup does not hold
+    (they are trained again), so a kill at any moment leaves neither a gap nor a duplicate."""
+
+    def __init__(self, path, backup_dir):
+        super().__init__()
+        self.path, self.backup_dir = Path(path), Path(backup_dir)
+        self.columns: list[str] | None = None
+        self.rows: list[dict] = []
+
+    def on_train_begin(self, logs=None):
+        resume_epoch = 0
+        state = self.backup_dir / "state.json"
+        if state.exists():
+            resume_epoch = int(json.loads(state.read_text())["epoch"])
+        if self.path.exists():
+            import csv
+
+            with open(self.path, newline="") as f:
+                reader = csv.DictReader(f)
+                self.columns = list(reader.fieldnames or []) or None
+                self.rows = [row for row in reader if int(row["epoch"]) < resume_epoch]
+            self._write()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        if self.columns is None:
+            self.columns = ["epoch", *sorted(logs)]
+        row = {"epoch": epoch}
+        for key in self.columns[1:]:
+            value = logs.get(key, float("nan"))
+            row[key] = float(np.asarray(value).reshape(-1)[0])
+        self.rows.append(row)
+        self._write()
+
+    def _write(self):
+        import csv
+        import io
+
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.columns or ["epoch"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text_atomic(self.path, buf.getvalue())
+
+
 class LearningRateLogger(keras.callbacks.Callback):
     """Puts the epoch's last learning rate into ``logs["learning_rate"]`` (history.csv, TensorBoard)."""
 
@@ -263,9 +336,12 @@ def _run_identity(config: Config, data: dict) -> dict:
     return {"config": config.to_dict(), "data": data}
 
 
-def prepare_output(output_dir: Path, config: Config, data: dict) -> bool:
+def prepare_output(output_dir: Path, config: Config, data: dict, *, write: bool = True) -> bool:
     """Create or re-open the run folder. Returns True when resuming an interrupted run.
-    Raises :class:`TrainingError` if the folder holds a different or a finished run."""
+    Raises :class:`TrainingError` if the folder holds a different or a finished run. With
+    ``write=False`` only the checks run (a new run's ``run.yaml`` is written once everything
+    that can fail at start has passed, so a failed start leaves nothing behind). Resuming removes
+    the temporary files a kill can leave from an atomic write."""
     run_file = output_dir / "run.yaml"
     identity = _run_identity(config, data)
     if run_file.exists():
@@ -280,13 +356,30 @@ def prepare_output(output_dir: Path, config: Config, data: dict) -> bool:
             if (output_dir / "model.weights.h5").exists():
                 raise TrainingError(f"{output_dir}: holds a finished run; choose another --output")
             return False
+        if write:
+            _remove_orphan_temporaries(output_dir)
         return True
     if output_dir.exists() and any(output_dir.iterdir()):
         raise TrainingError(f"{output_dir}: folder is not empty and holds no run.yaml; choose another --output")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_file, yaml.safe_dump(identity, sort_keys=False))
-    config.to_yaml(output_dir / "config.yaml")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise TrainingError(f"{output_dir}: exists and is not a folder; choose another --output")
+    if write:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        config.to_yaml(output_dir / "config.yaml")
+        write_text_atomic(run_file, yaml.safe_dump(identity, sort_keys=False))
     return False
+
+
+RUN_FILES = ("run.yaml", "config.yaml", "model.weights.h5", "best.weights.h5", "history.csv", "state.json")
+
+
+def _remove_orphan_temporaries(output_dir: Path) -> None:
+    """The hidden ``.NAME.XXXX`` files :func:`~retinaface_tf.fileio.atomic_file` leaves when killed."""
+    for folder in (output_dir, output_dir / "backup"):
+        if folder.is_dir():
+            for item in folder.iterdir():
+                if item.is_file() and item.name.startswith(tuple(f".{n}." for n in RUN_FILES) + (".epoch",)):
+                    item.unlink(missing_ok=True)
 
 
 def _first_difference(a, b, prefix="") -> str:
@@ -298,6 +391,14 @@ def _first_difference(a, b, prefix="") -> str:
 
 
 # ---------------------------------------------------------------------- training
+def _load_keras_weights(model: keras.Model, path: Path) -> None:
+    try:
+        model.load_weights(str(path))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise TrainingError(f"{path}: cannot load these weights into {model.name}: {reason}") from None
+
+
 def load_initial_weights(model: keras.Model, *, weights=None, backbone_weights=None) -> str:
     """Full model weights (fine-tuning; .weights.h5, model folder or reference .pth) or backbone
     weights (converted .weights.h5 or the reference ImageNet .tar). Returns a description."""
@@ -309,7 +410,7 @@ def load_initial_weights(model: keras.Model, *, weights=None, backbone_weights=N
         if path.suffix in (".pth", ".pt", ".tar"):
             load_reference_weights(model, path)
         else:
-            model.load_weights(str(path))
+            _load_keras_weights(model, path)
         return f"full model from {path}"
     if backbone_weights is not None:
         path = Path(backbone_weights)
@@ -321,7 +422,7 @@ def load_initial_weights(model: keras.Model, *, weights=None, backbone_weights=N
         if path.suffix in (".pth", ".pt", ".tar"):
             load_reference_backbone(body, path)
         else:
-            body.load_weights(str(path))
+            _load_keras_weights(body, path)
         return f"backbone from {path}"
     return "from scratch"
 
@@ -427,7 +528,7 @@ def train(config: Config, *, output_dir, label_file=None, images_dir=None, tfrec
     steps = steps_per_epoch or math.ceil(num_images / global_batch)
 
     if chief:
-        resuming = prepare_output(output_dir, config, data_desc)
+        resuming = prepare_output(output_dir, config, data_desc, write=False)
         log_dir = output_dir
     else:  # other workers write their (identical) files where nobody reads them
         resuming = (output_dir / "backup" / "state.json").exists()
@@ -450,16 +551,20 @@ def train(config: Config, *, output_dir, label_file=None, images_dir=None, tfrec
         model = build_training_model(config, steps_per_epoch=steps, global_batch=global_batch)
         init = "resumed from backup" if resuming else load_initial_weights(
             model, weights=weights, backbone_weights=backbone_weights)
+    if chief:  # everything that can fail at start has passed: now the run folder is written
+        prepare_output(output_dir, config, data_desc)
 
-    callbacks = [AtomicBackupAndRestore(log_dir / "backup"), LearningRateLogger()]
+    # on_epoch_end runs in this order: every log is complete before history.csv is written, and
+    # history.csv before the backup (a kill in between only repeats that epoch on resume)
+    callbacks = [StopOnNonFiniteLoss(output_dir), LearningRateLogger()]
     monitor = ("loss", "min")
     if val_images and val_ground_truth and val_every:
         callbacks.append(WiderValidation(val_images, val_ground_truth, every=val_every, config=config,
                                          max_images=val_max_images))
         monitor = ("val_hard_ap", "max")
-    callbacks += [WeightsCheckpoint(log_dir, *monitor), keras.callbacks.CSVLogger(str(log_dir / "history.csv"), append=True),
+    callbacks += [WeightsCheckpoint(log_dir, *monitor), HistoryWriter(log_dir / "history.csv", log_dir / "backup"),
                   keras.callbacks.TensorBoard(str(log_dir / "logs"), update_freq="epoch"),
-                  keras.callbacks.TerminateOnNaN(), *extra_callbacks]
+                  AtomicBackupAndRestore(log_dir / "backup"), *extra_callbacks]
     if chief and verbose:
         print(f"training {config.name} on {num_images} images, {steps} steps/epoch of {global_batch} "
               f"({strategy.num_replicas_in_sync} replica(s)), {t.epochs} epochs, init: {init}", file=sys.stderr)
