@@ -165,7 +165,7 @@ TENSOR_CASES = {
     "zero-stride huge tensor": (dict(size=(16384, 16384), stride=(0, 0), numel=1),
                                 rf"tensor '{NAME}': 268435456 elements from a storage of 1 \(overlapping"),
     "sizes vs strides": (dict(size=(8, 27), stride=(27,), numel=216), r"2 sizes but 1 strides$"),
-    "offset not an int": (dict(offset="0"), r"storage offset is a str, not an integer$"),
+    "offset not an int": (dict(offset="0"), r"storage offset is of type str, not an integer$"),
     "huge offset": (dict(offset=2**200), r"addresses element \d{60,} of a storage of 216"),
     "too many dims": (dict(size=(1,) * 40, stride=(1,) * 40, numel=1), r"40 dimensions \(at most 32\)$"),
 }
@@ -285,7 +285,7 @@ def test_pickle_counters(tmp_path, monkeypatch):
     (b"ccollections\nOrderedDict\n)\x81", r"pickle opcode NEWOBJ is not allowed"),
     (b"(i__main__\nX\n", r"pickle opcode INST is not allowed"),
     (b"\xff", r"unknown pickle opcode 0xff$"),
-    (b"K\x01)R", r"calling a int, which is not callable$"),
+    (b"K\x01)R", r"calling a value of type int, which is not a function$"),
     (b"ctorch\nFloatStorage\n)R", r"calling torch\.FloatStorage$"),
     (b"ctorch._utils\n_rebuild_tensor_v2\n(K\x01K\x02K\x03K\x04tR", r"_rebuild_tensor_v2 called with 4 arguments / no storage"),
     (p_tuple([p_str("storage"), p_str("x"), p_str("0"), p_str("cpu"), p_int(1)]) + b"Q",
@@ -296,6 +296,7 @@ def test_pickle_counters(tmp_path, monkeypatch):
      r"storage 0 declares -5 elements$"),
     (b"(]K\x01d", r"dict key or set item of type list \(only strings and numbers\)$"),
     (b"K\x01K\x02R", r"call arguments are not a tuple$"),
+    (b"ctorch._utils\n_rebuild_tensor_v2\n]a", r"appending to a value of type function$"),
     (b"\x80\x02a.", r"stack underflow$"),                  # whole pickles from here on
     (b"\x80\x02(a.", r"unexpected mark$"),
     (b"\x80\x02u.", r"missing mark$"),

@@ -82,7 +82,13 @@ def _short(value, limit: int = 80) -> str:
     if isinstance(value, (int, float, bool, type(None))):
         text = repr(value)
         return text if len(text) <= limit else text[:limit] + "…"
-    return type(value).__name__
+    return _kind(value)
+
+
+def _kind(value) -> str:
+    """What a pickled value is, in a user's words (never the reader's private class names)."""
+    return {_TensorRecord: "tensor", _Storage: "storage", _Callable: "function", _StorageType: "storage type",
+            _Mark: "mark"}.get(type(value), type(value).__name__)
 
 
 # ------------------------------------------------------------------------------ stand-ins
@@ -194,7 +200,7 @@ class _PickleMachine:
 
     def _key(self, k):
         if not isinstance(k, _SCALARS):
-            self._fail(f"dict key or set item of type {type(k).__name__} (only strings and numbers)")
+            self._fail(f"dict key or set item of type {_kind(k)} (only strings and numbers)")
         return k
 
     # -- reading
@@ -278,13 +284,13 @@ class _PickleMachine:
             self._grow(container, items)
             container.extend(items)
         else:
-            self._fail(f"appending to a {type(container).__name__}")
+            self._fail(f"appending to a value of type {_kind(container)}")
 
     def _setitems(self, container, items):
         if len(items) % 2:
             self._fail("odd number of items for a dict")
         if not isinstance(container, dict):
-            self._fail(f"setting items of a {type(container).__name__}")
+            self._fail(f"setting items of a value of type {_kind(container)}")
         keys = [self._key(k) for k in items[0::2]]
         self._grow(container, items[1::2])
         for k, v in zip(keys, items[1::2]):
@@ -321,7 +327,7 @@ class _PickleMachine:
             return args[0]
         if isinstance(func, _StorageType):
             self._fail(f"calling torch.{func.name}")
-        self._fail(f"calling a {type(func).__name__}, which is not callable")
+        self._fail(f"calling a value of type {_kind(func)}, which is not a function")
 
     def _persistent(self, pid):
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
@@ -479,7 +485,7 @@ class _PickleMachine:
                 items = [self._key(v) for v in self._pop_mark()]
                 target = self._top()
                 if not isinstance(target, set):
-                    self._fail(f"adding items to a {type(target).__name__}")
+                    self._fail(f"adding items to a value of type {_kind(target)}")
                 self._grow(target, [])
                 target.update(items)
             elif op == 0x70:                      # PUT
@@ -520,7 +526,7 @@ class _PickleMachine:
                 state = self._pop()
                 target = self._top()
                 if not isinstance(target, collections.OrderedDict):
-                    self._fail(f"setting the state of a {type(target).__name__}")
+                    self._fail(f"setting the state of a value of type {_kind(target)}")
                 self._grow(target, [state])
             elif op == 0x51:                      # BINPERSID
                 stack.append(self._persistent(self._pop()))
@@ -689,7 +695,7 @@ def _check_tensor(path: str, name: str, rec: _TensorRecord) -> tuple[tuple, tupl
     st = rec.storage
     offset, size, stride = rec.offset, rec.size, rec.stride
     if type(offset) is not int:
-        raise CheckpointError(f"{where}: storage offset is a {type(offset).__name__}, not an integer")
+        raise CheckpointError(f"{where}: storage offset is of type {_kind(offset)}, not an integer")
     if not (isinstance(size, tuple) and all(type(s) is int for s in size)):
         raise CheckpointError(f"{where}: size is not a tuple of integers")
     if not (isinstance(stride, tuple) and all(type(s) is int for s in stride)):
