@@ -73,3 +73,33 @@ def test_resnet50_variant_builds():
     m = build_retinaface(backbone="resnet50", fpn_channels=256, fpn_leaky=0.0)
     out = m(np.zeros((1, 96, 160, 3), np.float32))
     assert out["classes"].shape == (1, num_anchors(96, 160), 2)
+
+
+def test_new_layers_start_as_pytorch_initialises_them():
+    """kaiming_uniform_(a=sqrt(5)) kernels and U(+-1/sqrt(fan_in)) biases, as nn.Conv2d: a run from
+    the ImageNet backbone starts its FPN, SSH and heads like the reference's (Keras' glorot
+    kernels are ~2x larger, which behind BatchNorm slows learning)."""
+    import keras
+
+    from retinaface_tf.models import build_retinaface
+
+    keras.utils.set_random_seed(0)
+    model = build_retinaface()
+    checked = 0
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.Conv2D):
+            continue
+        kernel = layer.kernel.numpy()
+        fan_in = int(np.prod(kernel.shape[:-1]))
+        bound = 1.0 / np.sqrt(fan_in)
+        assert np.abs(kernel).max() <= bound + 1e-7, layer.name
+        assert abs(kernel.std() - bound / np.sqrt(3)) < 0.15 * bound / np.sqrt(3), layer.name  # uniform's std
+        if layer.use_bias:
+            bias = layer.bias.numpy()
+            assert np.abs(bias).max() <= bound and np.abs(bias).max() > 0.3 * bound, layer.name
+        checked += 1
+    assert checked >= 20
+    body = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    dw = [layer for layer in body.layers if isinstance(layer, keras.layers.DepthwiseConv2D)]
+    assert dw and all(np.abs(layer.kernel.numpy()).max() <= 1 / 3 + 1e-7 for layer in dw)
+    assert max(np.abs(layer.kernel.numpy()).max() for layer in dw) > 0.3

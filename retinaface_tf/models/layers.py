@@ -15,6 +15,20 @@ from keras import layers
 BN_EPSILON = 1e-5  # PyTorch's BatchNorm2d default
 BN_MOMENTUM = 0.9  # PyTorch momentum 0.1 == Keras momentum 0.9
 
+# PyTorch's default initialisation of nn.Conv2d (kaiming_uniform_(a=sqrt(5))): weights and biases
+# uniform in +-1/sqrt(fan_in), fan_in = kernel area x input channels per group. Keras' default
+# (glorot_uniform, zero bias) draws FPN/SSH kernels about twice as large; behind BatchNorm that
+# quarters their effective learning rate, and the heads start with larger outputs, so a run from
+# the ImageNet backbone learns measurably slower than the reference's. Layers trained from
+# scratch therefore start as the reference's do.
+TORCH_CONV_INIT = keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
+
+
+def torch_uniform(fan_in: int) -> keras.initializers.Initializer:
+    """``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``: PyTorch's conv bias (and depthwise kernel) default."""
+    bound = 1.0 / float(fan_in) ** 0.5
+    return keras.initializers.RandomUniform(-bound, bound)
+
 
 def _pad_and_padding(x, kernel: int, stride: int, name: str):
     if kernel == 1:
@@ -37,7 +51,8 @@ def conv_bn(x, filters: int, *, kernel: int = 3, stride: int = 1, leaky: float |
     """Conv (no bias) → BatchNorm → optional (Leaky)ReLU: the reference's ``conv_bn``,
     ``conv_bn_no_relu`` (``leaky=None``) and ``conv_bn1X1`` (``kernel=1``)."""
     x, padding = _pad_and_padding(x, kernel, stride, name)
-    x = layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=False, name=f"{name}_conv")(x)
+    x = layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=False,
+                      kernel_initializer=TORCH_CONV_INIT, name=f"{name}_conv")(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return activation(x, leaky, name)
 
@@ -45,10 +60,11 @@ def conv_bn(x, filters: int, *, kernel: int = 3, stride: int = 1, leaky: float |
 def conv_dw(x, filters: int, *, stride: int, leaky: float, name: str):
     """Depthwise 3x3 → BN → LeakyReLU → pointwise 1x1 → BN → LeakyReLU (the reference's ``conv_dw``)."""
     x, padding = _pad_and_padding(x, 3, stride, name)
-    x = layers.DepthwiseConv2D(3, strides=stride, padding=padding, use_bias=False, name=f"{name}_dw")(x)
+    x = layers.DepthwiseConv2D(3, strides=stride, padding=padding, use_bias=False,
+                               depthwise_initializer=torch_uniform(9), name=f"{name}_dw")(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"{name}_dw_bn")(x)
     x = activation(x, leaky, f"{name}_dw")
-    x = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_pw")(x)
+    x = layers.Conv2D(filters, 1, use_bias=False, kernel_initializer=TORCH_CONV_INIT, name=f"{name}_pw")(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"{name}_pw_bn")(x)
     return activation(x, leaky, f"{name}_pw")
 

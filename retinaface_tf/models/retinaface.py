@@ -17,7 +17,7 @@ import tensorflow as tf
 from keras import layers
 
 from retinaface_tf.models.backbones import build_backbone
-from retinaface_tf.models.layers import UpsampleLike, activation, conv_bn
+from retinaface_tf.models.layers import TORCH_CONV_INIT, UpsampleLike, activation, conv_bn, torch_uniform
 
 BGR_MEAN = (104.0, 117.0, 123.0)
 
@@ -50,7 +50,8 @@ def ssh(x, *, channels: int, leaky: float, name: str):
 def head(features, *, per_anchor: int, num_anchors: int, name: str):
     outs = []
     for i, f in enumerate(features):
-        y = layers.Conv2D(num_anchors * per_anchor, 1, name=f"{name}_{i}")(f)
+        y = layers.Conv2D(num_anchors * per_anchor, 1, kernel_initializer=TORCH_CONV_INIT,
+                          bias_initializer=torch_uniform(f.shape[-1]), name=f"{name}_{i}")(f)
         outs.append(layers.Reshape((-1, per_anchor), name=f"{name}_{i}_flat")(y))
     # float32 outputs even under a mixed_float16 policy, so the loss is computed in float32
     return layers.Concatenate(axis=1, name=name, dtype="float32")(outs)
