@@ -50,7 +50,7 @@ class ImageHeader:
 
 def parse_pixel_count(text: str) -> int:
     """``--max-pixels`` values: a whole number of pixels, optionally with a decimal ``K`` / ``M`` /
-    ``G`` suffix (``400M`` = 400 000 000). Raises ``ValueError`` (argparse prints it)."""
+    ``G`` suffix (``400M`` = 400 000 000). Raises ``ValueError``."""
     raw = str(text).strip()
     factor = {"k": 10**3, "m": 10**6, "g": 10**9}.get(raw[-1:].lower(), 1)
     number = raw[:-1] if factor > 1 else raw
@@ -63,6 +63,16 @@ def parse_pixel_count(text: str) -> int:
     return int(value * factor)
 
 
+def max_pixels_arg(text: str) -> int:
+    """argparse ``type`` for ``--max-pixels``: :func:`parse_pixel_count` with argparse's message."""
+    import argparse
+
+    try:
+        return parse_pixel_count(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def check_max_pixels(max_pixels) -> int | None:
     """Validate a ``max_pixels`` argument: a positive integer, or ``None`` for no limit."""
     if max_pixels is None:
@@ -73,7 +83,7 @@ def check_max_pixels(max_pixels) -> int | None:
 
 
 def _pixel_limit_error(path: str, header: ImageHeader, max_pixels: int) -> ImageError:
-    return ImageError(f"{path}: {header.format} of {header.width}x{header.height} = {header.pixels / 1e6:.1f} "
+    return ImageError(f"{path}: {header.format} of {header.width}x{header.height} = {header.pixels / 1e6:.4g} "
                       f"megapixels, over the limit of {max_pixels / 1e6:g} megapixels (raise it with --max-pixels)")
 
 
@@ -266,7 +276,9 @@ def _parse_header(f) -> ImageHeader:
     if head.startswith(b"\xff\xd8"):
         fmt, size = "JPEG", _jpeg_size(f)
     elif head.startswith(b"\x89PNG\r\n\x1a\n"):
-        if head[12:16] != b"IHDR" or len(head) < 24:
+        if len(head) < 24:
+            raise ValueError("PNG header is truncated")
+        if head[12:16] != b"IHDR":
             raise ValueError("PNG does not start with its IHDR chunk")
         fmt, size = "PNG", struct.unpack_from(">II", head, 16)
     elif head.startswith(b"BM") and len(head) >= 26:

@@ -35,7 +35,7 @@ _FATAL_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 
 
 def add_parser(sub, name, help_text):
-    from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, parse_pixel_count
+    from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, max_pixels_arg
 
     p = sub.add_parser(name, help=help_text, description=help_text)
     p.add_argument("paths", nargs="*", metavar="PATH",
@@ -46,7 +46,7 @@ def add_parser(sub, name, help_text):
     p.add_argument("--threshold", type=float, default=0.5, help="minimum face score (default 0.5)")
     p.add_argument("--max-size", type=int, default=None,
                    help="downscale images whose long side exceeds this many pixels (default: original size)")
-    p.add_argument("--max-pixels", type=parse_pixel_count, default=DEFAULT_MAX_PIXELS, metavar="N",
+    p.add_argument("--max-pixels", type=max_pixels_arg, default=DEFAULT_MAX_PIXELS, metavar="N",
                    help=f"refuse images larger than this from their header, before decoding (default "
                         f"{DEFAULT_MAX_PIXELS // 10**6}M = {DEFAULT_MAX_PIXELS} pixels; K/M/G suffixes allowed)")
     p.add_argument("--batch-size", type=int, default=8, help="images of equal size per inference batch (default 8)")
@@ -275,8 +275,7 @@ def run(args) -> int:
                     if isinstance(exc, OSError) and exc.errno in _FATAL_WRITE_ERRNOS:
                         records[i] = {"image": paths[i], "error": f"{target}: cannot write: {reason}"}
                         raise RetinaFaceError(f"{_show(target)}: cannot write the annotated image: {reason}; "
-                                              f"stopped after {sum(r is not None for r in records)} of "
-                                              f"{len(paths)} images") from None
+                                              "detect stopped") from None
                     failed += 1
                     record["error"] = f"{target}: cannot write: {reason}"
                     progress.write(f"error: {_show(target)}: cannot write the annotated image: {reason}",
@@ -288,11 +287,12 @@ def run(args) -> int:
             if time.monotonic() - state["last"] >= REPORT_EVERY_S:
                 save_report(False)
     except BaseException as exc:
+        progress.leave = False  # the bar is cleared: the error stays the last line
         progress.close()
         done = sum(r is not None for r in records)
         try:
             save_report(False)
-            note = f"results of the {done} finished images are in {_show(report_path)}"
+            note = f"{done} of {len(paths)} images recorded in {_show(report_path)}"
         except RetinaFaceError as save_exc:
             note = f"and {save_exc}"
         if isinstance(exc, RetinaFaceError):

@@ -25,7 +25,7 @@ DEFAULT_PLOT = "widerface_pr_curves.png"
 
 
 def add_parser(sub, name, help_text):
-    from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, parse_pixel_count
+    from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, max_pixels_arg
 
     p = sub.add_parser(name, help=help_text, description=help_text + ". Run the detector with --images, "
                        "or score an existing prediction folder with --predictions.")
@@ -54,7 +54,7 @@ def add_parser(sub, name, help_text):
     p.add_argument("--max-detections", type=int, default=5000,
                    help="detections kept per image (default 5000: the reference's test_widerface.py keeps "
                         "every box after NMS of the top 5000)")
-    p.add_argument("--max-pixels", type=parse_pixel_count, default=DEFAULT_MAX_PIXELS, metavar="N",
+    p.add_argument("--max-pixels", type=max_pixels_arg, default=DEFAULT_MAX_PIXELS, metavar="N",
                    help=f"refuse images larger than this from their header, before decoding (default "
                         f"{DEFAULT_MAX_PIXELS // 10**6}M pixels; K/M/G suffixes allowed)")
     p.add_argument("--plot", default=DEFAULT_PLOT, metavar="PNG",
