@@ -17,6 +17,8 @@ import re
 import sys
 import tempfile
 
+from retinaface_tf.errors import UsageError as CliError  # the usage error lives in errors.py
+
 # TensorFlow's C++ start-up chatter (oneDNN notices, "failed call to cuInit" on machines
 # without a GPU) is noise for a command-line user; TF_CPP_MIN_LOG_LEVEL set by the user wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -34,8 +36,6 @@ COMMANDS = {
 }
 
 
-class CliError(Exception):
-    """A usage error found by a command: printed as one line, exit code 2."""
 
 
 # ---------------------------------------------------------------------- TensorFlow start-up lines

@@ -5,3 +5,8 @@ prints it and exits non-zero."""
 
 class RetinaFaceError(ValueError):
     pass
+
+
+class UsageError(RetinaFaceError):
+    """A command-line usage error found by a command (a bad flag or flag combination): printed
+    as one line, exit code 2."""

@@ -182,11 +182,72 @@ def history_figure(history: dict[str, np.ndarray], *, title: str | None = None):
     return fig
 
 
+def comparison_figure(histories: dict[str, dict[str, np.ndarray]], *, title: str | None = None):
+    """Several runs on one figure, a colour per run: total / box / class loss (solid / dashed /
+    dotted), the learning rate, and WIDER val AP (easy / medium / hard: circle / square /
+    triangle markers) at the epochs where it was measured."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise PictureError("matplotlib is not installed: pip install 'retinaface_tf[vis]'") from None
+
+    colours = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown")
+    fig = Figure(figsize=(10, 11))
+    ax, lax, aax = fig.subplots(3, 1, sharex=True, height_ratios=[3, 1, 2])
+    for (label, history), colour in zip(histories.items(), colours * 4):
+        epochs = history["epoch"] + 1
+        for (term, names, _), style in zip(LOSS_TERMS[:3], ("-", "--", ":")):
+            name = next((n for n in names if _finite(history, n) is not None), None)
+            if name is not None and np.nanmin(history[name]) > 0:
+                ax.plot(epochs, history[name], style, color=colour, label=f"{label}: {term}")
+        lr_name = next((c for c in LR_COLUMNS if _finite(history, c) is not None), None)
+        if lr_name:
+            lax.plot(epochs, history[lr_name], color=colour, label=label)
+        for (setting, column), marker in zip(AP_COLUMNS, ("o", "s", "^")):
+            if _finite(history, column) is not None:
+                seen = np.isfinite(history[column])
+                aax.plot(epochs[seen], history[column][seen], marker + "-", color=colour, markersize=4,
+                         label=f"{label}: {setting}")
+    ax.set_yscale("log")
+    ax.set_ylabel("loss")
+    ax.legend(loc="upper right", fontsize=8, ncol=2)
+    ax.set_title(title or "training runs compared")
+    lax.set_ylabel("learning rate")
+    rates = np.concatenate([line.get_ydata() for line in lax.get_lines()] or [np.ones(1)])
+    if rates.min() > 0 and rates.max() / rates.min() > 20:
+        lax.set_yscale("log")
+    aax.set_ylabel("WIDER val AP")
+    if aax.get_lines():
+        aax.legend(loc="lower right", fontsize=8, ncol=2)
+    else:
+        aax.text(0.5, 0.5, "no val AP measured", ha="center", va="center", transform=aax.transAxes)
+    aax.set_xlabel("epoch")
+    for a in (ax, lax, aax):
+        a.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _history_path(run: str | os.PathLike) -> Path:
+    run = Path(run)
+    return run / "history.csv" if run.is_dir() or not run.suffix else run
+
+
 def plot_run(run_dir: str | os.PathLike, output: str | os.PathLike | None = None) -> Path:
     """``runs/NAME`` → ``runs/NAME/training.png`` (or ``output``) from ``runs/NAME/history.csv``."""
-    run_dir = Path(run_dir)
-    csv_path = run_dir / "history.csv" if run_dir.is_dir() or not run_dir.suffix else run_dir
+    csv_path = _history_path(run_dir)
     history = read_history(csv_path)
     target = Path(output) if output else csv_path.parent / "training.png"
     return plot_history(history, target, title=f"{csv_path.parent.name or csv_path.name}: "
                                                f"{len(history['epoch'])} epochs")
+
+
+def plot_runs(runs, output: str | os.PathLike, *, labels=None) -> Path:
+    """Several runs (folders or history.csv files) compared on one PNG (:func:`comparison_figure`);
+    ``labels`` default to the run folders' names."""
+    paths = [_history_path(r) for r in runs]
+    labels = list(labels) if labels else [p.parent.name or p.name for p in paths]
+    if len(labels) != len(paths):
+        raise HistoryError(f"{len(labels)} labels for {len(paths)} runs")
+    histories = {label: read_history(p) for label, p in zip(labels, paths)}
+    return save_figure(comparison_figure(histories), output)

@@ -188,3 +188,55 @@ def test_reads_what_keras_csvlogger_writes(tmp_path):
     fig = history_figure(h)
     assert len(fig.axes) == 3
     np.testing.assert_array_equal(fig.axes[2].get_lines()[0].get_xdata(), [1, 3, 6])
+
+
+def test_plot_run_compares_several_runs(tmp_path, capsys):
+    """Two runs (ours and the reference's, as scripts/reference_history.py writes it) on one PNG:
+    a colour per run in the loss, learning-rate and AP panels."""
+    from retinaface_tf.cli import main
+    from retinaface_tf.plots import comparison_figure, read_history
+
+    ours, ref = tmp_path / "ours", tmp_path / "ref.csv"
+    ours.mkdir()
+    a = _history(10)
+    a.update(val_easy_ap=[np.nan] * 4 + [0.5] + [np.nan] * 4 + [0.7], val_medium_ap=[0.4] * 10,
+             val_hard_ap=[0.2] * 10)
+    _write_history(ours / "history.csv", a)
+    _write_history(ref, {k: v[:8] for k, v in _history(8).items()})
+    assert main(["plot-run", str(ours), str(ref)]) == 2  # several runs need --output
+    assert "--output PNG is required" in capsys.readouterr().err
+    assert main(["plot-run", str(ours), str(ref), "--labels", "ours,reference", "-o", str(tmp_path / "c.png")]) == 0
+    assert _png_size(tmp_path / "c.png").shape[:2] == (1100, 1000)
+    fig = comparison_figure({"ours": read_history(ours / "history.csv"), "reference": read_history(ref)})
+    loss_ax, lr_ax, ap_ax = fig.axes
+    assert {line.get_color() for line in loss_ax.get_lines()} == {"tab:blue", "tab:red"}
+    assert len(loss_ax.get_lines()) == 6 and len(lr_ax.get_lines()) == 2
+    easy = ap_ax.get_lines()[0]
+    assert easy.get_xdata().tolist() == [5, 10] and easy.get_ydata().tolist() == [0.5, 0.7]
+    assert main(["plot-run", str(ours), str(ref), "--labels", "one", "-o", str(tmp_path / "d.png")]) == 2
+    assert "1 labels for 2 runs" in capsys.readouterr().err
+
+
+def test_reference_history_parses_the_reference_log(tmp_path):
+    """scripts/reference_history.py: per-epoch means of the reference's per-iteration losses."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("reference_history", REPO / "scripts" / "reference_history.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    line = ("Epoch:{e}/2 || Epochiter: {i}/2 || Iter: {n}/4 || Loc: {loc:.4f} Cla: {cla:.4f} Landm: 0.0000 || "
+            "LR: {lr:.8f} || Batchtime: 1.5 s || ETA: 0:00:01")
+    log = tmp_path / "train.log"
+    log.write_text("loading...\n" + "\n".join([
+        line.format(e=1, i=1, n=1, loc=3.0, cla=5.0, lr=1e-3), line.format(e=1, i=2, n=2, loc=2.0, cla=4.0, lr=1e-3),
+        line.format(e=2, i=1, n=3, loc=1.0, cla=2.0, lr=1e-4), line.format(e=2, i=2, n=4, loc=1.0, cla=3.0, lr=1e-4)]))
+    rows, epochs = mod.parse_log(log, 2.0)
+    assert epochs == 2 and sorted(rows) == [0, 1]
+    assert rows[0]["bbox_loss"] == 2.5 and rows[0]["classes_loss"] == 4.5 and rows[0]["loss"] == 9.5
+    assert rows[1]["learning_rate"] == 1e-4 and rows[1]["loss"] == 4.5
+    for name in ("mobilenet0.25_epoch_10.pth", "mobilenet0.25_epoch_35.pth", "mobilenet0.25_Final.pth"):
+        (tmp_path / name).write_bytes(b"")
+    assert {e: p.name for e, p in mod.checkpoints(tmp_path, 40).items()} == {
+        9: "mobilenet0.25_epoch_10.pth", 34: "mobilenet0.25_epoch_35.pth", 39: "mobilenet0.25_Final.pth"}
