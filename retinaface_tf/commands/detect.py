@@ -1,6 +1,6 @@
 """``retinaface-tf detect``: faces in files or folders → annotated images + JSON.
 
-Output folder rule (checked before the model is loaded, nothing written on error): ``--output``
+Output folder rule (checked before any work, nothing written on error): ``--output``
 must be a new folder, an empty one, or the output of an earlier ``detect`` (it holds the
 ``detections.json`` that detect writes, which lists the annotated files detect wrote there with
 their sha256). An annotated file replaces only a file that list names, unchanged since; any
@@ -206,7 +206,6 @@ def run(args) -> int:
         raise CliError(f"no images found in {', '.join(_show(r) for r in roots)}")
     names = _output_names(paths, roots)
     previous = check_output(out_dir, roots, paths, names, draw=not args.no_draw)
-    _prepare_output(out_dir)
 
     from tqdm import tqdm
 
@@ -214,6 +213,11 @@ def run(args) -> int:
     from retinaface_tf.errors import RetinaFaceError
     from retinaface_tf.inference import Detector
     from retinaface_tf.visualize import draw_detections
+
+    # the model first: bad --weights leave no output folder behind
+    detector = Detector(args.weights, args.config, score_threshold=args.threshold, max_size=args.max_size,
+                        batch_size=args.batch_size, max_pixels=args.max_pixels)
+    _prepare_output(out_dir)
 
     records: list[dict | None] = [None] * len(paths)
     written = {n: h for n, h in previous.items() if (out_dir / n).is_file()}
@@ -236,8 +240,6 @@ def run(args) -> int:
         state["last"] = time.monotonic()
 
     save_report(False)  # marks the folder as detect's before any image is written
-    detector = Detector(args.weights, args.config, score_threshold=args.threshold, max_size=args.max_size,
-                        batch_size=args.batch_size, max_pixels=args.max_pixels)
     originals: dict[int, object] = {}  # read once: detected, then drawn, then dropped
 
     def load():
