@@ -53,6 +53,7 @@ import yaml
 from retinaface_tf.errors import RetinaFaceError
 from retinaface_tf.fileio import atomic_directory, write_bytes_atomic, write_text_atomic
 from retinaface_tf.models import preprocess
+from retinaface_tf.ops.image import decode_image
 from retinaface_tf.ops.nms import detect_from_heads
 
 DETECTION_KEYS = ("detection_boxes", "detection_scores", "detection_landmarks", "num_detections")
@@ -167,7 +168,7 @@ class ExportModule(tf.Module):
         k = self._settings.max_detections
 
         def one(data):
-            image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)  # RGB
+            image = decode_image(data)  # RGB, OpenCV's pixels (JPEG: INTEGER_ACCURATE IDCT)
             det = self._detect(image[None], score_threshold, iou_threshold, channel_order="rgb", single_image=True)
             return tuple(det[key][0] for key in DETECTION_KEYS)
 

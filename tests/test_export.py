@@ -59,7 +59,8 @@ def loaded(saved_model):
 
 
 def _decode_rgb(data: bytes) -> np.ndarray:
-    return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
+    """OpenCV's pixels (what the Detector reads with cv2.imread), as RGB."""
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[..., ::-1].copy()
 
 
 def assert_same_detections(boxes, scores, landmarks, num, expected, *, k=750):
@@ -113,8 +114,8 @@ FRESH_PROCESS = textwrap.dedent("""
 
 
 def test_saved_model_in_fresh_process_equals_detector(saved_model, image_paths, detectors, tmp_path):
-    encoded = [p.read_bytes() for p in image_paths]
-    decoded = [_decode_rgb(b) for b in encoded]  # RGB, what the image_bytes signature sees
+    encoded = [p.read_bytes() for p in image_paths]  # real 4:2:0 JPEGs (the demo photo and WIDER val)
+    decoded = [_decode_rgb(b) for b in encoded]  # cv2.imread's pixels: image_bytes must decode the same
     assert len({d.shape for d in decoded}) == 4  # mixed sizes
     photo_rgb = decoded[0][None]
     same_size = np.stack([cv2.resize(d, (640, 448)) for d in decoded])  # a batch of 4 for `images`

@@ -17,6 +17,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from retinaface_tf.ops.boxes import MIRROR_LANDMARK_ORDER
+from retinaface_tf.ops.image import decode_image, decode_window, image_shape
 
 DEFAULT_CROP_SCALES = (0.3, 0.45, 0.6, 0.8, 1.0)
 DEFAULT_BGR_MEAN = (104.0, 117.0, 123.0)
@@ -222,29 +223,6 @@ def to_network_input(image_rgb, bgr_mean=DEFAULT_BGR_MEAN):
     return tf.reverse(image_rgb, axis=[-1]) - tf.constant(bgr_mean, tf.float32)
 
 
-def _is_jpeg(contents):
-    return tf.equal(tf.strings.substr(contents, 0, 3), b"\xff\xd8\xff")
-
-
-def _decode_any(contents):
-    return tf.ensure_shape(tf.io.decode_image(contents, channels=3, expand_animations=False), [None, None, 3])
-
-
-def image_shape(contents):
-    """``[H, W]`` int32 of encoded image bytes; JPEG headers are read without decoding."""
-    return tf.cond(_is_jpeg(contents), lambda: tf.io.extract_jpeg_shape(contents)[:2],
-                   lambda: tf.shape(_decode_any(contents))[:2])
-
-
-def decode_window(contents, window):
-    """Decode only ``window`` ``[top, left, h, w]`` of the encoded image (JPEG: the DCT blocks
-    outside are skipped) → uint8 RGB ``[h, w, 3]``."""
-    return tf.cond(
-        _is_jpeg(contents),
-        lambda: tf.ensure_shape(tf.io.decode_and_crop_jpeg(contents, window, channels=3), [None, None, 3]),
-        lambda: tf.image.crop_to_bounding_box(_decode_any(contents), window[0], window[1], window[2], window[3]))
-
-
 def augment(contents, faces, seed, *, image_size: int, bgr_mean=DEFAULT_BGR_MEAN, crop_scales=DEFAULT_CROP_SCALES,
             crop_candidates: int = 250, mirror_probability: float = 0.5, jit_compile: bool = True):
     """The reference's training ``preproc`` on encoded image bytes.
@@ -303,7 +281,7 @@ def letterbox(contents, faces, *, image_size: int, bgr_mean=DEFAULT_BGR_MEAN):
     """Evaluation-style, deterministic: pad to a square with the mean, bilinear resize, BGR minus
     the mean. Returns ``(image [S, S, 3], faces [F', 15] rel_xyxy)``."""
     faces = drop_empty_faces(tf.cast(faces, tf.float32))
-    image = tf.cast(_decode_any(contents), tf.float32)
+    image = tf.cast(decode_image(contents), tf.float32)
     image = pad_to_square(image, tuple(reversed(bgr_mean)))
     side = tf.cast(tf.shape(image)[0], tf.float32)
     faces = tf.concat([faces[:, :14] / side, faces[:, 14:]], axis=1)

@@ -1,0 +1,68 @@
+"""Image decoding inside a graph, with OpenCV's pixels.
+
+Every decoded pixel must equal ``cv2.imread``'s (the Detector and evaluation read images with
+OpenCV). TensorFlow's JPEG decoder defaults to a fast integer IDCT (``dct_method=""`` →
+``INTEGER_FAST``) whose pixels differ from libjpeg's default (``JDCT_ISLOW``, what OpenCV uses)
+by up to ~20 levels; ``dct_method="INTEGER_ACCURATE"`` is ``JDCT_ISLOW`` and gives OpenCV's
+pixels bit for bit. PNG / BMP / GIF / WebP decode identically either way. Outputs are uint8
+RGB; OpenCV's are BGR.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+JPEG_DCT_METHOD = "INTEGER_ACCURATE"  # libjpeg's JDCT_ISLOW, as cv2.imread
+
+
+def is_jpeg(contents):
+    """Scalar bool: the encoded bytes start with a JPEG SOI marker."""
+    return tf.equal(tf.strings.substr(contents, 0, 3), b"\xff\xd8\xff")
+
+
+def _decode_other(contents):
+    return tf.ensure_shape(tf.io.decode_image(contents, channels=3, dtype=tf.uint8, expand_animations=False),
+                           [None, None, 3])
+
+
+def decode_image(contents):
+    """Encoded JPEG / PNG / BMP / GIF / WebP bytes → uint8 RGB ``[H, W, 3]``, OpenCV's pixels."""
+    return tf.cond(
+        is_jpeg(contents),
+        lambda: tf.ensure_shape(tf.io.decode_jpeg(contents, channels=3, dct_method=JPEG_DCT_METHOD), [None, None, 3]),
+        lambda: _decode_other(contents))
+
+
+def image_shape(contents):
+    """``[H, W]`` int32 of encoded image bytes; JPEG headers are read without decoding."""
+    return tf.cond(is_jpeg(contents), lambda: tf.io.extract_jpeg_shape(contents)[:2],
+                   lambda: tf.shape(_decode_other(contents))[:2])
+
+
+JPEG_WINDOW_MARGIN = 16  # one 4:2:0 MCU: the chroma upsampling of an edge pixel reads its neighbours
+
+
+def _decode_jpeg_window(contents, window):
+    # libjpeg upsamples chroma ("fancy upsampling") from neighbouring samples, and treats the edge
+    # of a cropped decode as the image edge; so decode the window grown by one MCU on each side
+    # (aligned to the MCU grid, clamped to the image) and cut the exact window out of it.
+    hw = tf.io.extract_jpeg_shape(contents)[:2]
+    top, left, height, width = tf.unstack(tf.cast(window, tf.int32))
+    m = JPEG_WINDOW_MARGIN
+    t0 = tf.maximum(top - m, 0) // m * m
+    l0 = tf.maximum(left - m, 0) // m * m
+    b1 = tf.minimum(top + height + m, hw[0])
+    r1 = tf.minimum(left + width + m, hw[1])
+    grown = tf.io.decode_and_crop_jpeg(contents, tf.stack([t0, l0, b1 - t0, r1 - l0]), channels=3,
+                                       dct_method=JPEG_DCT_METHOD)
+    return tf.ensure_shape(grown[top - t0:top - t0 + height, left - l0:left - l0 + width], [None, None, 3])
+
+
+def decode_window(contents, window):
+    """Decode only ``window`` ``[top, left, h, w]`` of the encoded image (JPEG: the DCT blocks
+    outside it and a one-MCU margin are skipped) → uint8 RGB ``[h, w, 3]``, the same pixels as
+    :func:`decode_image` then cropping."""
+    return tf.cond(
+        is_jpeg(contents),
+        lambda: _decode_jpeg_window(contents, window),
+        lambda: tf.image.crop_to_bounding_box(_decode_other(contents), window[0], window[1], window[2], window[3]))
