@@ -126,7 +126,7 @@ def history_figure(history: dict[str, np.ndarray], *, title: str | None = None):
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise PictureError("matplotlib is not installed: pip install 'retinaface_tf[vis]'") from None
+        raise PictureError("matplotlib is not installed (a core dependency): pip install matplotlib") from None
 
     epochs = history["epoch"] + 1  # CSVLogger counts epochs from 0
     lr_name = next((c for c in LR_COLUMNS if _finite(history, c) is not None), None)
@@ -189,7 +189,7 @@ def comparison_figure(histories: dict[str, dict[str, np.ndarray]], *, title: str
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise PictureError("matplotlib is not installed: pip install 'retinaface_tf[vis]'") from None
+        raise PictureError("matplotlib is not installed (a core dependency): pip install matplotlib") from None
 
     colours = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown")
     fig = Figure(figsize=(10, 11))

@@ -27,7 +27,7 @@ def save_pr_curves(results: EvaluationResult | Mapping[str, EvaluationResult], p
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
     except ImportError:
-        raise PlotError("PR curves need matplotlib: pip install 'retinaface-tf[vis]' (or pass --no-plot)") from None
+        raise PlotError("PR curves need matplotlib (a core dependency): pip install matplotlib (or pass --no-plot)") from None
     if isinstance(results, EvaluationResult):
         results = {"": results}
     path = Path(path)
