@@ -22,14 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from retinaface_tf.errors import RetinaFaceError
+from retinaface_tf.errors import AnchorViewError
 
 # BGR, one per pyramid level (stride 8, 16, 32)
 LEVEL_COLOURS = ((0, 220, 0), (0, 165, 255), (255, 0, 255), (255, 255, 0))
-
-
-class AnchorViewError(RetinaFaceError):
-    """The image has no usable entry in the label file, or cannot be decoded."""
 
 
 @dataclasses.dataclass

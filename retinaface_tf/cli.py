@@ -17,7 +17,8 @@ import re
 import sys
 import tempfile
 
-from retinaface_tf.errors import UsageError as CliError  # the usage error lives in errors.py
+from retinaface_tf import __version__
+from retinaface_tf.errors import RetinaFaceError
 
 # TensorFlow's C++ start-up chatter (oneDNN notices, "failed call to cuInit" on machines
 # without a GPU) is noise for a command-line user; TF_CPP_MIN_LOG_LEVEL set by the user wins.
@@ -35,8 +36,6 @@ COMMANDS = {
     "export": "deployment: TF Serving SavedModel or TFLite (float32/fp16/dynamic/int8), decode + NMS inside",
     "make-tfrecords": "write the TFRecord shards that `train --tfrecords` reads from a label file and its images",
 }
-
-
 
 
 # ---------------------------------------------------------------------- TensorFlow start-up lines
@@ -135,8 +134,6 @@ _QUIET_TF_IMPORT = _QuietTensorFlowImport()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from retinaface_tf import __version__
-
     parser = argparse.ArgumentParser(prog="retinaface-tf", description="RetinaFace face detection in Keras 3 / TensorFlow")
     parser.add_argument("--version", action="version", version=f"retinaface-tf {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -154,15 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     _QUIET_TF_IMPORT.install()
     try:
         return int(args._run(args) or 0)
-    except CliError as exc:
+    except RetinaFaceError as exc:  # usage errors and every user-facing error: one line; the rest propagate
         print(f"retinaface-tf {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # noqa: BLE001 - user errors become one line, the rest propagate
-        from retinaface_tf.errors import RetinaFaceError
-        if isinstance(exc, RetinaFaceError):
-            print(f"retinaface-tf {args.command}: error: {exc}", file=sys.stderr)
-            return 2
-        raise
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -171,8 +162,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run as `python -m retinaface_tf.cli`, this file is `__main__`; the commands raise the
-    # CliError of `retinaface_tf.cli`, so dispatch through that module, not this copy.
-    from retinaface_tf.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

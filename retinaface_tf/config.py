@@ -24,11 +24,7 @@ from typing import Any
 
 import yaml
 
-from retinaface_tf.errors import RetinaFaceError
-
-
-class ConfigError(RetinaFaceError):
-    """A config file or override is invalid. The message names the file and the field."""
+from retinaface_tf.errors import ConfigError
 
 
 @dataclass(frozen=True)

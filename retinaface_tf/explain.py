@@ -31,13 +31,9 @@ import dataclasses
 
 import numpy as np
 
-from retinaface_tf.errors import RetinaFaceError
+from retinaface_tf.errors import ExplainError
 
 TARGETS = ("logodds", "probability")
-
-
-class ExplainError(RetinaFaceError):
-    """The requested face cannot be explained (none detected, index out of range)."""
 
 
 @dataclasses.dataclass

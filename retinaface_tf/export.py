@@ -50,7 +50,7 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
-from retinaface_tf.errors import RetinaFaceError
+from retinaface_tf.errors import ExportError
 from retinaface_tf.fileio import atomic_directory, write_bytes_atomic, write_text_atomic
 from retinaface_tf.models import preprocess
 from retinaface_tf.ops.image import decode_image
@@ -71,10 +71,6 @@ POSTPROCESS_SCOPE = "postprocess"
 # costs < 0.6 AP. It matches nothing in the ResNet-50 backbone, which is quantized entirely.
 INT8_FLOAT_LAYERS = ("stage1_",)
 LANDMARK_ORDER = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
-
-
-class ExportError(RetinaFaceError):
-    """An export cannot be written (bad settings, missing calibration images, ...)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retinaface_tf.errors import RetinaFaceError
+from retinaface_tf.errors import ImageError, OutputError, RetinaFaceError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pbm")
 
@@ -29,10 +29,6 @@ DEFAULT_MAX_PIXELS = 100_000_000
 # Formats whose header gives the size (what OpenCV's decoders read); anything else is refused.
 KNOWN_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WebP", "TIFF", "JPEG 2000", "PNM", "PFM", "Sun raster",
                  "Radiance HDR", "AVIF")
-
-
-class ImageError(RetinaFaceError):
-    """An image cannot be used; the message names the file."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -494,10 +490,6 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
-
-
-class OutputError(RetinaFaceError):
-    """An output location holds something the command did not write (or cannot be one)."""
 
 
 # files a model folder may hold beside what a command writes; they are carried into the new folder

@@ -17,19 +17,11 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from retinaface_tf.config import Config
-from retinaface_tf.errors import RetinaFaceError
-from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, ImageError, bundled_model_dir, check_max_pixels, read_image, to_bgr_uint8
+from retinaface_tf.errors import DetectorError, ImageError, RetinaFaceError, WeightsError
+from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, bundled_model_dir, check_max_pixels, read_image, to_bgr_uint8
 
 WEIGHTS_FILE = "model.weights.h5"
 CONFIG_FILE = "config.yaml"
-
-
-class WeightsError(RetinaFaceError):
-    pass
-
-
-class DetectorError(RetinaFaceError):
-    """A bad detector setting or argument (a NaN threshold, a zero resize): one line naming it."""
 
 
 def check_fraction(name: str, value, *, error=DetectorError) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retinaface_tf.errors import RetinaFaceError
+from retinaface_tf.errors import HistoryError, PictureError
 
 # (label, accepted column names, colour)
 LOSS_TERMS = (("total", ("loss",), "black"), ("box", ("bbox_loss", "box_loss"), "tab:blue"),
@@ -26,14 +26,6 @@ LOSS_TERMS = (("total", ("loss",), "black"), ("box", ("bbox_loss", "box_loss"), 
 LOSS_COLUMNS = tuple(c for _, names, _ in LOSS_TERMS for c in names)
 AP_COLUMNS = (("easy", "val_easy_ap"), ("medium", "val_medium_ap"), ("hard", "val_hard_ap"))
 LR_COLUMNS = ("learning_rate", "lr")
-
-
-class HistoryError(RetinaFaceError):
-    """``history.csv`` is missing, empty or malformed; the message names the file (and line)."""
-
-
-class PictureError(RetinaFaceError):
-    """A picture cannot be written; the message names the file."""
 
 
 # ---------------------------------------------------------------------------------- writing

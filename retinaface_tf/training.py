@@ -32,14 +32,10 @@ import tensorflow as tf
 import yaml
 
 from retinaface_tf.config import Config
-from retinaface_tf.errors import RetinaFaceError
+from retinaface_tf.errors import TrainingError
 from retinaface_tf.fileio import atomic_file, write_text_atomic
 
 REFERENCE_BATCH = 32  # the batch the reference's learning rate 1e-3 belongs to
-
-
-class TrainingError(RetinaFaceError):
-    pass
 
 
 # ---------------------------------------------------------------------- optimizer and schedule

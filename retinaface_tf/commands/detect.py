@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from retinaface_tf.commands import add_model_args
+from retinaface_tf.errors import ImageError, RetinaFaceError, UsageError
 
 REPORT_NAME = "detections.json"
 TOOL = "retinaface-tf detect"
@@ -104,22 +105,21 @@ def _previous_report(out_dir: Path) -> dict[str, str | None] | None:
     """The annotated files an earlier detect wrote into ``out_dir`` (names relative to it →
     their sha256, ``None`` for reports older than the hashes), or ``None`` when ``out_dir``
     holds no detections.json. A detections.json that detect did not write is an error."""
-    from retinaface_tf.cli import CliError
 
     report = out_dir / REPORT_NAME
     if not os.path.lexists(report):
         return None
     where = f"--output {_show(out_dir)}: {_show(report)}"
     if report.is_symlink() or not report.is_file():
-        raise CliError(f"{where} is not a regular file; give a new or empty folder (nothing was changed)")
+        raise UsageError(f"{where} is not a regular file; give a new or empty folder (nothing was changed)")
     try:
         data = json.loads(report.read_bytes())
     except (OSError, ValueError) as exc:
-        raise CliError(f"{where} cannot be read as a detect report ({str(exc).splitlines()[0]}); "
+        raise UsageError(f"{where} cannot be read as a detect report ({str(exc).splitlines()[0]}); "
                        "give a new or empty folder (nothing was changed)") from None
     legacy = isinstance(data, dict) and "box_format" in data and isinstance(data.get("images"), list)
     if not isinstance(data, dict) or not (data.get("tool") == TOOL or legacy):
-        raise CliError(f"{where} was not written by {TOOL}; give a new or empty folder (nothing was changed)")
+        raise UsageError(f"{where} was not written by {TOOL}; give a new or empty folder (nothing was changed)")
     written: dict[str, str | None] = {}
     if isinstance(data.get("annotated_files"), dict):
         written.update((n, h if isinstance(h, str) else None) for n, h in data["annotated_files"].items())
@@ -139,25 +139,24 @@ def check_output(out_dir: Path, roots: list[str], paths: list[str], names: list[
                  draw: bool) -> dict[str, str | None]:
     """Every check of the output location, before any work (see the module docstring). Returns
     the annotated files earlier detect runs wrote there (name → sha256), kept in the new report."""
-    from retinaface_tf.cli import CliError
 
     shown = _show(out_dir)
     if os.path.lexists(out_dir) and not out_dir.is_dir():
-        raise CliError(f"--output {shown}: exists and is not a folder; give a new or empty folder")
+        raise UsageError(f"--output {shown}: exists and is not a folder; give a new or empty folder")
     out_real = os.path.realpath(out_dir)
     for path in list(roots) + list(paths):
         if os.path.lexists(path) and _inside(os.path.realpath(path), out_real):
-            raise CliError(f"{_show(path)}: input lies inside the output folder {shown}; detect never writes "
+            raise UsageError(f"{_show(path)}: input lies inside the output folder {shown}; detect never writes "
                            "where its inputs are: choose another --output")
     if not out_dir.is_dir():
         return {}
     try:
         entries = sorted(os.listdir(out_dir))
     except OSError as exc:
-        raise CliError(f"--output {shown}: cannot list the folder: {exc.strerror}") from None
+        raise UsageError(f"--output {shown}: cannot list the folder: {exc.strerror}") from None
     previous = _previous_report(out_dir)
     if previous is None and entries:
-        raise CliError(f"--output {shown}: folder is not empty and holds no {REPORT_NAME} from an earlier detect "
+        raise UsageError(f"--output {shown}: folder is not empty and holds no {REPORT_NAME} from an earlier detect "
                        f"(it holds {_show(entries[0])!r}); give a new or empty folder (nothing was changed)")
     previous = previous or {}
     if draw:
@@ -169,7 +168,7 @@ def check_output(out_dir: Path, roots: list[str], paths: list[str], names: list[
             ours = (key in previous and not target.is_symlink() and target.is_file()
                     and (previous[key] is None or _sha256(target) == previous[key]))
             if not ours:
-                raise CliError(f"{_show(target)}: exists and is not an annotated image detect wrote (or was changed "
+                raise UsageError(f"{_show(target)}: exists and is not an annotated image detect wrote (or was changed "
                                "since); it would be replaced: give a new or empty --output (nothing was changed)")
     return previous
 
@@ -178,7 +177,6 @@ def _prepare_output(out_dir: Path) -> None:
     """Create the output folder and prove it is writable, before the model is loaded."""
     import tempfile
 
-    from retinaface_tf.cli import CliError
 
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -186,31 +184,29 @@ def _prepare_output(out_dir: Path) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise CliError(f"--output {_show(out_dir)}: cannot write there: {exc.strerror}") from None
+        raise UsageError(f"--output {_show(out_dir)}: cannot write there: {exc.strerror}") from None
 
 
 def run(args) -> int:
-    from retinaface_tf.cli import CliError
     from retinaface_tf.fileio import bundled_image, list_images
 
     if not (math.isfinite(args.threshold) and 0 <= args.threshold <= 1):
-        raise CliError(f"--threshold must be in [0, 1], got {args.threshold}")
+        raise UsageError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.max_size is not None and args.max_size < 32:
-        raise CliError(f"--max-size must be >= 32, got {args.max_size}")
+        raise UsageError(f"--max-size must be >= 32, got {args.max_size}")
     if args.batch_size < 1:
-        raise CliError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     roots = args.paths or [str(bundled_image())]
     out_dir = Path(args.output)
     paths = list_images(roots, exclude=[out_dir])
     if not paths:
-        raise CliError(f"no images found in {', '.join(_show(r) for r in roots)}")
+        raise UsageError(f"no images found in {', '.join(_show(r) for r in roots)}")
     names = _output_names(paths, roots)
     previous = check_output(out_dir, roots, paths, names, draw=not args.no_draw)
 
     from tqdm import tqdm
 
     from retinaface_tf import fileio
-    from retinaface_tf.errors import RetinaFaceError
     from retinaface_tf.inference import Detector
     from retinaface_tf.visualize import draw_detections
 
@@ -250,7 +246,7 @@ def run(args) -> int:
                 yield exc
                 continue
             except MemoryError:
-                yield fileio.ImageError(f"{path}: out of memory reading the image")
+                yield ImageError(f"{path}: out of memory reading the image")
                 continue
             yield originals[i]
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from retinaface_tf.commands import add_model_args
+from retinaface_tf.errors import RetinaFaceError, UsageError
 
 DEFAULT_PLOT = "widerface_pr_curves.png"
 
@@ -83,17 +84,16 @@ def _check_writable_parent(path: Path, flag: str) -> None:
     takes a new file."""
     import tempfile
 
-    from retinaface_tf.cli import CliError
 
     base = _nearest_existing(path.parent if path.name else path)
     if not base.is_dir():
-        raise CliError(f"{flag} {path}: {base} is not a folder")
+        raise UsageError(f"{flag} {path}: {base} is not a folder")
     try:
         fd, probe = tempfile.mkstemp(prefix=".evaluate-write-test-", dir=base)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise CliError(f"{flag} {path}: cannot write in {base}: {exc.strerror}") from None
+        raise UsageError(f"{flag} {path}: cannot write in {base}: {exc.strerror}") from None
 
 
 def _is_matplotlib_file(path: Path) -> bool:
@@ -107,23 +107,22 @@ def _is_matplotlib_file(path: Path) -> bool:
 
 def _check_outputs(args) -> None:
     """Every output location is checked before any work; nothing is written when one is bad."""
-    from retinaface_tf.cli import CliError
 
     inputs = [("--ground-truth", args.ground_truth), ("--images", args.images), ("--predictions", args.predictions)]
     if args.save_predictions:
         out = Path(args.save_predictions)
         for flag, folder in inputs:
             if folder and (_inside(out, folder) or _inside(folder, out)):
-                raise CliError(f"--save-predictions {out}: overlaps {flag} {folder}; give a new folder elsewhere")
+                raise UsageError(f"--save-predictions {out}: overlaps {flag} {folder}; give a new folder elsewhere")
         if os.path.lexists(out):
             if not out.is_dir():
-                raise CliError(f"--save-predictions {out}: exists and is not a folder; give a new or empty folder")
+                raise UsageError(f"--save-predictions {out}: exists and is not a folder; give a new or empty folder")
             try:
                 entries = sorted(os.listdir(out))
             except OSError as exc:
-                raise CliError(f"--save-predictions {out}: cannot list the folder: {exc.strerror}") from None
+                raise UsageError(f"--save-predictions {out}: cannot list the folder: {exc.strerror}") from None
             if entries:
-                raise CliError(f"--save-predictions {out}: folder is not empty (it holds {entries[0]!r}); "
+                raise UsageError(f"--save-predictions {out}: folder is not empty (it holds {entries[0]!r}); "
                                "give a new or empty folder (nothing was changed)")
             _check_writable_parent(out / "x", "--save-predictions")
         else:
@@ -136,46 +135,43 @@ def _check_outputs(args) -> None:
         except ImportError:
             formats = None  # save_pr_curves says how to install it
         if formats is not None and plot.suffix and plot.suffix[1:].lower() not in formats:
-            raise CliError(f"--plot {plot}: matplotlib cannot write {plot.suffix} files "
+            raise UsageError(f"--plot {plot}: matplotlib cannot write {plot.suffix} files "
                            f"(use one of .{', .'.join(sorted(formats))})")
         if os.path.lexists(plot):
             if plot.is_dir():
-                raise CliError(f"--plot {plot}: is a folder; give a file name for the PR-curve image")
+                raise UsageError(f"--plot {plot}: is a folder; give a file name for the PR-curve image")
             if plot.is_symlink() or not plot.is_file():
-                raise CliError(f"--plot {plot}: exists and is not a regular file (nothing was changed)")
+                raise UsageError(f"--plot {plot}: exists and is not a regular file (nothing was changed)")
             if not _is_matplotlib_file(plot):
-                raise CliError(f"--plot {plot}: exists and is not a plot (only a file matplotlib wrote is "
+                raise UsageError(f"--plot {plot}: exists and is not a plot (only a file matplotlib wrote is "
                                "replaced); give another --plot (nothing was changed)")
         for flag, folder in (("--predictions", args.predictions), ("--save-predictions", args.save_predictions)):
             if folder and _inside(plot, folder):  # a stray file would break the EVENT/NAME.txt layout
-                raise CliError(f"--plot {plot}: lies inside {flag} {folder}; give a file elsewhere")
+                raise UsageError(f"--plot {plot}: lies inside {flag} {folder}; give a file elsewhere")
         _check_writable_parent(plot, "--plot")
 
 
 def _create_folder(path: Path, flag: str) -> None:
-    from retinaface_tf.cli import CliError
 
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CliError(f"{flag} {path}: cannot create the folder: {exc.strerror}") from None
+        raise UsageError(f"{flag} {path}: cannot create the folder: {exc.strerror}") from None
 
 
 def run(args) -> int:
-    from retinaface_tf.cli import CliError
-    from retinaface_tf.errors import RetinaFaceError
     from retinaface_tf.evaluation import widerface as W
 
     if not args.images and not args.predictions:
-        raise CliError("give --images (run the detector) or --predictions (score a prediction folder)")
+        raise UsageError("give --images (run the detector) or --predictions (score a prediction folder)")
     if args.predictions and args.save_predictions:
-        raise CliError("--save-predictions needs the detector (--images without --predictions)")
+        raise UsageError("--save-predictions needs the detector (--images without --predictions)")
     if not (math.isfinite(args.score_threshold) and 0 <= args.score_threshold <= 1):
-        raise CliError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+        raise UsageError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
     if args.nms_threshold is not None and not (math.isfinite(args.nms_threshold) and 0 <= args.nms_threshold <= 1):
-        raise CliError(f"--nms-threshold must be in [0, 1], got {args.nms_threshold}")
+        raise UsageError(f"--nms-threshold must be in [0, 1], got {args.nms_threshold}")
     if args.max_detections < 1:
-        raise CliError(f"--max-detections must be >= 1, got {args.max_detections}")
+        raise UsageError(f"--max-detections must be >= 1, got {args.max_detections}")
     events = [e for e in args.events.split(",") if e] if args.events else None
     _check_outputs(args)
 
@@ -183,7 +179,7 @@ def run(args) -> int:
     if events:
         unknown = [e for e in events if e not in gt.events]
         if unknown:
-            raise CliError(f"--events: unknown event {unknown[0]!r} (not in {args.ground_truth})")
+            raise UsageError(f"--events: unknown event {unknown[0]!r} (not in {args.ground_truth})")
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     seconds_per_image = None
     t0 = time.perf_counter()
@@ -199,7 +195,7 @@ def run(args) -> int:
         elif events:
             preds = {k: v for k, v in preds.items() if k[0] in events}
         if not preds:
-            raise CliError(f"{args.predictions}: no prediction files for the selected events")
+            raise UsageError(f"{args.predictions}: no prediction files for the selected events")
         mode = f"predictions from {args.predictions}"
     else:
         from retinaface_tf.evaluation.tta import TestTimeAugmentation, predict_images
@@ -208,7 +204,7 @@ def run(args) -> int:
         images = W.list_images(args.images, gt, events=events)
         if args.complete and len(images) != len(gt):
             missing = next(k for k in gt.images if k not in images)
-            raise CliError(f"--complete: {args.images}/{missing[0]}/{missing[1]}.jpg is missing "
+            raise UsageError(f"--complete: {args.images}/{missing[0]}/{missing[1]}.jpg is missing "
                            f"({len(gt) - len(images)} of {len(gt)} images)")
         from retinaface_tf.fileio import probe_image
         for path in images.values():  # every header before any work: a bad image fails now, not in an hour

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from retinaface_tf.commands import add_model_args
+from retinaface_tf.errors import UsageError
 
 
 def _face(value: str):
@@ -59,18 +60,17 @@ def add_parser(sub, name, help_text):
 
 
 def run(args) -> int:
-    from retinaface_tf.cli import CliError
 
     if not 0 <= args.threshold <= 1:
-        raise CliError(f"--threshold must be in [0, 1], got {args.threshold}")
+        raise UsageError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.smooth_samples < 0:
-        raise CliError(f"--smooth-samples must be >= 0, got {args.smooth_samples}")
+        raise UsageError(f"--smooth-samples must be >= 0, got {args.smooth_samples}")
     if args.smooth_noise < 0:
-        raise CliError(f"--smooth-noise must be >= 0, got {args.smooth_noise}")
+        raise UsageError(f"--smooth-noise must be >= 0, got {args.smooth_noise}")
     if args.max_size is not None and args.max_size < 32:
-        raise CliError(f"--max-size must be >= 32, got {args.max_size}")
+        raise UsageError(f"--max-size must be >= 32, got {args.max_size}")
     if args.box is not None and not (args.box[2] > args.box[0] and args.box[3] > args.box[1]):
-        raise CliError(f"--box must be x1,y1,x2,y2 with x2 > x1 and y2 > y1, got {','.join(f'{v:g}' for v in args.box)}")
+        raise UsageError(f"--box must be x1,y1,x2,y2 with x2 > x1 and y2 > y1, got {','.join(f'{v:g}' for v in args.box)}")
 
     from pathlib import Path
 

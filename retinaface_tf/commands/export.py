@@ -5,15 +5,15 @@ from __future__ import annotations
 import re
 
 from retinaface_tf.commands import add_model_args
+from retinaface_tf.errors import UsageError
 
 
 def parse_size(text: str) -> tuple[int, int]:
     """``"640x480"`` (WIDTHxHEIGHT) or ``"640"`` → ``(height, width)``."""
-    from retinaface_tf.cli import CliError
 
     m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", text)
     if not m:
-        raise CliError(f"--input-size must be WIDTHxHEIGHT (e.g. 640x640) or one number, got {text!r}")
+        raise UsageError(f"--input-size must be WIDTHxHEIGHT (e.g. 640x640) or one number, got {text!r}")
     width = int(m.group(1))
     height = int(m.group(2) or m.group(1))
     return height, width
@@ -52,27 +52,26 @@ def add_parser(sub, name, help_text):
 
 
 def run(args) -> int:
-    from retinaface_tf.cli import CliError
 
     if args.format == "saved_model":
         tflite_only = [flag for flag, used in (("--raw", args.raw), ("--quantize", args.quantize != "none"),
                                                ("--calibration-images", args.calibration_images)) if used]
         if tflite_only:
-            raise CliError(f"{', '.join(tflite_only)}: only for --format tflite")
+            raise UsageError(f"{', '.join(tflite_only)}: only for --format tflite")
     elif args.version is not None:
-        raise CliError("--version: only for --format saved_model")
+        raise UsageError("--version: only for --format saved_model")
     size = parse_size(args.input_size)
     calibration = None
     if args.format == "tflite" and args.quantize == "int8":
         if not args.calibration_images:
-            raise CliError("--quantize int8 needs --calibration-images (real photos, e.g. a few hundred WIDER images)")
+            raise UsageError("--quantize int8 needs --calibration-images (real photos, e.g. a few hundred WIDER images)")
         if args.calibration_count < 1:
-            raise CliError(f"--calibration-count must be >= 1, got {args.calibration_count}")
+            raise UsageError(f"--calibration-count must be >= 1, got {args.calibration_count}")
         from retinaface_tf.fileio import list_images
 
         calibration = list_images(args.calibration_images)
         if not calibration:
-            raise CliError(f"no images found in {', '.join(args.calibration_images)}")
+            raise UsageError(f"no images found in {', '.join(args.calibration_images)}")
 
     from retinaface_tf.export import ExportSettings, export_saved_model, export_tflite
     from retinaface_tf.inference import load_model

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from retinaface_tf.errors import UsageError
+
 
 def add_parser(sub, name, help_text):
     p = sub.add_parser(name, help=help_text, description=help_text + " (from RUN/history.csv, written by "
@@ -15,7 +17,6 @@ def add_parser(sub, name, help_text):
 
 
 def run(args) -> int:
-    from retinaface_tf.errors import UsageError
     from retinaface_tf.plots import plot_run, plot_runs
 
     if len(args.runs) == 1:

@@ -3,6 +3,8 @@ training augmentation, drawn per pyramid level, and a table of faces left withou
 
 from __future__ import annotations
 
+from retinaface_tf.errors import UsageError
+
 
 def add_parser(sub, name, help_text):
     p = sub.add_parser(name, help=help_text, description=help_text + ". Runs one seeded training augmentation and "
@@ -27,12 +29,11 @@ def add_parser(sub, name, help_text):
 def run(args) -> int:
     from pathlib import Path
 
-    from retinaface_tf.cli import CliError
     from retinaface_tf.commands.train import parse_overrides
     from retinaface_tf.config import Config
 
     if not 0.25 <= args.scale <= 8:
-        raise CliError(f"--scale must be in [0.25, 8], got {args.scale}")
+        raise UsageError(f"--scale must be in [0.25, 8], got {args.scale}")
     cfg = Config.load(args.config)
     if args.set:
         cfg = cfg.override(parse_overrides(args.set))

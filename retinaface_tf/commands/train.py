@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from retinaface_tf.errors import UsageError
+
 
 def add_parser(sub, name, help_text):
     p = sub.add_parser(name, help=help_text, description=(
@@ -33,19 +35,17 @@ def add_parser(sub, name, help_text):
 
 
 def parse_overrides(items) -> dict:
-    from retinaface_tf.cli import CliError
 
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise CliError(f"--set expects KEY=VALUE, got {item!r}")
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
         out[key.strip()] = value
     return out
 
 
 def run(args) -> int:
-    from retinaface_tf.cli import CliError
     from retinaface_tf.config import Config
 
     # Every check before TensorFlow is imported: a bad config or flag fails in a second, with
@@ -61,13 +61,13 @@ def run(args) -> int:
     if overrides:
         cfg = cfg.override(overrides)
     if args.weights and args.backbone_weights:
-        raise CliError("give --weights (fine-tuning) or --backbone-weights (ImageNet start), not both")
+        raise UsageError("give --weights (fine-tuning) or --backbone-weights (ImageNet start), not both")
     if bool(args.val_images) != bool(args.val_ground_truth):
-        raise CliError("--val-images and --val-ground-truth go together")
+        raise UsageError("--val-images and --val-ground-truth go together")
     for flag, value, low in (("--steps-per-epoch", args.steps_per_epoch, 1), ("--val-every", args.val_every, 0),
                              ("--val-max-images", args.val_max_images, 1)):
         if value is not None and value < low:
-            raise CliError(f"{flag} must be >= {low}, got {value}")
+            raise UsageError(f"{flag} must be >= {low}, got {value}")
     from retinaface_tf.training import train
 
     history = train(cfg, output_dir=args.output, label_file=args.label_file, images_dir=args.images,

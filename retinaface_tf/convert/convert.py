@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 
 from retinaface_tf.convert.mapping import assign_state_dict
-from retinaface_tf.convert.torch_weights import CheckpointError, load_torch_checkpoint
+from retinaface_tf.convert.torch_weights import load_torch_checkpoint
+from retinaface_tf.errors import CheckpointError
 
 FULL = "full"
 BACKBONE = "backbone"

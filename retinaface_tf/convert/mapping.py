@@ -12,7 +12,7 @@ import re
 import keras
 import numpy as np
 
-from retinaface_tf.convert.torch_weights import CheckpointError
+from retinaface_tf.errors import CheckpointError
 
 _RULES = [
     # keras layer name regex, torch prefix template

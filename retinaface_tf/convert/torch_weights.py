@@ -38,11 +38,7 @@ import zlib
 
 import numpy as np
 
-from retinaface_tf.errors import RetinaFaceError
-
-
-class CheckpointError(RetinaFaceError):
-    """A checkpoint is corrupt, foreign or does not fit the model. The message names the file."""
+from retinaface_tf.errors import CheckpointError
 
 
 # ------------------------------------------------------------------------------------ limits

@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from retinaface_tf.data import augment as aug
 from retinaface_tf.data.widerface import Annotations, ImageAnnotation, check_images, read_annotations
-from retinaface_tf.errors import RetinaFaceError
+from retinaface_tf.errors import DatasetError
 from retinaface_tf.fileio import DEFAULT_MAX_PIXELS
 from retinaface_tf.losses import pack_targets
 from retinaface_tf.ops.anchors import DEFAULT_MIN_SIZES, DEFAULT_STEPS, generate_anchors_np
@@ -33,10 +33,6 @@ from retinaface_tf.ops.box_coder import DEFAULT_VARIANCES
 from retinaface_tf.ops.matcher import match_anchors, match_anchors_bucketed
 
 AUTOTUNE = tf.data.AUTOTUNE
-
-
-class DatasetError(RetinaFaceError):
-    """The dataset arguments are inconsistent (e.g. no source, or an empty label file)."""
 
 
 def faces_ragged(images: Sequence[ImageAnnotation]) -> tf.RaggedTensor:

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from retinaface_tf.data.widerface import Annotations, ImageAnnotation, check_images
-from retinaface_tf.errors import RetinaFaceError
+from retinaface_tf.errors import TFRecordError
 
 _FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
@@ -34,10 +34,6 @@ _FEATURES = {
     "face/landmarks": tf.io.VarLenFeature(tf.float32),
     "face/has_landmarks": tf.io.VarLenFeature(tf.int64),
 }
-
-
-class TFRecordError(RetinaFaceError):
-    """Shards cannot be written or none match a pattern."""
 
 
 def _example(image: ImageAnnotation, data: bytes) -> tf.train.Example:

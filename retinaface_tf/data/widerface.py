@@ -40,8 +40,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from retinaface_tf.errors import RetinaFaceError
-from retinaface_tf.fileio import DEFAULT_MAX_PIXELS
+from retinaface_tf.errors import BadImagesError, ImageError, LabelFileError, MissingImagesError
+from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, probe_image
 
 # Columns of the per-image face array handed to the tf.data pipeline (the reference's layout):
 # x1 y1 x2 y2 (pixel xyxy), 10 landmark coordinates (x0 y0 ... x4 y4, pixels), label
@@ -50,20 +50,6 @@ FACE_COLUMNS = 15
 MIN_NUMBERS, MAX_NUMBERS = 4, 20
 # Positions of the 10 landmark coordinates in a label.txt line (flags at 6, 9, 12, 15, 18).
 _LANDMARK_POSITIONS = (4, 5, 7, 8, 10, 11, 13, 14, 16, 17)
-
-
-class LabelFileError(RetinaFaceError):
-    """A label file cannot be read or has a malformed line (message: ``file:line: reason``)."""
-
-
-class MissingImagesError(RetinaFaceError):
-    """Images named by a label file do not exist under the images folder."""
-
-
-class BadImagesError(RetinaFaceError):
-    """Images named by a label file exist but cannot be trained on (not an image, corrupt, a
-    format TensorFlow cannot decode, too many pixels); the message names the label file's line
-    and the first such image."""
 
 
 # What tf.io.decode_image (the training pipeline's decoder) reads.
@@ -346,8 +332,6 @@ def check_images(annotations: Annotations | Sequence[ImageAnnotation], images_di
       ms per image): :class:`BadImagesError` naming the label file's line, the first bad image and
       why, and how many are bad.
     """
-    from retinaface_tf.fileio import ImageError, probe_image
-
     images = annotations.images if isinstance(annotations, Annotations) else annotations
     source = annotations.source if isinstance(annotations, Annotations) else None
     prefix = f"{source}: " if source else ""
@@ -389,10 +373,8 @@ def check_images(annotations: Annotations | Sequence[ImageAnnotation], images_di
 
 def _tf_decoder():
     """``decode(path, format)``: decode with the training pipeline's TensorFlow decoder, raising
-    :class:`retinaface_tf.fileio.ImageError` (one line, naming ``path``) when it fails."""
+    :class:`~retinaface_tf.errors.ImageError` (one line, naming ``path``) when it fails."""
     import tensorflow as tf
-
-    from retinaface_tf.fileio import ImageError
 
     def decode(path: str, fmt: str) -> None:
         try:

@@ -10,12 +10,8 @@ from typing import Mapping
 
 import numpy as np
 
-from retinaface_tf.errors import RetinaFaceError
+from retinaface_tf.errors import PictureError
 from retinaface_tf.evaluation.widerface import SETTINGS, EvaluationResult
-
-
-class PlotError(RetinaFaceError):
-    pass
 
 
 def save_pr_curves(results: EvaluationResult | Mapping[str, EvaluationResult], path: str | os.PathLike, *,
@@ -27,7 +23,7 @@ def save_pr_curves(results: EvaluationResult | Mapping[str, EvaluationResult], p
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
     except ImportError:
-        raise PlotError("PR curves need matplotlib (a core dependency): pip install matplotlib (or pass --no-plot)") from None
+        raise PictureError("PR curves need matplotlib (a core dependency): pip install matplotlib (or pass --no-plot)") from None
     if isinstance(results, EvaluationResult):
         results = {"": results}
     path = Path(path)
@@ -57,7 +53,7 @@ def save_pr_curves(results: EvaluationResult | Mapping[str, EvaluationResult], p
             with atomic_file(path, suffix=path.suffix or ".png") as tmp:  # matplotlib picks the format by suffix
                 fig.savefig(tmp, dpi=100, format=(path.suffix[1:] or "png").lower())
         except OSError as exc:
-            raise PlotError(f"{path}: cannot write the PR-curve image: {exc.strerror}") from None
+            raise PictureError(f"{path}: cannot write the PR-curve image: {exc.strerror}") from None
     finally:
         plt.close(fig)
     return path

@@ -24,16 +24,12 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from retinaface_tf.errors import RetinaFaceError
+from retinaface_tf.errors import TtaError
 from retinaface_tf.ops.boxes import MIRROR_LANDMARK_ORDER, iou_matrix_np
 
 TEST_SCALES = ("original", "reference", "pyramid")
 MERGES = ("vote", "nms")
 PYRAMID_SHORT_SIDES = (500, 800, 1100, 1400, 1700)
-
-
-class TtaError(RetinaFaceError):
-    pass
 
 
 def reference_resize(height: int, width: int, *, target_size: int = 1600, max_size: int = 2150) -> float:

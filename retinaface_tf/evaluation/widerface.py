@@ -36,7 +36,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from retinaface_tf.errors import RetinaFaceError
+from retinaface_tf.errors import GroundTruthError, PredictionError
 from retinaface_tf.ops.boxes import iou_matrix_np, xywh_to_xyxy
 
 SETTINGS = ("easy", "medium", "hard")
@@ -44,14 +44,6 @@ GROUND_TRUTH_FILES = ("wider_face_val.mat", "wider_easy_val.mat", "wider_medium_
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 ImageKey = tuple  # (event, image name without extension)
-
-
-class GroundTruthError(RetinaFaceError):
-    """The ground-truth folder or a ``.mat`` file is missing or malformed (message names it)."""
-
-
-class PredictionError(RetinaFaceError):
-    """A prediction file or folder is missing, malformed or names an unknown event / image."""
 
 
 # ----------------------------------------------------------------------------- ground truth
