@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from retinaface_tf.config import AnchorConfig, DataConfig, LossConfig
+from retinaface_tf.constants import BGR_MEAN
 from retinaface_tf.errors import AnchorViewError
 
 # BGR, one per pyramid level (stride 8, 16, 32)
@@ -107,11 +109,12 @@ def _levels(height: int, width: int, min_sizes, steps) -> np.ndarray:
     return np.repeat(np.arange(len(counts)), counts)
 
 
-def match_view(contents: bytes, entry, *, seed: int = 0, augment: bool = True, image_size: int = 640,
-               bgr_mean=(104.0, 117.0, 123.0), crop_scales=(0.3, 0.45, 0.6, 0.8, 1.0), crop_candidates: int = 250,
-               mirror_probability: float = 0.5, min_sizes=((16, 32), (64, 128), (256, 512)), steps=(8, 16, 32),
-               variances=(0.1, 0.2), match_threshold: float = 0.35, force_match_min_iou: float = 0.2,
-               source: str = "image") -> AnchorView:
+def match_view(contents: bytes, entry, *, seed: int = 0, augment: bool = True, image_size: int = DataConfig.image_size,
+               bgr_mean=BGR_MEAN, crop_scales=DataConfig.crop_scales, crop_candidates: int = DataConfig.crop_candidates,
+               mirror_probability: float = DataConfig.mirror_probability, min_sizes=AnchorConfig.min_sizes,
+               steps=AnchorConfig.steps, variances=AnchorConfig.variances,
+               match_threshold: float = LossConfig.match_threshold,
+               force_match_min_iou: float = LossConfig.force_match_min_iou, source: str = "image") -> AnchorView:
     """Augment one image (encoded ``contents``) with its faces (``entry``: an
     ``ImageAnnotation``) using stateless ``seed`` (or only ``letterbox`` when ``augment`` is
     False), match the faces to the ``image_size`` anchors, and return the :class:`AnchorView`."""

@@ -24,7 +24,9 @@ from typing import Any
 
 import yaml
 
+from retinaface_tf.constants import BGR_MEAN
 from retinaface_tf.errors import ConfigError
+from retinaface_tf.fileio import write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ class LossConfig:
 @dataclass(frozen=True)
 class DataConfig:
     image_size: int = 640
-    rgb_mean: tuple[float, float, float] = (104.0, 117.0, 123.0)  # BGR order, as the reference
+    bgr_mean: tuple[float, float, float] = BGR_MEAN  # (B, G, R), as the reference; read as rgb_mean too
     crop_scales: tuple[float, ...] = (0.3, 0.45, 0.6, 0.8, 1.0)
     crop_candidates: int = 250
     mirror_probability: float = 0.5
@@ -233,7 +235,6 @@ class Config:
     def to_yaml(self, path: str | os.PathLike | None = None) -> str:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         if path is not None:
-            from retinaface_tf.fileio import write_text_atomic
             write_text_atomic(path, text)
         return text
 
@@ -294,7 +295,7 @@ class Config:
         need(d.image_size >= max(a.steps) and d.image_size % min(a.steps) == 0, "data.image_size",
              f"must be a multiple of the smallest anchor step {min(a.steps)} and at least the largest step "
              f"{max(a.steps)}", d.image_size)
-        need(all(0 <= v <= 255 for v in d.rgb_mean), "data.rgb_mean", "must be 3 pixel values in [0, 255]", d.rgb_mean)
+        need(all(0 <= v <= 255 for v in d.bgr_mean), "data.bgr_mean", "must be 3 pixel values in [0, 255]", d.bgr_mean)
         need(len(d.crop_scales) >= 1 and all(0 < v <= 1 for v in d.crop_scales), "data.crop_scales",
              "must be a non-empty list of fractions in (0, 1]", d.crop_scales)
         need(d.crop_candidates >= 1, "data.crop_candidates", "must be >= 1", d.crop_candidates)
@@ -315,6 +316,9 @@ class Config:
 
 PRESETS = ("mobilenet025", "resnet50")
 BACKBONES = ("mobilenet025", "resnet50")
+# Fields renamed since configs were first saved: the old dotted name is still read (a run's or
+# model's saved config.yaml keeps loading), as the new field. ``rgb_mean`` always held BGR values.
+RENAMED_FIELDS = {"data.rgb_mean": "data.bgr_mean"}
 
 
 # ---------------------------------------------------------------------- helpers
@@ -421,6 +425,11 @@ def _merge(obj: Any, data: dict[str, Any], source: str, prefix: str) -> Any:
     changes = {}
     for key, value in data.items():
         where = f"{source}: field '{prefix}{key}'"
+        renamed = RENAMED_FIELDS.get(f"{prefix}{key}")
+        if renamed is not None:
+            key = renamed[len(prefix):]
+            if key in data:
+                raise ConfigError(f"{where}: is the old name of '{renamed}', which is set too; keep one")
         if key not in hints:
             raise ConfigError(f"{where}: unknown field (known: {', '.join(hints)})")
         hint = hints[key]

@@ -222,7 +222,7 @@ def explain_face(image_bgr: np.ndarray, *, model, config, face=0, box=None, scor
     import cv2
 
     from retinaface_tf.inference import Detector
-    from retinaface_tf.models import preprocess
+    from retinaface_tf.ops.image import preprocess
 
     h0, w0 = image_bgr.shape[:2]
     scale = 1.0

@@ -50,9 +50,11 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
+from retinaface_tf.config import PostprocessConfig
+from retinaface_tf.constants import BGR_MEAN, LANDMARK_NAMES
 from retinaface_tf.errors import ExportError
 from retinaface_tf.fileio import atomic_directory, write_bytes_atomic, write_text_atomic
-from retinaface_tf.models import preprocess
+from retinaface_tf.ops.image import preprocess
 from retinaface_tf.ops.image import decode_image
 from retinaface_tf.ops.nms import detect_from_heads
 
@@ -70,7 +72,6 @@ POSTPROCESS_SCOPE = "postprocess"
 # accuracy loss (-2.4 / -5.1 / -3.7 easy / medium / hard AP); the rest of the network quantized
 # costs < 0.6 AP. It matches nothing in the ResNet-50 backbone, which is quantized entirely.
 INT8_FLOAT_LAYERS = ("stage1_",)
-LANDMARK_ORDER = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,10 +84,10 @@ class ExportSettings:
     """
 
     channel_order: str = "rgb"
-    score_threshold: float = 0.5
-    iou_threshold: float = 0.4
-    pre_nms_top_k: int = 5000
-    max_detections: int = 750
+    score_threshold: float = 0.5  # an application's threshold, not the evaluation's 0.02
+    iou_threshold: float = PostprocessConfig.iou_threshold
+    pre_nms_top_k: int = PostprocessConfig.pre_nms_top_k
+    max_detections: int = PostprocessConfig.max_detections
 
     def __post_init__(self):
         if self.channel_order not in ("rgb", "bgr"):
@@ -248,7 +249,7 @@ def _export_info(fmt: str, settings: ExportSettings, **extra) -> dict:
     from retinaface_tf import __version__
 
     info = {"format": fmt, "retinaface_tf_version": __version__, **dataclasses.asdict(settings), **extra,
-            "box_format": "xyxy (pixels, input image)", "landmark_order": list(LANDMARK_ORDER)}
+            "box_format": "xyxy (pixels, input image)", "landmark_order": list(LANDMARK_NAMES)}
     return info
 
 
@@ -307,7 +308,7 @@ def export_saved_model(model, config, output: str | os.PathLike, settings: Expor
 
 # ---------------------------------------------------------------------- TFLite
 def letterbox(image_bgr: np.ndarray, input_size: tuple[int, int], *, channel_order: str = "rgb",
-              pad_value=(104, 117, 123)) -> tuple[np.ndarray, float]:
+              pad_value=BGR_MEAN) -> tuple[np.ndarray, float]:
     """Fit a BGR uint8 ``[h, w, 3]`` image into a fixed ``(height, width)`` TFLite input.
 
     The image is scaled by ``scale = min(H / h, W / w)`` (aspect kept, ``cv2.INTER_LINEAR``),

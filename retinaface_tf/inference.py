@@ -175,7 +175,7 @@ class Detector:
     def _infer_fn(self, images, output_scale, score_threshold, iou_threshold):
         import tensorflow as tf
 
-        from retinaface_tf.models import preprocess
+        from retinaface_tf.ops.image import preprocess
         from retinaface_tf.ops.nms import detect_from_heads
 
         a = self.config.anchors

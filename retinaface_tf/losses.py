@@ -41,6 +41,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from retinaface_tf.config import LossConfig
+
 __all__ = ["smooth_l1", "pack_targets", "BoxRegressionLoss", "ClassificationLoss", "LandmarkLoss", "MultiBoxLoss"]
 
 
@@ -147,7 +149,7 @@ class ClassificationLoss(_RetinaFaceLoss):
     logits (background, face).
     """
 
-    def __init__(self, neg_pos_ratio: int = 7, name: str = "classification", **kwargs):
+    def __init__(self, neg_pos_ratio: int = LossConfig.neg_pos_ratio, name: str = "classification", **kwargs):
         super().__init__(name=name, **kwargs)
         self.neg_pos_ratio = int(neg_pos_ratio)
 
@@ -197,7 +199,8 @@ class MultiBoxLoss(keras.losses.Loss):
     because Keras hands a single loss one output at a time.
     """
 
-    def __init__(self, neg_pos_ratio: int = 7, loc_weight: float = 2.0, landmark_weight: float = 1.0,
+    def __init__(self, neg_pos_ratio: int = LossConfig.neg_pos_ratio, loc_weight: float = LossConfig.loc_weight,
+                 landmark_weight: float = LossConfig.landmark_weight,
                  name: str = "multibox", reduction: str = "sum", dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.neg_pos_ratio = int(neg_pos_ratio)

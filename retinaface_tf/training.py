@@ -31,8 +31,8 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
-from retinaface_tf.config import Config
-from retinaface_tf.errors import TrainingError
+from retinaface_tf.config import Config, TrainConfig
+from retinaface_tf.errors import ConfigError, TrainingError
 from retinaface_tf.fileio import atomic_file, write_text_atomic
 
 REFERENCE_BATCH = 32  # the batch the reference's learning rate 1e-3 belongs to
@@ -44,8 +44,8 @@ class TorchSGD(keras.optimizers.SGD):
     """SGD with momentum and *coupled* weight decay, PyTorch's update rule exactly:
     ``g' = g + weight_decay·w``; ``buf = momentum·buf + g'``; ``w -= lr·buf``."""
 
-    def __init__(self, learning_rate=1e-3, momentum: float = 0.9, coupled_weight_decay: float = 5e-4,
-                 name: str = "torch_sgd", **kwargs):
+    def __init__(self, learning_rate=TrainConfig.learning_rate, momentum: float = TrainConfig.momentum,
+                 coupled_weight_decay: float = TrainConfig.weight_decay, name: str = "torch_sgd", **kwargs):
         super().__init__(learning_rate=learning_rate, momentum=momentum, nesterov=False, name=name, **kwargs)
         self.coupled_weight_decay = float(coupled_weight_decay)
 
@@ -72,8 +72,9 @@ class StepDecay(keras.optimizers.schedules.LearningRateSchedule):
     """``base · factor^(number of decay epochs passed)``, with an optional linear warm-up from
     ``warmup_start`` over ``warmup_epochs`` (the reference's ``adjust_learning_rate``)."""
 
-    def __init__(self, base_learning_rate: float, steps_per_epoch: int, decay_epochs=(190, 220),
-                 decay_factor: float = 0.1, warmup_epochs: int = 0, warmup_start: float = 1e-6):
+    def __init__(self, base_learning_rate: float, steps_per_epoch: int, decay_epochs=TrainConfig.decay_epochs,
+                 decay_factor: float = TrainConfig.decay_factor, warmup_epochs: int = TrainConfig.warmup_epochs,
+                 warmup_start: float = 1e-6):
         self.base_learning_rate = float(base_learning_rate)
         self.steps_per_epoch = int(steps_per_epoch)
         self.decay_epochs = tuple(int(e) for e in decay_epochs)
@@ -342,7 +343,7 @@ def prepare_output(output_dir: Path, config: Config, data: dict, *, write: bool 
     identity = _run_identity(config, data)
     if run_file.exists():
         try:
-            existing = yaml.safe_load(run_file.read_text())
+            existing = _current_names(yaml.safe_load(run_file.read_text()), str(run_file))
         except (OSError, yaml.YAMLError) as exc:
             raise TrainingError(f"{run_file}: unreadable run description: {exc}") from None
         if existing != identity:
@@ -364,6 +365,17 @@ def prepare_output(output_dir: Path, config: Config, data: dict, *, write: bool 
         config.to_yaml(output_dir / "config.yaml")
         write_text_atomic(run_file, yaml.safe_dump(identity, sort_keys=False))
     return False
+
+
+def _current_names(identity, source: str):
+    """A saved run description with its config read back through :class:`Config`, so a field
+    renamed since (``data.rgb_mean`` → ``data.bgr_mean``) compares under its current name."""
+    if isinstance(identity, dict) and isinstance(identity.get("config"), dict):
+        try:
+            return {**identity, "config": Config.from_dict(identity["config"], source=source).to_dict()}
+        except ConfigError:
+            pass  # compared as it is: the difference is reported
+    return identity
 
 
 RUN_FILES = ("run.yaml", "config.yaml", "model.weights.h5", "best.weights.h5", "history.csv", "state.json")

@@ -44,7 +44,8 @@ def _expected_positives(view_boxes_rel, anchors, threshold=0.35, force=0.2):
 
 
 def test_letterbox_view_matches_independent_iou_count(train):
-    from retinaface_tf.ops.anchors import DEFAULT_MIN_SIZES, DEFAULT_STEPS, generate_anchors_np
+    from retinaface_tf.config import AnchorConfig
+    from retinaface_tf.ops.anchors import generate_anchors_np
     entry, view = _view(train, TINY, augment=False)
     assert view.image.shape == (640, 640, 3) and view.image.dtype == np.uint8
     # letterbox: every face kept, boxes scaled by 640 / long side, index order preserved
@@ -65,8 +66,8 @@ def test_letterbox_view_matches_independent_iou_count(train):
     # the drawn anchors are the anchors themselves (pixel xyxy), sized by their level
     sizes = view.anchors_xyxy[:, 2] - view.anchors_xyxy[:, 0]
     for size, level in zip(sizes, view.anchor_levels):
-        assert round(float(size)) in DEFAULT_MIN_SIZES[level]
-    assert DEFAULT_STEPS == view.steps
+        assert round(float(size)) in AnchorConfig.min_sizes[level]
+    assert AnchorConfig.steps == view.steps
 
 
 @pytest.mark.parametrize("seed", [0, 1, 5])

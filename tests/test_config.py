@@ -156,3 +156,19 @@ def test_wheel_ships_configs_and_train_finds_them_outside_the_checkout(tmp_path)
     last = out.stderr.splitlines()[-1] if out.stderr else ""
     assert out.returncode == 2 and last.startswith("retinaface-tf train: error: command line:"), out.stderr
     assert "train.batch_size" in last and not (elsewhere / "run").exists()
+
+
+def test_old_field_name_rgb_mean_is_read_as_bgr_mean(tmp_path):
+    """Configs saved before the rename (a run's or model's config.yaml) load unchanged."""
+    old = Config.preset("mobilenet025").to_dict()
+    old["data"]["rgb_mean"] = old["data"].pop("bgr_mean")
+    old["data"]["rgb_mean"][0] = 100.0
+    path = tmp_path / "old.yaml"
+    path.write_text(__import__("yaml").safe_dump(old))
+    cfg = Config.from_yaml(path)
+    assert cfg.data.bgr_mean == (100.0, 117.0, 123.0) and "rgb_mean" not in cfg.to_yaml()
+    assert Config.preset("mobilenet025").override({"data.rgb_mean": "[1, 2, 3]"}).data.bgr_mean == (1.0, 2.0, 3.0)
+    with pytest.raises(ConfigError, match=r"field 'data.rgb_mean': is the old name of 'data.bgr_mean', which is set too"):
+        Config.preset("mobilenet025").override({"data.rgb_mean": "[1, 2, 3]", "data.bgr_mean": "[1, 2, 3]"})
+    with pytest.raises(ConfigError, match=r"field 'data.rgb_mean': expected a list of 3 values"):
+        Config.preset("mobilenet025").override({"data.rgb_mean": "[1, 2]"})

@@ -12,7 +12,8 @@ from retinaface_tf.data import augment as aug
 from retinaface_tf.data.pipeline import encode_faces
 from retinaface_tf.ops.anchors import generate_anchors_np
 from retinaface_tf.ops.box_coder import decode_boxes, decode_landmarks
-from retinaface_tf.ops.boxes import MIRROR_LANDMARK_ORDER
+from retinaface_tf.config import DataConfig
+from retinaface_tf.constants import MIRROR_LANDMARK_ORDER
 
 SIZE = 320
 ANCHORS = generate_anchors_np(SIZE, SIZE)
@@ -67,7 +68,7 @@ def test_distort_colors_stays_in_range_and_skips_with_the_right_probability():
 def test_crop_windows_follow_the_reference_rules():
     h, w = 480, 640
     boxes = tf.constant(FACES[:, :4])
-    sides = {int(s * h) for s in aug.DEFAULT_CROP_SCALES}
+    sides = {int(s * h) for s in DataConfig.crop_scales}
     seen = set()
     for i in range(40):
         found, window, keep = (t.numpy() for t in aug.sample_square_crop(boxes, h, w, _seed(i)))

@@ -38,9 +38,9 @@ def _net_input(image):
 
 def test_anchor_level_follows_anchor_layout():
     from retinaface_tf.explain import anchor_level
-    from retinaface_tf.ops.anchors import DEFAULT_MIN_SIZES, DEFAULT_STEPS
+    from retinaface_tf.config import AnchorConfig
     # 100x130 input: levels of 13x17x2=442, 7x9x2=126, 4x5x2=40 anchors
-    kw = dict(min_sizes=DEFAULT_MIN_SIZES, steps=DEFAULT_STEPS)
+    kw = dict(min_sizes=AnchorConfig.min_sizes, steps=AnchorConfig.steps)
     assert [anchor_level(i, 100, 130, **kw) for i in (0, 441, 442, 567, 568, 607)] == [0, 0, 1, 1, 2, 2]
     with pytest.raises(ValueError):
         anchor_level(608, 100, 130, **kw)

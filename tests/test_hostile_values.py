@@ -52,7 +52,7 @@ HOSTILE = {
     "loss.loc_weight": "-2",
     "loss.landmark_weight": ".inf",
     "data.image_size": "100",
-    "data.rgb_mean": "[104, 117]",
+    "data.bgr_mean": "[104, 117]",
     "data.crop_scales": "[]",
     "data.crop_candidates": "0",
     "data.mirror_probability": "7",

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from retinaface_tf.commands import add_model_args
+from retinaface_tf.constants import LANDMARK_NAMES
 from retinaface_tf.errors import ImageError, RetinaFaceError, UsageError
 
 REPORT_NAME = "detections.json"
@@ -226,7 +227,7 @@ def run(args) -> int:
             {"tool": TOOL, "complete": complete, "images_done": len(done), "images_total": len(paths),
              "threshold": args.threshold, "max_size": args.max_size,
              "box_format": "xyxy (pixels, original image)",
-             "landmark_order": ["left_eye", "right_eye", "nose", "left_mouth", "right_mouth"],
+             "landmark_order": list(LANDMARK_NAMES),
              "annotated_files": dict(sorted(written.items())), "images": done},
             indent=1, ensure_ascii=True)  # ASCII: a file name that is not UTF-8 stays \udcxx, never a crash
         try:

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from retinaface_tf.ops.boxes import MIRROR_LANDMARK_ORDER
-from retinaface_tf.ops.image import decode_image, decode_window, image_shape
+from retinaface_tf.config import DataConfig
+from retinaface_tf.constants import BGR_MEAN, MIRROR_LANDMARK_ORDER
+from retinaface_tf.ops.image import decode_image, decode_window, image_shape, preprocess
 
-DEFAULT_CROP_SCALES = (0.3, 0.45, 0.6, 0.8, 1.0)
-DEFAULT_BGR_MEAN = (104.0, 117.0, 123.0)
 # The reference picks one of cv2's INTER_LINEAR, INTER_CUBIC, INTER_AREA, INTER_NEAREST,
 # INTER_LANCZOS4 per image; these are tf.image's counterparts.
 RESIZE_METHODS = ("bilinear", "bicubic", "area", "nearest", "lanczos3")
@@ -36,7 +35,8 @@ def drop_empty_faces(faces):
     return tf.boolean_mask(faces, ok)
 
 
-def sample_square_crop(boxes, height, width, seed, *, scales=DEFAULT_CROP_SCALES, num_candidates: int = 250):
+def sample_square_crop(boxes, height, width, seed, *, scales=DataConfig.crop_scales,
+                       num_candidates: int = DataConfig.crop_candidates):
     """The reference's ``_crop`` window search, all candidates at once.
 
     A candidate is a square of side ``int(scale * min(H, W))`` (``scale`` uniform over
@@ -189,7 +189,7 @@ def random_resize(image, height, width, seed):
     return tf.clip_by_value(tf.switch_case(index, branches), 0.0, 255.0)
 
 
-def finish_image(image, content_hw, params, flip, *, bgr_mean=DEFAULT_BGR_MEAN):
+def finish_image(image, content_hw, params, flip, *, bgr_mean=BGR_MEAN):
     """Colour distortion (:func:`color_params` ``params``), mean padding, mirror and
     network-input conversion of the resized ``[S, S, 3]`` float32 RGB image whose content fills
     the top-left ``content_hw`` (the rest is padding, filled with the mean and left undistorted
@@ -200,7 +200,7 @@ def finish_image(image, content_hw, params, flip, *, bgr_mean=DEFAULT_BGR_MEAN):
     inside = (tf.range(size[0])[:, None] < content_hw[0]) & (tf.range(size[1])[None, :] < content_hw[1])
     image = tf.where(inside[..., None], image, tf.constant(tuple(reversed(bgr_mean)), tf.float32))
     image = tf.where(flip, tf.reverse(image, axis=[1]), image)
-    return to_network_input(image, bgr_mean)
+    return preprocess(image, channel_order="rgb", mean=bgr_mean)
 
 
 _finish_image_jit = tf.function(finish_image, jit_compile=True, reduce_retracing=False)
@@ -218,13 +218,9 @@ def mirror_faces(faces):
                       faces[:, 14:15]], axis=1)
 
 
-def to_network_input(image_rgb, bgr_mean=DEFAULT_BGR_MEAN):
-    """float32 RGB [0, 255] ``[..., 3]`` → what the model takes: BGR minus ``bgr_mean``."""
-    return tf.reverse(image_rgb, axis=[-1]) - tf.constant(bgr_mean, tf.float32)
-
-
-def augment(contents, faces, seed, *, image_size: int, bgr_mean=DEFAULT_BGR_MEAN, crop_scales=DEFAULT_CROP_SCALES,
-            crop_candidates: int = 250, mirror_probability: float = 0.5, jit_compile: bool = True):
+def augment(contents, faces, seed, *, image_size: int, bgr_mean=BGR_MEAN, crop_scales=DataConfig.crop_scales,
+            crop_candidates: int = DataConfig.crop_candidates,
+            mirror_probability: float = DataConfig.mirror_probability, jit_compile: bool = True):
     """The reference's training ``preproc`` on encoded image bytes.
 
     square crop (or the whole image when no window fits) → colour distortion → pad to a square
@@ -277,7 +273,7 @@ def augment(contents, faces, seed, *, image_size: int, bgr_mean=DEFAULT_BGR_MEAN
     return image, drop_empty_faces(faces)
 
 
-def letterbox(contents, faces, *, image_size: int, bgr_mean=DEFAULT_BGR_MEAN):
+def letterbox(contents, faces, *, image_size: int, bgr_mean=BGR_MEAN):
     """Evaluation-style, deterministic: pad to a square with the mean, bilinear resize, BGR minus
     the mean. Returns ``(image [S, S, 3], faces [F', 15] rel_xyxy)``."""
     faces = drop_empty_faces(tf.cast(faces, tf.float32))
@@ -287,4 +283,4 @@ def letterbox(contents, faces, *, image_size: int, bgr_mean=DEFAULT_BGR_MEAN):
     faces = tf.concat([faces[:, :14] / side, faces[:, 14:]], axis=1)
     image = tf.ensure_shape(tf.image.resize(image, [image_size, image_size]), [image_size, image_size, 3])
     faces = tf.concat([tf.clip_by_value(faces[:, :4], 0.0, 1.0), faces[:, 4:]], axis=1)
-    return to_network_input(image, bgr_mean), drop_empty_faces(faces)
+    return preprocess(image, channel_order="rgb", mean=bgr_mean), drop_empty_faces(faces)

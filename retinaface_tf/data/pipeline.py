@@ -23,13 +23,14 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from retinaface_tf.config import AnchorConfig, DataConfig, LossConfig
+from retinaface_tf.constants import BGR_MEAN
 from retinaface_tf.data import augment as aug
 from retinaface_tf.data.widerface import Annotations, ImageAnnotation, check_images, read_annotations
 from retinaface_tf.errors import DatasetError
 from retinaface_tf.fileio import DEFAULT_MAX_PIXELS
 from retinaface_tf.losses import pack_targets
-from retinaface_tf.ops.anchors import DEFAULT_MIN_SIZES, DEFAULT_STEPS, generate_anchors_np
-from retinaface_tf.ops.box_coder import DEFAULT_VARIANCES
+from retinaface_tf.ops.anchors import generate_anchors_np
 from retinaface_tf.ops.matcher import match_anchors, match_anchors_bucketed
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -61,8 +62,9 @@ def _files_dataset(images: Sequence[ImageAnnotation], images_dir) -> tf.data.Dat
     return tf.data.Dataset.from_tensor_slices((tf.constant(paths), faces_ragged(images)))
 
 
-def encode_faces(faces, anchors, *, match_threshold: float = 0.35, force_match_min_iou: float = 0.2,
-                 variances=DEFAULT_VARIANCES, jit_compile: bool = True) -> dict:
+def encode_faces(faces, anchors, *, match_threshold: float = LossConfig.match_threshold,
+                 force_match_min_iou: float = LossConfig.force_match_min_iou, variances=AnchorConfig.variances,
+                 jit_compile: bool = True) -> dict:
     """Relative faces ``[F, 15]`` → the target dict of one image (``[N, 5]``, ``[N]``, ``[N, 11]``).
     ``jit_compile`` uses the XLA-compiled, face-count-bucketed matcher (same results)."""
     match = match_anchors_bucketed if jit_compile else match_anchors
@@ -75,13 +77,15 @@ def encode_faces(faces, anchors, *, match_threshold: float = 0.35, force_match_m
 def build_dataset(label_file: str | os.PathLike | None = None, images_dir: str | os.PathLike | None = None, *,
                   annotations: Annotations | Sequence[ImageAnnotation] | None = None,
                   tfrecord_pattern: str | Sequence[str] | None = None,
-                  batch_size: int | None = 32, image_size: int = 640, training: bool = True,
-                  shuffle: bool | None = None, shuffle_buffer: int = 1000, seed: int | None = None,
+                  batch_size: int | None = 32, image_size: int = DataConfig.image_size, training: bool = True,
+                  shuffle: bool | None = None, shuffle_buffer: int = DataConfig.shuffle_buffer, seed: int | None = None,
                   repeat: bool = False, drop_remainder: bool | None = None,
                   num_parallel_calls: int = AUTOTUNE, prefetch: int = AUTOTUNE, deterministic: bool | None = None,
-                  bgr_mean=aug.DEFAULT_BGR_MEAN, crop_scales=aug.DEFAULT_CROP_SCALES, crop_candidates: int = 250,
-                  mirror_probability: float = 0.5, min_sizes=DEFAULT_MIN_SIZES, steps=DEFAULT_STEPS,
-                  variances=DEFAULT_VARIANCES, match_threshold: float = 0.35, force_match_min_iou: float = 0.2,
+                  bgr_mean=BGR_MEAN, crop_scales=DataConfig.crop_scales, crop_candidates: int = DataConfig.crop_candidates,
+                  mirror_probability: float = DataConfig.mirror_probability, min_sizes=AnchorConfig.min_sizes,
+                  steps=AnchorConfig.steps, variances=AnchorConfig.variances,
+                  match_threshold: float = LossConfig.match_threshold,
+                  force_match_min_iou: float = LossConfig.force_match_min_iou,
                   skip_empty: bool = True, verify_images: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                   return_faces: bool = False,
                   jit_compile: bool = True,
@@ -199,7 +203,7 @@ def dataset_kwargs(config) -> dict:
     """The keyword arguments of :func:`build_dataset` that a :class:`~retinaface_tf.config.Config`
     fixes (call at the edge, e.g. in training: ``build_dataset(..., **dataset_kwargs(cfg))``)."""
     a, d, lo = config.anchors, config.data, config.loss
-    return dict(image_size=d.image_size, bgr_mean=tuple(d.rgb_mean), crop_scales=tuple(d.crop_scales),
+    return dict(image_size=d.image_size, bgr_mean=tuple(d.bgr_mean), crop_scales=tuple(d.crop_scales),
                 crop_candidates=d.crop_candidates, mirror_probability=d.mirror_probability,
                 shuffle_buffer=d.shuffle_buffer, min_sizes=a.min_sizes, steps=a.steps, variances=a.variances,
                 match_threshold=lo.match_threshold, force_match_min_iou=lo.force_match_min_iou)

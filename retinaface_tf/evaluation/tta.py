@@ -25,7 +25,9 @@ from typing import Callable, Mapping
 import numpy as np
 
 from retinaface_tf.errors import TtaError
-from retinaface_tf.ops.boxes import MIRROR_LANDMARK_ORDER, iou_matrix_np
+from retinaface_tf.config import PostprocessConfig
+from retinaface_tf.constants import MIRROR_LANDMARK_ORDER
+from retinaface_tf.ops.boxes import iou_matrix_np
 
 TEST_SCALES = ("original", "reference", "pyramid")
 MERGES = ("vote", "nms")
@@ -63,8 +65,9 @@ def flip_detections(boxes: np.ndarray, landmarks: np.ndarray, width: int) -> tup
     return out, lms[:, list(MIRROR_LANDMARK_ORDER)]
 
 
-def merge_detections(boxes: np.ndarray, scores: np.ndarray, landmarks: np.ndarray, *, iou_threshold: float = 0.4,
-                     vote: bool = True, max_detections: int = 750):
+def merge_detections(boxes: np.ndarray, scores: np.ndarray, landmarks: np.ndarray, *,
+                     iou_threshold: float = PostprocessConfig.iou_threshold,
+                     vote: bool = True, max_detections: int = PostprocessConfig.max_detections):
     """Greedy merge of detections pooled from several passes.
 
     Boxes are taken in descending score; each takes every remaining box with IoU >=
@@ -119,9 +122,9 @@ class TestTimeAugmentation:
     scale: str = "original"
     flip: bool | None = None
     merge: str = "vote"
-    merge_iou: float = 0.4
+    merge_iou: float = PostprocessConfig.iou_threshold
     short_sides: tuple = PYRAMID_SHORT_SIDES
-    max_detections: int = 750
+    max_detections: int = PostprocessConfig.max_detections
 
     def __post_init__(self):
         if self.scale not in TEST_SCALES:

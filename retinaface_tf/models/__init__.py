@@ -1,3 +1,4 @@
-from retinaface_tf.models.retinaface import BGR_MEAN, build_from_config, build_retinaface, preprocess
+from retinaface_tf.models.retinaface import build_from_config, build_retinaface
+from retinaface_tf.ops.image import preprocess  # the network's input convention, shared with data and serving
 
-__all__ = ["BGR_MEAN", "build_from_config", "build_retinaface", "preprocess"]
+__all__ = ["build_from_config", "build_retinaface", "preprocess"]

@@ -1,8 +1,9 @@
 """RetinaFace: backbone → 3-level FPN → SSH context modules → class / box / landmark heads.
 
 The network input is what the reference feeds its model: float32 ``[B, H, W, 3]``, BGR, minus
-the mean (104, 117, 123), unscaled, any H and W. :func:`preprocess` turns uint8 images into that
-and is used by the Detector and every export, so none of them takes anything but plain images.
+the mean (104, 117, 123), unscaled, any H and W. :func:`retinaface_tf.ops.image.preprocess` turns
+uint8 images into that and is used by the data pipeline, the Detector and every export, so none of
+them takes anything but plain images.
 
 Outputs (a dict), anchors ordered level → row → column → min size, ``N = num_anchors(H, W)``:
 - ``bbox``      ``[B, N, 4]`` box deltas (dx, dy, dw, dh)
@@ -16,10 +17,9 @@ import keras
 import tensorflow as tf
 from keras import layers
 
+from retinaface_tf.config import ModelConfig
 from retinaface_tf.models.backbones import build_backbone
 from retinaface_tf.models.layers import TORCH_CONV_INIT, UpsampleLike, activation, conv_bn, torch_uniform
-
-BGR_MEAN = (104.0, 117.0, 123.0)
 
 
 def fpn(features, *, channels: int, leaky: float):
@@ -57,8 +57,9 @@ def head(features, *, per_anchor: int, num_anchors: int, name: str):
     return layers.Concatenate(axis=1, name=name, dtype="float32")(outs)
 
 
-def build_retinaface(*, backbone: str = "mobilenet025", fpn_channels: int = 64, fpn_leaky: float = 0.1,
-                     backbone_leaky: float = 0.1, num_anchors: int = 2, backbone_weights: str | None = None,
+def build_retinaface(*, backbone: str = ModelConfig.backbone, fpn_channels: int = ModelConfig.fpn_channels,
+                     fpn_leaky: float = ModelConfig.fpn_leaky, backbone_leaky: float = ModelConfig.backbone_leaky,
+                     num_anchors: int = ModelConfig.num_anchors, backbone_weights: str | None = None,
                      name: str = "retinaface", model_class: type = keras.Model) -> keras.Model:
     """The RetinaFace network as a Keras functional model (see the module docstring for I/O).
     ``model_class`` may be a functional subclass of ``keras.Model`` (training uses one)."""
@@ -81,13 +82,3 @@ def build_from_config(config, backbone_weights: str | None = None, model_class: 
                             backbone_leaky=m.backbone_leaky, num_anchors=m.num_anchors,
                             backbone_weights=backbone_weights or m.backbone_weights, model_class=model_class)
 
-
-def preprocess(images, *, channel_order: str = "bgr", mean=BGR_MEAN):
-    """uint8 (or float 0..255) ``[B, H, W, 3]`` images in ``channel_order`` → network input
-    (float32 BGR minus ``mean``). Graph-safe; shared by the Detector and every export."""
-    if channel_order not in ("bgr", "rgb"):
-        raise ValueError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
-    x = tf.cast(images, tf.float32)
-    if channel_order == "rgb":
-        x = tf.reverse(x, axis=[-1])
-    return x - tf.constant(mean, tf.float32)

@@ -11,20 +11,19 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-DEFAULT_MIN_SIZES = ((16, 32), (64, 128), (256, 512))
-DEFAULT_STEPS = (8, 16, 32)
+from retinaface_tf.config import AnchorConfig
 
 
-def feature_map_sizes(height: int, width: int, steps=DEFAULT_STEPS) -> list[tuple[int, int]]:
+def feature_map_sizes(height: int, width: int, steps=AnchorConfig.steps) -> list[tuple[int, int]]:
     """``[(ceil(H/step), ceil(W/step)), ...]``: the backbone's output sizes for any input."""
     return [(-(-height // s), -(-width // s)) for s in steps]
 
 
-def num_anchors(height: int, width: int, min_sizes=DEFAULT_MIN_SIZES, steps=DEFAULT_STEPS) -> int:
+def num_anchors(height: int, width: int, min_sizes=AnchorConfig.min_sizes, steps=AnchorConfig.steps) -> int:
     return sum(fh * fw * len(ms) for (fh, fw), ms in zip(feature_map_sizes(height, width, steps), min_sizes))
 
 
-def generate_anchors_np(height: int, width: int, min_sizes=DEFAULT_MIN_SIZES, steps=DEFAULT_STEPS,
+def generate_anchors_np(height: int, width: int, min_sizes=AnchorConfig.min_sizes, steps=AnchorConfig.steps,
                         clip: bool = False) -> np.ndarray:
     """``[N, 4]`` float32 ``rel_center_xywh`` anchors for an ``height x width`` input (numpy)."""
     out = []
@@ -42,7 +41,7 @@ def generate_anchors_np(height: int, width: int, min_sizes=DEFAULT_MIN_SIZES, st
     return anchors.astype(np.float32)
 
 
-def generate_anchors(height, width, min_sizes=DEFAULT_MIN_SIZES, steps=DEFAULT_STEPS, clip: bool = False):
+def generate_anchors(height, width, min_sizes=AnchorConfig.min_sizes, steps=AnchorConfig.steps, clip: bool = False):
     """TF twin of :func:`generate_anchors_np`; ``height``/``width`` may be scalar tensors.
 
     Returns ``[N, 4]`` float32 ``rel_center_xywh``. The loop runs over the 3 pyramid levels of

@@ -27,10 +27,6 @@ REL_CENTER_XYWH = "rel_center_xywh"
 YXYX = "yxyx"
 XYWH = "xywh"
 
-NUM_LANDMARKS = 5
-# Mirroring swaps left/right eye (0<->1) and left/right mouth corner (3<->4).
-MIRROR_LANDMARK_ORDER = (1, 0, 2, 4, 3)
-
 
 def _check(boxes, name: str):
     if boxes.shape[-1] is not None and boxes.shape[-1] != 4:

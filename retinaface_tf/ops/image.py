@@ -1,4 +1,4 @@
-"""Image decoding inside a graph, with OpenCV's pixels.
+"""Images inside a graph: decoding with OpenCV's pixels, and the network's input convention.
 
 Every decoded pixel must equal ``cv2.imread``'s (the Detector and evaluation read images with
 OpenCV). TensorFlow's JPEG decoder defaults to a fast integer IDCT (``dct_method=""`` →
@@ -11,6 +11,8 @@ RGB; OpenCV's are BGR.
 from __future__ import annotations
 
 import tensorflow as tf
+
+from retinaface_tf.constants import BGR_MEAN
 
 JPEG_DCT_METHOD = "INTEGER_ACCURATE"  # libjpeg's JDCT_ISLOW, as cv2.imread
 
@@ -66,3 +68,15 @@ def decode_window(contents, window):
         is_jpeg(contents),
         lambda: _decode_jpeg_window(contents, window),
         lambda: tf.image.crop_to_bounding_box(_decode_other(contents), window[0], window[1], window[2], window[3]))
+
+
+def preprocess(images, *, channel_order: str = "bgr", mean=BGR_MEAN):
+    """uint8 (or float 0..255) ``[..., 3]`` images in ``channel_order`` → the network's input:
+    float32 BGR minus ``mean`` (the reference's convention, unscaled). Graph-safe; the one
+    conversion used by the data pipeline, the Detector and every export."""
+    if channel_order not in ("bgr", "rgb"):
+        raise ValueError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
+    x = tf.cast(images, tf.float32)
+    if channel_order == "rgb":
+        x = tf.reverse(x, axis=[-1])
+    return x - tf.constant(mean, tf.float32)

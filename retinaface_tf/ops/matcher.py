@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from retinaface_tf.ops.box_coder import DEFAULT_VARIANCES, encode_boxes, encode_landmarks
+from retinaface_tf.config import AnchorConfig, LossConfig
+from retinaface_tf.ops.box_coder import encode_boxes, encode_landmarks
 from retinaface_tf.ops.boxes import center_xywh_to_xyxy, iou_matrix
 
 
-def match_anchors_padded(boxes, landmarks, labels, valid, anchors, *, match_threshold: float = 0.35,
-                         force_match_min_iou: float = 0.2, variances=DEFAULT_VARIANCES):
+def match_anchors_padded(boxes, landmarks, labels, valid, anchors, *, match_threshold: float = LossConfig.match_threshold,
+                         force_match_min_iou: float = LossConfig.force_match_min_iou, variances=AnchorConfig.variances):
     """:func:`match_anchors` on ``P`` padded face slots (static shapes: compiles under XLA).
 
     ``boxes [P, 4]``, ``landmarks [P, 5, 2]``, ``labels [P]``, ``valid [P]`` bool (False = padding,
@@ -68,8 +69,8 @@ def match_anchors_padded(boxes, landmarks, labels, valid, anchors, *, match_thre
     return box_t, anchor_labels, landmark_t
 
 
-def match_anchors(boxes, landmarks, labels, anchors, *, match_threshold: float = 0.35,
-                  force_match_min_iou: float = 0.2, variances=DEFAULT_VARIANCES):
+def match_anchors(boxes, landmarks, labels, anchors, *, match_threshold: float = LossConfig.match_threshold,
+                  force_match_min_iou: float = LossConfig.force_match_min_iou, variances=AnchorConfig.variances):
     """Match the faces of one image to the anchors.
 
     Args:
@@ -100,8 +101,8 @@ _match_jit = tf.function(match_anchors_padded, jit_compile=True, reduce_retracin
 DEFAULT_BUCKETS = (16, 64, 256, 1024)
 
 
-def match_anchors_bucketed(boxes, landmarks, labels, anchors, *, buckets=DEFAULT_BUCKETS, match_threshold: float = 0.35,
-                           force_match_min_iou: float = 0.2, variances=DEFAULT_VARIANCES):
+def match_anchors_bucketed(boxes, landmarks, labels, anchors, *, buckets=DEFAULT_BUCKETS, match_threshold: float = LossConfig.match_threshold,
+                           force_match_min_iou: float = LossConfig.force_match_min_iou, variances=AnchorConfig.variances):
     """:func:`match_anchors` compiled with XLA: faces are padded to the smallest of ``buckets``
     that holds them (one compiled program per bucket, so shapes stay static); images with more
     faces than the last bucket take the uncompiled path. About 2.5x less CPU per image inside

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from retinaface_tf.ops.anchors import DEFAULT_MIN_SIZES, DEFAULT_STEPS, generate_anchors
-from retinaface_tf.ops.box_coder import DEFAULT_VARIANCES, decode_boxes, decode_landmarks
+from retinaface_tf.config import AnchorConfig
+from retinaface_tf.ops.anchors import generate_anchors
+from retinaface_tf.ops.box_coder import decode_boxes, decode_landmarks
 
 
 def face_probability(class_logits):
@@ -93,7 +94,7 @@ def batched_nms(boxes, scores, *, score_threshold: float, iou_threshold: float, 
 
 def postprocess(box_deltas, face_scores, landmark_deltas, anchors, *, input_size, output_scale,
                 score_threshold: float, iou_threshold: float, pre_nms_top_k: int, max_detections: int,
-                variances=DEFAULT_VARIANCES, single_image: bool = False):
+                variances=AnchorConfig.variances, single_image: bool = False):
     """Decode the head outputs and run NMS, batched.
 
     Only the ``pre_nms_top_k`` best anchors of each image are decoded, and landmarks only for
@@ -137,8 +138,8 @@ def postprocess(box_deltas, face_scores, landmark_deltas, anchors, *, input_size
 
 
 def detect_from_heads(outputs, *, input_size, output_scale, score_threshold, iou_threshold, pre_nms_top_k: int,
-                      max_detections: int, min_sizes=DEFAULT_MIN_SIZES, steps=DEFAULT_STEPS, clip: bool = False,
-                      variances=DEFAULT_VARIANCES, single_image: bool = False):
+                      max_detections: int, min_sizes=AnchorConfig.min_sizes, steps=AnchorConfig.steps, clip: bool = False,
+                      variances=AnchorConfig.variances, single_image: bool = False):
     """The network's output dict (``bbox``, ``classes`` logits, ``landmarks``) → padded detections:
     anchors for ``input_size`` ``(height, width)``, face probability, then :func:`postprocess`.
     The one path from head outputs to faces, shared by the Detector and every export."""
