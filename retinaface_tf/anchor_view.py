@@ -8,10 +8,9 @@ pyramid level on the augmented image, and a table counts each face's positives p
 faces that no anchor learns from (too small for the smallest anchor, squashed by the resize, or
 cropped out) stand out.
 
-Faces are followed through the augmentation by their label column: the augmentation carries
-column 14 through untouched (it only keeps, drops, crops and mirrors rows), so we put
-``(index + 1) * label`` there and read the index back afterwards; the matcher gets the plain
-``label`` (1 / -1). A positive anchor's face is the face its encoded box target decodes to.
+Faces are followed through the augmentation by their ``ids`` (the augmentation keeps, drops,
+crops and mirrors faces but never renumbers them), and a positive anchor's face is the one the
+matcher assigned it (``Match.face_index``).
 """
 
 from __future__ import annotations
@@ -21,10 +20,14 @@ import os
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
 from retinaface_tf.config import AnchorConfig, DataConfig, LossConfig
-from retinaface_tf.constants import BGR_MEAN
+from retinaface_tf.data import augment as aug
 from retinaface_tf.errors import AnchorViewError
+from retinaface_tf.ops.anchors import anchor_levels, generate_anchors_np
+from retinaface_tf.ops.boxes import center_xywh_to_xyxy
+from retinaface_tf.ops.matcher import match_anchors
 
 # BGR, one per pyramid level (stride 8, 16, 32)
 LEVEL_COLOURS = ((0, 220, 0), (0, 165, 255), (255, 0, 255), (255, 255, 0))
@@ -102,72 +105,45 @@ def find_entry(annotations, image_path: str | os.PathLike):
     return by_name[0]
 
 
-def _levels(height: int, width: int, min_sizes, steps) -> np.ndarray:
-    from retinaface_tf.ops.anchors import feature_map_sizes
-
-    counts = [fh * fw * len(s) for (fh, fw), s in zip(feature_map_sizes(height, width, steps), min_sizes)]
-    return np.repeat(np.arange(len(counts)), counts)
-
-
-def match_view(contents: bytes, entry, *, seed: int = 0, augment: bool = True, image_size: int = DataConfig.image_size,
-               bgr_mean=BGR_MEAN, crop_scales=DataConfig.crop_scales, crop_candidates: int = DataConfig.crop_candidates,
-               mirror_probability: float = DataConfig.mirror_probability, min_sizes=AnchorConfig.min_sizes,
-               steps=AnchorConfig.steps, variances=AnchorConfig.variances,
-               match_threshold: float = LossConfig.match_threshold,
-               force_match_min_iou: float = LossConfig.force_match_min_iou, source: str = "image") -> AnchorView:
+def match_view(contents: bytes, entry, *, seed: int = 0, augment: bool = True, data: DataConfig = DataConfig(),
+               anchors: AnchorConfig = AnchorConfig(), loss: LossConfig = LossConfig(),
+               source: str = "image") -> AnchorView:
     """Augment one image (encoded ``contents``) with its faces (``entry``: an
-    ``ImageAnnotation``) using stateless ``seed`` (or only ``letterbox`` when ``augment`` is
-    False), match the faces to the ``image_size`` anchors, and return the :class:`AnchorView`."""
-    import tensorflow as tf
-
-    from retinaface_tf.data import augment as aug
-    from retinaface_tf.ops.anchors import generate_anchors_np
-    from retinaface_tf.ops.box_coder import decode_boxes
-    from retinaface_tf.ops.boxes import center_xywh_to_xyxy, iou_matrix_np
-    from retinaface_tf.ops.matcher import match_anchors
-
-    faces = entry.to_faces_array()  # [F, 15] pixels
-    num = faces.shape[0]
-    tagged = faces.copy()
-    tagged[:, 14] = (np.arange(num) + 1) * np.sign(faces[:, 14])
+    ``ImageAnnotation``) using stateless ``seed`` (or only ``pad_and_resize`` when ``augment`` is
+    False), match the faces to the anchors of ``data.image_size``, and return the
+    :class:`AnchorView`. ``data``, ``anchors`` and ``loss`` are the config's sections, as the
+    data pipeline takes them."""
+    size = data.image_size
     contents = tf.constant(contents)
     try:
         if augment:
-            image, out = aug.augment(contents, tf.constant(tagged), tf.constant([seed, 0], tf.int64),
-                                     image_size=image_size, bgr_mean=bgr_mean, crop_scales=crop_scales,
-                                     crop_candidates=crop_candidates, mirror_probability=mirror_probability)
+            image, faces = aug.augment(contents, entry.faces, tf.constant([seed, 0], tf.int64), image_size=size,
+                                       bgr_mean=data.bgr_mean, crop_scales=data.crop_scales,
+                                       crop_candidates=data.crop_candidates, mirror_probability=data.mirror_probability)
         else:
-            image, out = aug.letterbox(contents, tf.constant(tagged), image_size=image_size, bgr_mean=bgr_mean)
+            image, faces = aug.pad_and_resize(contents, entry.faces, image_size=size, bgr_mean=data.bgr_mean)
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as exc:
         raise AnchorViewError(f"{source}: TensorFlow cannot decode this image (JPEG, PNG, BMP or GIF "
                               f"needed): {str(exc.message).splitlines()[0]}") from None
-    out = out.numpy()
-    kept = (np.abs(out[:, 14]).round().astype(int) - 1)  # face index of each surviving row
-    labels = np.sign(out[:, 14]).astype(np.int32)
+    anchor_boxes = generate_anchors_np(size, size, anchors.min_sizes, anchors.steps)
+    match = match_anchors(faces, anchor_boxes, match_threshold=loss.match_threshold,
+                          force_match_min_iou=loss.force_match_min_iou, variances=anchors.variances)
+    positive = np.flatnonzero(match.positive.numpy())
+    ids = faces.ids.numpy()
+    owner = ids[match.face_index.numpy()[positive]]  # the label-file index of each positive's face
+    levels = anchor_levels(size, size, anchors.min_sizes, anchors.steps)[positive]
+    anchors_px = center_xywh_to_xyxy(anchor_boxes[positive]) * size
 
-    anchors = generate_anchors_np(image_size, image_size, min_sizes, steps)
-    box_t, anchor_labels, _ = match_anchors(out[:, :4], out[:, 4:14].reshape(-1, 5, 2), labels, anchors,
-                                            match_threshold=match_threshold,
-                                            force_match_min_iou=force_match_min_iou, variances=variances)
-    positive = np.flatnonzero(anchor_labels.numpy() != 0)
-    targets = decode_boxes(box_t.numpy()[positive], anchors[positive], variances).numpy()  # rel_xyxy
-    if len(positive) and len(out):
-        owner = kept[np.argmax(iou_matrix_np(targets, out[:, :4]), axis=1)]
-    else:
-        owner = np.zeros((0,), int)
-    levels = _levels(image_size, image_size, min_sizes, steps)[positive]
-    anchors_px = center_xywh_to_xyxy(anchors[positive]) * image_size
-
-    view_boxes = {int(i): out[r, :4] * image_size for r, i in enumerate(kept)}
+    view_boxes = dict(zip(ids.tolist(), faces.boxes.numpy() * size))
     face_list = []
-    for i in range(num):
-        counts = tuple(int(np.sum((owner == i) & (levels == lv))) for lv in range(len(steps)))
-        face_list.append(FaceMatch(index=i, box=faces[i, :4], view_box=view_boxes.get(i), positives=counts))
+    for i in range(entry.num_faces):
+        counts = tuple(int(np.sum((owner == i) & (levels == lv))) for lv in range(len(anchors.steps)))
+        face_list.append(FaceMatch(index=i, box=entry.faces.boxes[i], view_box=view_boxes.get(i), positives=counts))
     # the network input is BGR minus the mean: adding it back gives OpenCV's BGR
-    picture = np.clip(image.numpy() + np.asarray(bgr_mean, np.float32), 0, 255).round().astype(np.uint8)
+    picture = np.clip(image.numpy() + np.asarray(data.bgr_mean, np.float32), 0, 255).round().astype(np.uint8)
     return AnchorView(path=entry.path, image=picture, anchors_xyxy=anchors_px.astype(np.float32),
-                      anchor_levels=levels, anchor_faces=owner, faces=face_list, steps=tuple(steps),
-                      min_sizes=tuple(tuple(s) for s in min_sizes), augmented=augment, seed=seed)
+                      anchor_levels=levels, anchor_faces=owner, faces=face_list, steps=tuple(anchors.steps),
+                      min_sizes=tuple(tuple(s) for s in anchors.min_sizes), augmented=augment, seed=seed)
 
 
 LEGEND_LINE = 20  # pixels per legend line in the strip under the picture

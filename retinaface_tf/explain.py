@@ -20,18 +20,27 @@ a detector and are handled here:
   half-pixel-centred bilinear resizing over the ``ceil(H / step) * step`` area the feature map
   covers, then crop to the image.
 
-A detection is traced back to its anchor by decoding every anchor's box and taking the anchor
-whose decoded box matches the detected box best (IoU 1 for the box NMS kept), highest score on
-ties (:func:`find_anchor`).
+A detection's anchor is the one post-processing kept it from (``Detections.anchor_indices``);
+for a box given by hand (a face the detector misses), :func:`find_anchor` decodes every anchor's
+box and takes the one that fits it best, highest score on ties.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
+import cv2
+import keras
 import numpy as np
 
 from retinaface_tf.errors import ExplainError
+from retinaface_tf.inference import Detector
+from retinaface_tf.ops.anchors import anchor_levels, generate_anchors_np
+from retinaface_tf.ops.box_coder import decode_boxes
+from retinaface_tf.ops.boxes import center_xywh_to_xyxy, iou_matrix_np
+from retinaface_tf.ops.image import preprocess
+from retinaface_tf.ops.nms import face_probability
 
 TARGETS = ("logodds", "probability")
 
@@ -74,29 +83,29 @@ class Explanation:
 def anchor_level(index: int, height: int, width: int, *, min_sizes, steps) -> int:
     """Pyramid level (0-based) of anchor ``index`` for an ``height x width`` input (anchors are
     ordered level → row → column → min size)."""
-    from retinaface_tf.ops.anchors import feature_map_sizes
+    levels = anchor_levels(height, width, min_sizes, steps)
+    if not 0 <= index < len(levels):
+        raise ValueError(f"anchor index {index} >= {len(levels)} anchors for a {height}x{width} input")
+    return int(levels[index])
 
-    start = 0
-    for level, ((fh, fw), sizes) in enumerate(zip(feature_map_sizes(height, width, steps), min_sizes)):
-        start += fh * fw * len(sizes)
-        if index < start:
-            return level
-    raise ValueError(f"anchor index {index} >= {start} anchors for a {height}x{width} input")
+
+def anchor_match(index: int, *, iou: float, score: float, height: int, width: int, min_sizes, steps) -> AnchorMatch:
+    """The :class:`AnchorMatch` of anchor ``index`` of an ``height x width`` input."""
+    anchors = generate_anchors_np(height, width, min_sizes, steps)
+    scale = np.array([width, height, width, height], np.float32)
+    anchor_px = np.asarray(center_xywh_to_xyxy(anchors[index] * scale), np.float32)
+    return AnchorMatch(index=index, level=anchor_level(index, height, width, min_sizes=min_sizes, steps=steps),
+                       iou=iou, score=score, anchor_xyxy=anchor_px)
 
 
 def find_anchor(outputs: dict, box_xyxy, *, height: int, width: int, min_sizes, steps,
                 variances) -> AnchorMatch:
     """The anchor whose decoded box best matches ``box_xyxy`` (pixel ``xyxy`` ``[4]``, in the
-    ``height x width`` input the network saw).
+    ``height x width`` input the network saw), for a box that is no detection.
 
     ``outputs``: the network's outputs for that one image (``bbox [1, N, 4]``, ``classes
     [1, N, 2]``). Highest IoU wins; among anchors within 1e-4 of it, the highest face score.
     """
-    from retinaface_tf.ops.anchors import generate_anchors_np
-    from retinaface_tf.ops.box_coder import decode_boxes
-    from retinaface_tf.ops.boxes import center_xywh_to_xyxy, iou_matrix_np
-    from retinaface_tf.ops.nms import face_probability
-
     anchors = generate_anchors_np(height, width, min_sizes, steps)
     scale = np.array([width, height, width, height], np.float32)
     decoded = decode_boxes(outputs["bbox"][0], anchors, variances).numpy() * scale
@@ -104,9 +113,8 @@ def find_anchor(outputs: dict, box_xyxy, *, height: int, width: int, min_sizes, 
     iou = iou_matrix_np(np.asarray(box_xyxy, np.float32)[None], decoded)[0]
     candidates = np.flatnonzero(iou >= iou.max() - 1e-4)
     index = int(candidates[np.argmax(scores[candidates])])
-    anchor_px = np.asarray(center_xywh_to_xyxy(anchors[index] * scale), np.float32)
-    return AnchorMatch(index=index, level=anchor_level(index, height, width, min_sizes=min_sizes, steps=steps),
-                       iou=float(iou[index]), score=float(scores[index]), anchor_xyxy=anchor_px)
+    return anchor_match(index, iou=float(iou[index]), score=float(scores[index]), height=height, width=width,
+                        min_sizes=min_sizes, steps=steps)
 
 
 def face_score_model(model, anchor_index: int, *, target: str = "logodds"):
@@ -114,8 +122,6 @@ def face_score_model(model, anchor_index: int, *, target: str = "logodds"):
     float32 BGR minus mean ``[B, H, W, 3]``), output ``[B, 1]`` float32: anchor
     ``anchor_index``'s face log-odds (``target="logodds"``) or face probability
     (``"probability"``). Every layer of ``model`` (e.g. ``ssh2_relu``) stays reachable by name."""
-    import keras
-
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     logits = model.get_layer("ClassHead").output  # [B, N, 2]
@@ -173,9 +179,6 @@ def gradcam_pp_map(score_model, network_input: np.ndarray, *, layer: str, step: 
 
     ``network_input`` ``[1, H, W, 3]`` float32. Returns ``[H, W]`` float32 in [0, 1] (all zeros
     when no channel contributes positively)."""
-    import warnings
-
-    import cv2
     _require_vis()
     with warnings.catch_warnings():  # it imports zoom from scipy.ndimage.interpolation (deprecated); we never use it
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -219,11 +222,6 @@ def explain_face(image_bgr: np.ndarray, *, model, config, face=0, box=None, scor
     ``max_size`` downscales images whose long side exceeds it before the network sees them.
     Returned boxes are in original pixels and maps are ``[H, W]`` of the original image.
     """
-    import cv2
-
-    from retinaface_tf.inference import Detector
-    from retinaface_tf.ops.image import preprocess
-
     h0, w0 = image_bgr.shape[:2]
     scale = 1.0
     if max_size and max(h0, w0) > max_size:
@@ -240,8 +238,12 @@ def explain_face(image_bgr: np.ndarray, *, model, config, face=0, box=None, scor
             raise ExplainError(f"{source}: --box must be x1,y1,x2,y2 with x2 > x1 and y2 > y1, got {list(box)}")
     x = preprocess(image_bgr[None], channel_order="bgr").numpy()
     a = config.anchors
-    anchor = find_anchor(model(x, training=False), target_box, height=h, width=w, min_sizes=a.min_sizes,
-                         steps=a.steps, variances=a.variances)
+    if box is None:  # the anchor post-processing kept this detection from
+        anchor = anchor_match(int(detections.anchor_indices[index]), iou=1.0, score=float(detections.scores[index]),
+                              height=h, width=w, min_sizes=a.min_sizes, steps=a.steps)
+    else:
+        anchor = find_anchor(model(x, training=False), target_box, height=h, width=w, min_sizes=a.min_sizes,
+                             steps=a.steps, variances=a.variances)
     score_model = face_score_model(model, anchor.index, target=target)
     sal = saliency_map(score_model, x, smooth_samples=smooth_samples, smooth_noise=smooth_noise, seed=seed)
     cam = gradcam_pp_map(score_model, x, layer=f"ssh{anchor.level + 1}_relu", step=a.steps[anchor.level])
@@ -249,8 +251,7 @@ def explain_face(image_bgr: np.ndarray, *, model, config, face=0, box=None, scor
         sal = np.clip(cv2.resize(sal, (w0, h0), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
         cam = np.clip(cv2.resize(cam, (w0, h0), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
         anchor.anchor_xyxy = anchor.anchor_xyxy / scale
-    score = anchor.score if box is not None else float(detections.scores[index])
-    return Explanation(face_index=index, box=np.asarray(target_box / scale, np.float32), score=score,
+    return Explanation(face_index=index, box=np.asarray(target_box / scale, np.float32), score=anchor.score,
                        anchor=anchor, target=target, saliency=sal, gradcam_pp=cam)
 
 
@@ -259,8 +260,6 @@ def overlay(image_bgr: np.ndarray, heat: np.ndarray, *, box=None, caption: str |
     """Blend ``heat`` (``[h, w]`` in [0, 1], resized to the image if needed) as a JET colour map
     over ``image_bgr`` (uint8 ``[H, W, 3]``); draw ``box`` (pixel ``xyxy``) and ``caption``.
     Returns uint8 ``[H, W, 3]`` BGR."""
-    import cv2
-
     h, w = image_bgr.shape[:2]
     if heat.shape != (h, w):
         heat = cv2.resize(heat.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)

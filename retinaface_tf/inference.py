@@ -91,12 +91,14 @@ class Detections:
 
     ``boxes [K, 4]`` float32 pixel ``xyxy``; ``scores [K]`` float32 face probability, descending;
     ``landmarks [K, 5, 2]`` float32 pixel (x, y): left eye, right eye, nose, left and right
-    mouth corner.
+    mouth corner; ``anchor_indices [K]`` int32: the anchor of the network input each face was
+    decoded from (``None`` for detections merged from several passes).
     """
 
     boxes: np.ndarray
     scores: np.ndarray
     landmarks: np.ndarray
+    anchor_indices: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -307,9 +309,9 @@ class Detector:
         scales = np.array([s for _, s in batch], dtype=np.float32).reshape(-1, 2)
         thr = self.score_threshold if score_threshold is None else float(score_threshold)
         out = self._infer(images, scales, np.float32(thr), np.float32(self.iou_threshold))
-        boxes, scores, lms, num = (out["boxes"].numpy(), out["scores"].numpy(), out["landmarks"].numpy(),
-                                   out["num_detections"].numpy())
-        return [Detections(boxes[b, :n], scores[b, :n], lms[b, :n]) for b, n in enumerate(num)]
+        boxes, scores, lms, anchors, num = (out[key].numpy() for key in ("boxes", "scores", "landmarks",
+                                                                         "anchor_indices", "num_detections"))
+        return [Detections(boxes[b, :n], scores[b, :n], lms[b, :n], anchors[b, :n]) for b, n in enumerate(num)]
 
 
 def _label(image, index: int) -> str:

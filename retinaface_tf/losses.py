@@ -1,33 +1,39 @@
 """The reference's MultiBoxLoss (``layers/modules/multibox_loss.py``) as Keras 3 losses.
 
-Targets come from :mod:`retinaface_tf.data.pipeline` as a dict with the model's output keys,
-each carrying the per-anchor label ``conf_t`` (1 = face with landmarks, -1 = face without
-landmarks, 0 = background), ``N`` anchors:
+Targets and masks come from :func:`retinaface_tf.ops.targets.pack_targets` (the data pipeline
+yields ``(images, targets, masks)``), dicts with the model's output keys, ``N`` anchors:
 
-- ``"bbox"``      ``[B, N, 5]``: encoded box deltas ``(dx, dy, dw, dh)`` + label
-- ``"classes"``   ``[B, N]``: label
-- ``"landmarks"`` ``[B, N, 11]``: encoded landmark deltas ``(x0, y0, ..., x4, y4)`` + label
+- ``"bbox"``      targets ``[B, N, 4]`` encoded box deltas ``(dx, dy, dw, dh)``; mask: the
+  anchors matched to a face
+- ``"classes"``   targets ``[B, N]`` int class (1 face, 0 background); mask: the anchors that
+  take part in classification (all)
+- ``"landmarks"`` targets ``[B, N, 10]`` encoded landmark deltas ``(x0, y0, ..., x4, y4)``;
+  mask: the anchors matched to a face with landmarks
+
+Keras hands each output's loss its mask as ``sample_weight`` (1 / 0 weights, or bool), read as
+``mask != 0``; every loss requires it.
 
 Terms (PyTorch smooth-L1 with beta 1, summed):
 
-- box: smooth-L1 over anchors with label != 0, divided by their count in the batch;
+- box: smooth-L1 over the masked anchors, divided by their count in the batch;
 - class: softmax cross-entropy over positives and hard negatives (per image the
   ``neg_pos_ratio * num_pos`` background anchors of highest loss, at most ``N - 1``), divided by
   the positives' count in the batch;
-- landmark: smooth-L1 over anchors with label 1, divided by their count in the batch.
+- landmark: smooth-L1 over the masked anchors, divided by their count in the batch.
 
 Counts are clamped to >= 1, so a batch without faces gives 0 (never NaN). The training objective
 is ``loc_weight * box + class + landmark_weight * landmark`` (2, 1, 1 in the reference).
 
-Use with ``model.fit`` (model outputs ``{"bbox", "classes", "landmarks"}``)::
+Use with ``model.fit`` (model outputs ``{"bbox", "classes", "landmarks"}``, data ``(images,
+targets, masks)``)::
 
     loss = MultiBoxLoss(neg_pos_ratio=7, loc_weight=2.0)
     model.compile(optimizer=..., **loss.compile_kwargs())
 
 Keras then logs the three unweighted terms as ``bbox_loss``, ``classes_loss`` and
 ``landmarks_loss`` next to the total ``loss``. ``MultiBoxLoss`` itself is a Keras loss over the
-whole dicts (returns the weighted total; :meth:`MultiBoxLoss.terms` gives the three terms) for
-custom training loops.
+whole dicts (``loss(targets, predictions, masks)`` returns the weighted total;
+:meth:`MultiBoxLoss.terms` gives the three terms) for custom training loops.
 
 Distribution: each term returns a scalar, which Keras 3 neither re-scales by the replica count nor
 averages; gradients are summed over replicas. So each replica divides its *local* sum by the
@@ -43,7 +49,7 @@ import tensorflow as tf
 
 from retinaface_tf.config import LossConfig
 
-__all__ = ["smooth_l1", "pack_targets", "BoxRegressionLoss", "ClassificationLoss", "LandmarkLoss", "MultiBoxLoss"]
+__all__ = ["smooth_l1", "BoxRegressionLoss", "ClassificationLoss", "LandmarkLoss", "MultiBoxLoss"]
 
 
 def smooth_l1(x):
@@ -67,56 +73,60 @@ def global_count(mask):
     return tf.maximum(tf.stop_gradient(count), 1.0)
 
 
-def _labels(y_true):
-    return tf.cast(tf.round(y_true), tf.int32)
+class _MaskedLoss(keras.losses.Loss):
+    """A loss of the target, the prediction and the anchor mask Keras passes as ``sample_weight``
+    (``[B, N]`` 1 / 0 weights, or bool); the value is already a normalised scalar."""
 
-
-class _RetinaFaceLoss(keras.losses.Loss):
     def __init__(self, name: str, reduction: str = "sum", dtype=None):
-        # The value is already a normalised scalar: "sum" leaves it unchanged.
         super().__init__(name=name, reduction=reduction, dtype=dtype)
 
-    def get_config(self):
-        return super().get_config()
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is None:
+            raise ValueError(f"{type(self).__name__} needs the anchor mask as sample_weight: give model.fit "
+                             "(images, targets, masks), as retinaface_tf.ops.targets.pack_targets makes them")
+        with tf.name_scope(self.name):
+            return self.masked(y_true, tf.cast(y_pred, tf.float32), tf.cast(sample_weight, tf.bool))
+
+    def masked(self, y_true, y_pred, mask):
+        raise NotImplementedError
+
+    def call(self, y_true, y_pred):
+        raise TypeError(f"{type(self).__name__} is called with the anchor mask: loss(y_true, y_pred, mask)")
 
 
 def _masked_smooth_l1(target, pred, mask):
     """Smooth-L1 summed over the anchors in ``mask`` ``[B, N]`` (and the last axis), divided by
     their global count: the box and landmark terms differ only in the mask."""
-    per_anchor = tf.reduce_sum(smooth_l1(pred - target), axis=-1)
+    per_anchor = tf.reduce_sum(smooth_l1(pred - tf.cast(target, tf.float32)), axis=-1)
     return tf.reduce_sum(tf.where(mask, per_anchor, 0.0)) / global_count(mask)
 
 
 @keras.saving.register_keras_serializable(package="retinaface_tf")
-class BoxRegressionLoss(_RetinaFaceLoss):
-    """Smooth-L1 on box deltas of anchors with label != 0, / global count of those anchors.
+class BoxRegressionLoss(_MaskedLoss):
+    """Smooth-L1 on the box deltas of the masked anchors, / their global count.
 
-    ``y_true`` ``[B, N, 5]`` (4 encoded deltas + label), ``y_pred`` ``[B, N, 4]`` deltas.
+    ``y_true`` ``[B, N, 4]`` encoded deltas, ``y_pred`` ``[B, N, 4]`` deltas, mask ``[B, N]``.
     """
 
     def __init__(self, name: str = "box_regression", **kwargs):
         super().__init__(name=name, **kwargs)
 
-    def call(self, y_true, y_pred):
-        y_true = tf.cast(y_true, tf.float32)
-        y_pred = tf.cast(y_pred, tf.float32)
-        return _masked_smooth_l1(y_true[..., :4], y_pred, _labels(y_true[..., 4]) != 0)
+    def masked(self, y_true, y_pred, mask):
+        return _masked_smooth_l1(y_true, y_pred, mask)
 
 
 @keras.saving.register_keras_serializable(package="retinaface_tf")
-class LandmarkLoss(_RetinaFaceLoss):
-    """Smooth-L1 on landmark deltas of anchors with label 1, / global count of those anchors.
+class LandmarkLoss(_MaskedLoss):
+    """Smooth-L1 on the landmark deltas of the masked anchors, / their global count.
 
-    ``y_true`` ``[B, N, 11]`` (10 encoded deltas + label), ``y_pred`` ``[B, N, 10]`` deltas.
+    ``y_true`` ``[B, N, 10]`` encoded deltas, ``y_pred`` ``[B, N, 10]`` deltas, mask ``[B, N]``.
     """
 
     def __init__(self, name: str = "landmark_regression", **kwargs):
         super().__init__(name=name, **kwargs)
 
-    def call(self, y_true, y_pred):
-        y_true = tf.cast(y_true, tf.float32)
-        y_pred = tf.cast(y_pred, tf.float32)
-        return _masked_smooth_l1(y_true[..., :10], y_pred, _labels(y_true[..., 10]) > 0)
+    def masked(self, y_true, y_pred, mask):
+        return _masked_smooth_l1(y_true, y_pred, mask)
 
 
 def hard_negative_mask(background_loss, positive, neg_pos_ratio: int):
@@ -142,27 +152,27 @@ def hard_negative_mask(background_loss, positive, neg_pos_ratio: int):
 
 
 @keras.saving.register_keras_serializable(package="retinaface_tf")
-class ClassificationLoss(_RetinaFaceLoss):
+class ClassificationLoss(_MaskedLoss):
     """Softmax cross-entropy over positives and hard negatives, / global count of positives.
 
-    ``y_true`` ``[B, N]`` (or ``[B, N, 1]``) labels in {1, -1, 0}, ``y_pred`` ``[B, N, 2]``
-    logits (background, face).
+    ``y_true`` ``[B, N]`` (or ``[B, N, 1]``) classes (1 face, 0 background), ``y_pred``
+    ``[B, N, 2]`` logits (background, face), mask ``[B, N]``: the anchors that take part
+    (negatives are mined among them).
     """
 
     def __init__(self, neg_pos_ratio: int = LossConfig.neg_pos_ratio, name: str = "classification", **kwargs):
         super().__init__(name=name, **kwargs)
         self.neg_pos_ratio = int(neg_pos_ratio)
 
-    def call(self, y_true, y_pred):
-        y_true = tf.cast(y_true, tf.float32)
+    def masked(self, y_true, y_pred, mask):
         if y_true.shape.rank == 3:
             y_true = y_true[..., 0]
-        logits = tf.cast(y_pred, tf.float32)
-        positive = _labels(y_true) != 0
-        lse = tf.reduce_logsumexp(logits, axis=-1)
-        ce_face = lse - logits[..., 1]
-        ce_background = lse - logits[..., 0]
-        negative = hard_negative_mask(ce_background, positive, self.neg_pos_ratio) & ~positive
+        positive = (tf.cast(y_true, tf.int32) == 1) & mask
+        lse = tf.reduce_logsumexp(y_pred, axis=-1)
+        ce_face = lse - y_pred[..., 1]
+        ce_background = lse - y_pred[..., 0]
+        negative = hard_negative_mask(tf.where(mask, ce_background, 0.0), positive, self.neg_pos_ratio)
+        negative = negative & mask & ~positive
         total = tf.reduce_sum(tf.where(positive, ce_face, 0.0)) + tf.reduce_sum(tf.where(negative, ce_background, 0.0))
         return total / global_count(positive)
 
@@ -170,29 +180,11 @@ class ClassificationLoss(_RetinaFaceLoss):
         return {**super().get_config(), "neg_pos_ratio": self.neg_pos_ratio}
 
 
-OUTPUT_KEYS = ("bbox", "classes", "landmarks")
-
-
-def pack_targets(box_targets, labels, landmark_targets) -> dict:
-    """Matcher outputs → the target dict the losses read (any leading dims ``[...]``).
-
-    ``box_targets [..., N, 4]``, ``labels [..., N]`` (1 / -1 / 0), ``landmark_targets
-    [..., N, 10]`` → ``{"bbox": [..., N, 5], "classes": [..., N], "landmarks": [..., N, 11]}``
-    float32.
-    """
-    lab = tf.cast(labels, tf.float32)
-    return {
-        "bbox": tf.concat([tf.cast(box_targets, tf.float32), lab[..., None]], axis=-1),
-        "classes": lab,
-        "landmarks": tf.concat([tf.cast(landmark_targets, tf.float32), lab[..., None]], axis=-1),
-    }
-
-
 @keras.saving.register_keras_serializable(package="retinaface_tf")
 class MultiBoxLoss(keras.losses.Loss):
-    """The joint objective over the dicts ``y_true`` / ``y_pred`` keyed ``bbox``, ``classes``,
-    ``landmarks`` (see the module docstring): ``loc_weight * box + class + landmark_weight *
-    landmark``.
+    """The joint objective over the dicts ``y_true`` / ``y_pred`` / masks keyed ``bbox``,
+    ``classes``, ``landmarks`` (see the module docstring): ``loc_weight * box + class +
+    landmark_weight * landmark``.
 
     For ``model.fit`` use ``model.compile(**MultiBoxLoss(...).compile_kwargs())`` (one Keras loss
     per output, so each term is logged); passing the object itself as ``loss=`` cannot work
@@ -200,8 +192,8 @@ class MultiBoxLoss(keras.losses.Loss):
     """
 
     def __init__(self, neg_pos_ratio: int = LossConfig.neg_pos_ratio, loc_weight: float = LossConfig.loc_weight,
-                 landmark_weight: float = LossConfig.landmark_weight,
-                 name: str = "multibox", reduction: str = "sum", dtype=None):
+                 landmark_weight: float = LossConfig.landmark_weight, name: str = "multibox", reduction: str = "sum",
+                 dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.neg_pos_ratio = int(neg_pos_ratio)
         self.loc_weight = float(loc_weight)
@@ -210,26 +202,23 @@ class MultiBoxLoss(keras.losses.Loss):
         self.class_loss = ClassificationLoss(neg_pos_ratio=self.neg_pos_ratio)
         self.landmark_loss = LandmarkLoss()
 
-    def terms(self, y_true, y_pred) -> dict:
+    def terms(self, y_true, y_pred, masks) -> dict:
         """Unweighted ``{"bbox", "classes", "landmarks"}`` scalar terms."""
-        if not isinstance(y_true, dict) or not isinstance(y_pred, dict):
-            raise TypeError("MultiBoxLoss takes dicts keyed 'bbox', 'classes', 'landmarks'; for model.fit use "
-                            "model.compile(**MultiBoxLoss(...).compile_kwargs())")
-        return {
-            "bbox": self.box_loss.call(y_true["bbox"], y_pred["bbox"]),
-            "classes": self.class_loss.call(y_true["classes"], y_pred["classes"]),
-            "landmarks": self.landmark_loss.call(y_true["landmarks"], y_pred["landmarks"]),
-        }
+        if not all(isinstance(d, dict) for d in (y_true, y_pred, masks)):
+            raise TypeError("MultiBoxLoss takes dicts keyed 'bbox', 'classes', 'landmarks' (targets, predictions, "
+                            "masks); for model.fit use model.compile(**MultiBoxLoss(...).compile_kwargs())")
+        return {"bbox": self.box_loss(y_true["bbox"], y_pred["bbox"], masks["bbox"]),
+                "classes": self.class_loss(y_true["classes"], y_pred["classes"], masks["classes"]),
+                "landmarks": self.landmark_loss(y_true["landmarks"], y_pred["landmarks"], masks["landmarks"])}
 
     def __call__(self, y_true, y_pred, sample_weight=None):
-        if sample_weight is not None:
-            raise ValueError("MultiBoxLoss does not take sample weights")
+        """The weighted total; ``sample_weight`` is the masks dict."""
         with tf.name_scope(self.name):
-            return self.call(y_true, y_pred)
+            t = self.terms(y_true, y_pred, sample_weight)
+            return self.loc_weight * t["bbox"] + t["classes"] + self.landmark_weight * t["landmarks"]
 
     def call(self, y_true, y_pred):
-        t = self.terms(y_true, y_pred)
-        return self.loc_weight * t["bbox"] + t["classes"] + self.landmark_weight * t["landmarks"]
+        raise TypeError("MultiBoxLoss is called with the masks: loss(targets, predictions, masks)")
 
     def compile_kwargs(self) -> dict:
         """``{"loss": {...}, "loss_weights": {...}}`` for ``model.compile``."""

@@ -53,7 +53,7 @@ def test_letterbox_view_matches_independent_iou_count(train):
     h, w = cv2.imread(str(train[1] / TINY)).shape[:2]
     assert [f.index for f in view.faces] == list(range(entry.num_faces)) == list(range(11))
     for f in view.faces:
-        np.testing.assert_allclose(f.view_box, entry.boxes[f.index] * 640 / max(h, w), atol=1e-3)
+        np.testing.assert_allclose(f.view_box, entry.faces.boxes[f.index] * 640 / max(h, w), atol=1e-3)
     anchors = generate_anchors_np(640, 640)
     owner = _expected_positives(np.stack([f.view_box for f in view.faces]) / 640, anchors)
     counts = np.array([f.positives for f in view.faces])

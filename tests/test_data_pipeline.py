@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from retinaface_tf.config import DataConfig
 from retinaface_tf.data.pipeline import DatasetError, build_dataset, dataset_kwargs
 from retinaface_tf.data.tfrecord import TFRecordError, parse_example, read_tfrecords, write_tfrecords
 from retinaface_tf.data.widerface import MissingImagesError, read_annotations
@@ -13,6 +14,7 @@ from retinaface_tf.ops.anchors import num_anchors
 
 SIZE = 320
 N = num_anchors(SIZE, SIZE)
+DATA = DataConfig(image_size=SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -21,35 +23,37 @@ def train(widerface_dir):
     return root / "label.txt", root / "images"
 
 
-def _check_batch(images, targets, batch):
+def _check_batch(images, targets, masks, batch):
+    """Shapes, finite values, and targets agreeing with their masks; returns the landmark mask
+    (positives of faces with landmarks)."""
     assert images.shape == (batch, SIZE, SIZE, 3) and images.dtype == tf.float32
-    assert targets["bbox"].shape == (batch, N, 5)
+    assert targets["bbox"].shape == (batch, N, 4)
     assert targets["classes"].shape == (batch, N)
-    assert targets["landmarks"].shape == (batch, N, 11)
+    assert targets["landmarks"].shape == (batch, N, 10)
     for t in (images, *targets.values()):
         assert np.isfinite(t.numpy()).all()
-    labels = targets["classes"].numpy()
-    np.testing.assert_array_equal(targets["bbox"].numpy()[..., 4], labels)
-    np.testing.assert_array_equal(targets["landmarks"].numpy()[..., 10], labels)
-    return labels
+    positive, with_landmarks = (masks[k].numpy().astype(bool) for k in ("bbox", "landmarks"))
+    np.testing.assert_array_equal(targets["classes"].numpy(), positive)
+    assert not (with_landmarks & ~positive).any() and masks["classes"].numpy().all()
+    return with_landmarks
 
 
 def test_reads_real_wider_train_end_to_end(train):
     label, images = train
-    ds = build_dataset(label, images, batch_size=6, image_size=SIZE, seed=0)
+    ds = build_dataset(label, images, batch_size=6, data=DATA, seed=0)
     batches = list(ds.take(3))
-    for x, y in batches:
-        labels = _check_batch(x, y, 6)
-        # This subset has no landmarks: positives are all -1 (box + class only).
-        assert set(np.unique(labels)) <= {-1, 0}
-    assert sum((y["classes"].numpy() != 0).sum() for _, y in batches) > 18 * 5
+    for x, y, m in batches:
+        with_landmarks = _check_batch(x, y, m, 6)
+        # This subset has no landmarks: positives train boxes and classes only.
+        assert not with_landmarks.any()
+    assert sum((y["classes"].numpy() != 0).sum() for _, y, _ in batches) > 18 * 5
 
 
 def test_validation_mode_and_whole_epoch_without_remainder(train):
     label, images = train
     ann = read_annotations(label)
-    ds = build_dataset(annotations=ann.images[:20], images_dir=images, batch_size=8, image_size=SIZE, training=False)
-    sizes = [_check_batch(x, y, x.shape[0]).shape[0] for x, y in ds]
+    ds = build_dataset(annotations=ann.images[:20], images_dir=images, batch_size=8, data=DATA, training=False)
+    sizes = [_check_batch(x, y, m, x.shape[0]).shape[0] for x, y, m in ds]
     assert sizes == [8, 8, 4]  # unshuffled, last batch kept
     first = next(iter(ds))[0].numpy()
     np.testing.assert_array_equal(first, next(iter(ds))[0].numpy())
@@ -59,14 +63,15 @@ def test_seed_makes_stream_reproducible_and_epochs_differ(train):
     label, images = train
 
     def first(ds, n=3):
-        return [(x.numpy(), y["faces"].numpy()) for x, y in ds.take(n)]
+        return [(x.numpy(), [f.numpy() for f in y["faces"]]) for x, y, _ in ds.take(n)]
 
-    kw = dict(batch_size=None, image_size=SIZE, seed=5, return_faces=True)
+    kw = dict(batch_size=None, data=DATA, seed=5, return_faces=True)
     ds = build_dataset(label, images, **kw)
     a, b = first(ds), first(build_dataset(label, images, **kw))
     for (xa, fa), (xb, fb) in zip(a, b):
         np.testing.assert_array_equal(xa, xb)
-        np.testing.assert_array_equal(fa, fb)
+        for field_a, field_b in zip(fa, fb):
+            np.testing.assert_array_equal(field_a, field_b)
     again = first(ds)  # a second pass over the same dataset: new shuffle and augmentation
     assert any(xa.shape != xc.shape or not np.array_equal(xa, xc) for (xa, _), (xc, _) in zip(a, again))
     other = first(build_dataset(label, images, **{**kw, "seed": 6}))
@@ -82,7 +87,7 @@ def test_argument_errors(train, tmp_path):
     with pytest.raises(DatasetError, match="return_faces"):
         build_dataset(label, images, batch_size=2, return_faces=True)
     with pytest.raises(DatasetError, match="multiple of 8"):
-        build_dataset(label, images, batch_size=2, image_size=100)
+        build_dataset(label, images, batch_size=2, data=DataConfig(image_size=100))
     with pytest.raises(MissingImagesError, match="144 of 144"):
         build_dataset(label, tmp_path, batch_size=2)
 
@@ -91,8 +96,9 @@ def test_dataset_kwargs_from_config():
     from retinaface_tf.config import Config
 
     kw = dataset_kwargs(Config.preset("resnet50"))
-    assert kw["image_size"] == 840 and kw["bgr_mean"] == (104.0, 117.0, 123.0)
-    assert kw["match_threshold"] == 0.35 and kw["force_match_min_iou"] == 0.2 and kw["crop_candidates"] == 250
+    assert kw["data"].image_size == 840 and kw["data"].bgr_mean == (104.0, 117.0, 123.0)
+    assert kw["loss"].match_threshold == 0.35 and kw["loss"].force_match_min_iou == 0.2
+    assert kw["data"].crop_candidates == 250 and kw["anchors"].steps == (8, 16, 32)
 
 
 def test_tfrecord_round_trip_and_training_from_shards(train, tmp_path):
@@ -104,12 +110,13 @@ def test_tfrecord_round_trip_and_training_from_shards(train, tmp_path):
 
     got = {}
     for contents, faces in read_tfrecords(str(tmp_path / "shards" / "*.tfrecord"), shuffle_files=False):
-        got[contents.numpy()] = faces.numpy()
+        got[contents.numpy()] = faces
     for im in subset:
         data = (images / im.path).read_bytes()
-        np.testing.assert_allclose(got[data], im.to_faces_array())
-    ds = build_dataset(tfrecord_pattern=str(tmp_path / "shards" / "*.tfrecord"), batch_size=3, image_size=SIZE, seed=1)
-    assert len([_check_batch(x, y, 3) for x, y in ds]) == 3
+        for field, want in zip(got[data], im.faces):
+            np.testing.assert_allclose(field.numpy(), want)
+    ds = build_dataset(tfrecord_pattern=str(tmp_path / "shards" / "*.tfrecord"), batch_size=3, data=DATA, seed=1)
+    assert len([_check_batch(x, y, m, 3) for x, y, m in ds]) == 3
 
     # Several input pipelines (workers) split the shards between them.
     seen = []
@@ -136,13 +143,14 @@ def test_tfrecord_landmarks_survive(tmp_path):
     paths = write_tfrecords(ann, tmp_path / "img", tmp_path / "rec", num_shards=1)
     serialized = next(iter(tf.data.TFRecordDataset(paths)))
     _, faces = parse_example(serialized)
-    np.testing.assert_allclose(faces.numpy(), ann.images[0].to_faces_array())
-    assert faces.numpy()[:, 14].tolist() == [1.0, -1.0]
+    for field, want in zip(faces, ann.images[0].faces):
+        np.testing.assert_allclose(field.numpy(), want)
+    assert faces.has_landmarks.numpy().tolist() == [True, False]
 
 
 def test_resnet50_training_size_840_is_accepted(train):
     """cfg_re50 trains at 840x840, which is not a multiple of 32: anchors and targets still agree."""
     label, images = train
-    x, y = next(iter(build_dataset(label, images, batch_size=1, image_size=840, seed=0)))
+    x, y, _ = next(iter(build_dataset(label, images, batch_size=1, data=DataConfig(image_size=840), seed=0)))
     assert x.shape == (1, 840, 840, 3)
     assert y["classes"].shape == (1, num_anchors(840, 840)) == (1, 2 * (105 * 105 + 53 * 53 + 27 * 27))

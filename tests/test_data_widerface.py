@@ -26,13 +26,14 @@ def test_label_txt_landmarks_boxes_and_labels(tmp_path):
     ann = read_retinaface_labels(p)
     assert [im.path for im in ann.images] == ["a/one.jpg", "b/two.jpg"]
     one = ann.images[0]
-    np.testing.assert_allclose(one.boxes, [[10, 20, 40, 60], [50, 60, 60, 72]])  # xywh -> xyxy
-    np.testing.assert_allclose(one.landmarks[0], [[15.5, 25.5], [30.5, 25.5], [23, 33], [17, 45], [31, 45]])
-    assert one.has_landmarks.tolist() == [True, False]
-    np.testing.assert_allclose(one.landmarks[1], -1.0)
-    faces = one.to_faces_array()
-    assert faces.shape == (2, 15) and faces[:, 14].tolist() == [1.0, -1.0]
-    assert ann.images[1].has_landmarks.tolist() == [False]
+    faces = one.faces
+    np.testing.assert_allclose(faces.boxes, [[10, 20, 40, 60], [50, 60, 60, 72]])  # xywh -> xyxy
+    np.testing.assert_allclose(faces.landmarks[0], [[15.5, 25.5], [30.5, 25.5], [23, 33], [17, 45], [31, 45]])
+    assert faces.has_landmarks.tolist() == [True, False]
+    np.testing.assert_allclose(faces.landmarks[1], -1.0)
+    assert faces.landmarks.shape == (2, 5, 2) and faces.ids.tolist() == [0, 1]
+    assert faces.boxes.dtype == faces.landmarks.dtype == np.float32
+    assert ann.images[1].faces.has_landmarks.tolist() == [False]
     assert ann.num_faces == 3 and ann.dropped_faces == 0
 
 
@@ -42,7 +43,7 @@ def test_label_txt_accepts_4_to_20_numbers(tmp_path, count):
     ann = read_retinaface_labels(_write(tmp_path, "# x.jpg\n" + " ".join(values) + "\n"))
     assert ann.num_faces == 1
     # Landmarks need the reference's positions up to l4_y (index 17).
-    assert ann.images[0].has_landmarks.tolist() == [count >= 18]
+    assert ann.images[0].faces.has_landmarks.tolist() == [count >= 18]
 
 
 @pytest.mark.parametrize("text, line, reason", [
@@ -68,7 +69,7 @@ def test_degenerate_faces_dropped_with_warning_and_empty_images(tmp_path):
         ann = read_retinaface_labels(p)
     assert ann.dropped_faces == 3 and ann.empty_images == 1
     assert [im.path for im in ann.images] == ["a.jpg"]
-    assert (ann.images[0].boxes[:, 2:] > ann.images[0].boxes[:, :2]).all()
+    assert (ann.images[0].faces.boxes[:, 2:] > ann.images[0].faces.boxes[:, :2]).all()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         kept = read_retinaface_labels(p, skip_empty=False)
@@ -100,8 +101,8 @@ def test_official_bbx_gt(tmp_path):
     assert [im.path for im in ann.images] == ["0--Parade/0_Parade_a.jpg", "0--Parade/0_Parade_empty.jpg",
                                               "1--Handshaking/1_b.jpg"]
     assert [im.num_faces for im in ann.images] == [1, 0, 1]
-    np.testing.assert_allclose(ann.images[0].boxes, [[449, 330, 571, 479]])
-    assert not ann.images[0].has_landmarks.any()
+    np.testing.assert_allclose(ann.images[0].faces.boxes, [[449, 330, 571, 479]])
+    assert not ann.images[0].faces.has_landmarks.any()
     with pytest.warns(UserWarning):
         assert len(read_wider_bbx_gt(p)) == 2
 
@@ -124,7 +125,7 @@ def test_official_mat(widerface_dir):
     assert len(ann) == 3226
     first = ann.images[0]
     assert first.path == "0--Parade/0_Parade_marchingband_1_465.jpg"
-    np.testing.assert_allclose(first.boxes[0], [345, 211, 349, 215])
+    np.testing.assert_allclose(first.faces.boxes[0], [345, 211, 349, 215])
     assert ann.num_faces + ann.dropped_faces == 39708  # every face of the official val set
 
 
@@ -149,5 +150,5 @@ def test_real_train_labels(widerface_dir):
     train = widerface_dir / "train"
     ann = read_annotations(train / "label.txt")
     assert len(ann) == 144 and ann.num_faces == 332 and ann.dropped_faces == 0
-    assert not any(im.has_landmarks.any() for im in ann.images)  # the README: no landmarks exist
+    assert not any(im.faces.has_landmarks.any() for im in ann.images)  # the README: no landmarks exist
     check_images(ann, train / "images")

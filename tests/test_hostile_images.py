@@ -526,7 +526,7 @@ def test_label_paths_cannot_escape_the_images_folder(tmp_path):
 def test_training_checks_every_image_before_any_step(tmp_path):
     from synthetic import make_dataset
 
-    from retinaface_tf.config import Config
+    from retinaface_tf.config import Config, DataConfig
     from retinaface_tf.data.pipeline import DatasetError, build_dataset
     from retinaface_tf.data.widerface import BadImagesError, check_images, read_annotations
     from retinaface_tf.training import train
@@ -548,7 +548,7 @@ def test_training_checks_every_image_before_any_step(tmp_path):
         check_images(ann, images)
     (images / "im3.jpg").write_bytes(data)
     with pytest.raises(BadImagesError, match="TIFF cannot be decoded by TensorFlow's decode_image"):
-        build_dataset(label, images, batch_size=2, image_size=64)
+        build_dataset(label, images, batch_size=2, data=DataConfig(image_size=64))
     cfg = Config.preset("mobilenet025").override({"data.image_size": "64", "train.batch_size": "2"})
     with pytest.raises(BadImagesError, match="im4.jpg"):
         train(cfg, output_dir=tmp_path / "run", label_file=label, images_dir=images)
@@ -558,17 +558,18 @@ def test_training_checks_every_image_before_any_step(tmp_path):
     dropped.write_text("# im0.jpg\n1 1 0 5\n# im2.jpg\n3 3 4 0\n")
     with pytest.warns(UserWarning, match="dropped 2 face"):
         with pytest.raises(DatasetError, match=r"no images with faces to train on \(2 face\(s\) with zero"):
-            build_dataset(dropped, images, batch_size=2, image_size=64)
+            build_dataset(dropped, images, batch_size=2, data=DataConfig(image_size=64))
 
 
 def test_pipeline_names_a_file_that_changed_after_the_check(tmp_path):
     import tensorflow as tf
     from synthetic import make_dataset
 
+    from retinaface_tf.config import DataConfig
     from retinaface_tf.data.pipeline import build_dataset
 
     label, images = make_dataset(tmp_path / "data", images=2)
-    ds = build_dataset(label, images, batch_size=None, image_size=64, training=False, shuffle=False)
+    ds = build_dataset(label, images, batch_size=None, data=DataConfig(image_size=64), training=False, shuffle=False)
     (images / "im1.jpg").write_text("replaced by a text file after the check")
     with pytest.raises(tf.errors.InvalidArgumentError) as err:
         for _ in ds:

@@ -14,8 +14,10 @@ import pytest
 import tensorflow as tf
 
 from retinaface_tf.losses import (BoxRegressionLoss, ClassificationLoss, LandmarkLoss, MultiBoxLoss,
-                                  hard_negative_mask, pack_targets, smooth_l1)
+                                  hard_negative_mask, smooth_l1)
+from retinaface_tf.ops.faces import Faces
 from retinaface_tf.ops.matcher import match_anchors
+from retinaface_tf.ops.targets import pack_targets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,19 +39,20 @@ def _assert_reference_terms(terms, ref):
 
 
 def test_reference_loss_from_reference_targets(reference):
-    y_true = pack_targets(reference["loc_t"], reference["conf_t"], reference["landm_t"])
+    y_true, masks = pack_targets(reference["loc_t"], reference["conf_t"], reference["landm_t"])
     loss = MultiBoxLoss(neg_pos_ratio=7, loc_weight=float(reference["loc_weight"]))
-    _assert_reference_terms(loss.terms(y_true, _predictions(reference)), reference)
+    _assert_reference_terms(loss.terms(y_true, _predictions(reference), masks), reference)
     total = 2.0 * reference["loss_loc"] + reference["loss_conf"] + reference["loss_landm"]
-    np.testing.assert_allclose(float(loss(y_true, _predictions(reference))), total, rtol=1e-4)
+    np.testing.assert_allclose(float(loss(y_true, _predictions(reference), masks)), total, rtol=1e-4)
 
 
 def test_reference_loss_end_to_end_from_faces(reference):
     """Our matcher → our loss, from the reference's raw face rows."""
-    outs = [match_anchors(t[:, :4], t[:, 4:14], t[:, 14], reference["priors"])
+    outs = [match_anchors(Faces(t[:, :4], t[:, 4:14], t[:, 14] > 0, np.arange(len(t))), reference["priors"])
             for t in (reference["targets_0"], reference["targets_1"])]
-    y_true = pack_targets(*(tf.stack(x) for x in zip(*outs)))
-    _assert_reference_terms(MultiBoxLoss().terms(y_true, _predictions(reference)), reference)
+    y_true, masks = pack_targets(*(tf.stack([getattr(m, k) for m in outs])
+                                   for k in ("box_deltas", "labels", "landmark_deltas")))
+    _assert_reference_terms(MultiBoxLoss().terms(y_true, _predictions(reference), masks), reference)
 
 
 def test_terms_are_keras_losses_with_config_round_trip():
@@ -62,6 +65,19 @@ def test_terms_are_keras_losses_with_config_round_trip():
     assert kwargs["loss_weights"] == {"bbox": 1.5, "classes": 1.0, "landmarks": 1.0}
     with pytest.raises(TypeError, match="compile_kwargs"):
         MultiBoxLoss()(tf.zeros([1, 4, 5]), tf.zeros([1, 4, 4]))
+
+
+def test_masks_are_required_and_read_as_masks():
+    """Each term takes its anchor mask (Keras' sample_weight): 1 / 0 weights, or bool the same."""
+    targets, masks = pack_targets(tf.fill([1, 3, 4], 0.5), tf.constant([[1, -1, 0]]), tf.fill([1, 3, 10], 0.5))
+    pred = {"bbox": tf.zeros([1, 3, 4]), "classes": tf.zeros([1, 3, 2]), "landmarks": tf.zeros([1, 3, 10])}
+    assert masks["bbox"].numpy().tolist() == [[1, 1, 0]] and masks["landmarks"].numpy().tolist() == [[1, 0, 0]]
+    assert targets["classes"].numpy().tolist() == [[1, 1, 0]] and targets["bbox"].shape == (1, 3, 4)
+    for cls, key in ((BoxRegressionLoss, "bbox"), (ClassificationLoss, "classes"), (LandmarkLoss, "landmarks")):
+        with pytest.raises(ValueError, match="needs the anchor mask"):
+            cls()(targets[key], pred[key])
+        as_bool = tf.cast(masks[key], tf.bool)
+        assert float(cls()(targets[key], pred[key], as_bool)) == float(cls()(targets[key], pred[key], masks[key]))
 
 
 def test_smooth_l1_is_pytorch_beta_1():
@@ -87,12 +103,12 @@ def test_hard_negative_mining_picks_highest_losses_per_image():
 
 def test_no_faces_gives_zero_finite_loss_and_gradients():
     n = 300
-    y_true = pack_targets(tf.zeros([2, n, 4]), tf.zeros([2, n]), tf.zeros([2, n, 10]))
+    y_true, masks = pack_targets(tf.zeros([2, n, 4]), tf.zeros([2, n]), tf.zeros([2, n, 10]))
     pred = {"bbox": tf.Variable(tf.random.normal([2, n, 4])), "classes": tf.Variable(tf.random.normal([2, n, 2])),
             "landmarks": tf.Variable(tf.random.normal([2, n, 10]))}
     loss = MultiBoxLoss()
     with tf.GradientTape() as tape:
-        total = loss(y_true, pred)
+        total = loss(y_true, pred, masks)
     assert float(total) == 0.0
     for g in tape.gradient(total, list(pred.values())):
         assert g is None or np.isfinite(g.numpy()).all()
@@ -104,9 +120,9 @@ def test_unused_targets_never_leak_nan():
     labels = tf.constant([[1.0, -1.0, 0.0, 0.0]])
     box = tf.constant([[[0.1, 0.2, 0.3, 0.4], [0.0, 0.0, 0.0, 0.0], [np.inf, np.nan, 0, 0], [0, 0, -np.inf, 0]]])
     lm = tf.concat([tf.fill([1, 1, 10], 0.5), tf.fill([1, 3, 10], np.nan)], axis=1)
-    y_true = pack_targets(box, labels, lm)
+    y_true, masks = pack_targets(box, labels, lm)
     pred = {"bbox": tf.zeros([1, 4, 4]), "classes": tf.zeros([1, 4, 2]), "landmarks": tf.zeros([1, 4, 10])}
-    terms = MultiBoxLoss().terms(y_true, pred)
+    terms = MultiBoxLoss().terms(y_true, pred, masks)
     np.testing.assert_allclose(float(terms["bbox"]), (0.005 + 0.02 + 0.045 + 0.08) / 2, rtol=1e-6)
     np.testing.assert_allclose(float(terms["landmarks"]), 10 * 0.125, rtol=1e-6)
     # 2 positives, 2 background (both mined: 7 * 2 clamped to N - 1 = 3), each CE = log 2.
@@ -123,13 +139,14 @@ def test_model_fit_logs_the_three_terms(jit_compile):
     size = 64
     anchors = generate_anchors_np(size, size)
     n = len(anchors)
-    faces = np.array([[0.1, 0.1, 0.45, 0.5], [0.5, 0.4, 0.9, 0.95]], np.float32)
+    boxes = np.array([[0.1, 0.1, 0.45, 0.5], [0.5, 0.4, 0.9, 0.95]], np.float32)
     lms = np.tile(np.array([[0.2, 0.2, 0.3, 0.2, 0.25, 0.3, 0.2, 0.4, 0.3, 0.4]], np.float32), (2, 1))
-    box_t, labels, lm_t = match_anchors(faces, lms, [1, -1], anchors)
-    assert (labels.numpy() == 1).any() and (labels.numpy() == -1).any()
-    targets = pack_targets(*(tf.stack([x] * 4) for x in (box_t, labels, lm_t)))
+    match = match_anchors(Faces(boxes, lms, [True, False], [0, 1]), anchors)
+    assert (match.labels.numpy() == 1).any() and (match.labels.numpy() == -1).any()
+    targets, masks = pack_targets(*(tf.stack([x] * 4) for x in (match.box_deltas, match.labels,
+                                                                match.landmark_deltas)))
     images = tf.random.uniform([4, size, size, 3], -120.0, 120.0, seed=1)
-    ds = tf.data.Dataset.from_tensor_slices((images, targets)).batch(2)
+    ds = tf.data.Dataset.from_tensor_slices((images, targets, masks)).batch(2)
 
     inputs = keras.Input((size, size, 3))
     x = keras.layers.Conv2D(8, 3, strides=4, activation="relu")(inputs)
@@ -150,15 +167,17 @@ _DISTRIBUTED = r"""
 import numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from retinaface_tf.losses import MultiBoxLoss, pack_targets
+from retinaface_tf.losses import MultiBoxLoss
+from retinaface_tf.ops.targets import pack_targets
 ref = dict(np.load(REFERENCE))
-y_true = pack_targets(ref["loc_t"], ref["conf_t"], ref["landm_t"])
+y_true, masks = pack_targets(ref["loc_t"], ref["conf_t"], ref["landm_t"])
 y_pred = {"bbox": ref["pred_loc"], "classes": ref["pred_conf"], "landmarks": ref["pred_landm"]}
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-ds = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((y_true, y_pred)).unbatch().batch(2))
+ds = strategy.experimental_distribute_dataset(
+    tf.data.Dataset.from_tensors((y_true, y_pred, masks)).unbatch().batch(2))
 loss = MultiBoxLoss()
-def step(t, p):
-    terms = loss.terms(t, p)
+def step(t, p, m):
+    terms = loss.terms(t, p, m)
     return terms["bbox"], terms["classes"], terms["landmarks"]
 per_replica = strategy.run(step, args=next(iter(ds)))
 sums = [float(strategy.reduce("SUM", v, axis=None)) for v in per_replica]

@@ -20,7 +20,7 @@ def test_make_tfrecords_round_trip(tmp_path, capsys):
     assert shards == ["train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
     records = list(read_tfrecords(str(out) + "-*.tfrecord", shuffle_files=False))
     assert len(records) == 5
-    assert sorted(int(np.asarray(faces).shape[0]) for _, faces in records) == [2] * 5
+    assert sorted(int(faces.boxes.shape[0]) for _, faces in records) == [2] * 5
     contents = sorted(bytes(np.asarray(data).item()) for data, _ in records)
     assert contents == sorted(p.read_bytes() for p in images.glob("*.jpg"))  # original bytes, not re-encoded
 

@@ -49,7 +49,7 @@ def run(args) -> int:
     finally:
         for w in written:
             Path(w).unlink(missing_ok=True)
-    faces = sum(len(im.boxes) for im in annotations.images)
+    faces = sum(im.num_faces for im in annotations.images)
     print(f"wrote {len(final)} shards {prefix}-*-of-{args.shards:05d}.tfrecord: {len(annotations.images)} images, "
           f"{faces} faces; train with --tfrecords '{prefix}-*.tfrecord' --steps-per-epoch N "
           f"(N = ceil({len(annotations.images)} / batch size))")

@@ -39,24 +39,18 @@ def run(args) -> int:
         cfg = cfg.override(parse_overrides(args.set))
 
     from retinaface_tf.anchor_view import draw_anchor_view, find_entry, format_table, match_view
-    from retinaface_tf.data.pipeline import dataset_kwargs
     from retinaface_tf.data.widerface import read_annotations
     from retinaface_tf.fileio import read_image
     from retinaface_tf.plots import write_png
 
     read_image(args.image)  # missing / unreadable image: one-line error before anything else
     entry = find_entry(read_annotations(args.label_file, skip_empty=False), args.image)
-    kw = dataset_kwargs(cfg)
     view = match_view(Path(args.image).read_bytes(), entry, seed=args.seed, augment=not args.no_augment,
-                      image_size=kw["image_size"], bgr_mean=kw["bgr_mean"], crop_scales=kw["crop_scales"],
-                      crop_candidates=kw["crop_candidates"], mirror_probability=kw["mirror_probability"],
-                      min_sizes=kw["min_sizes"], steps=kw["steps"], variances=kw["variances"],
-                      match_threshold=kw["match_threshold"], force_match_min_iou=kw["force_match_min_iou"],
-                      source=args.image)
+                      data=cfg.data, anchors=cfg.anchors, loss=cfg.loss, source=args.image)
     output = Path(args.output) if args.output else Path(f"{Path(args.image).stem}_anchors.png")
     write_png(output, draw_anchor_view(view, scale=args.scale))
     how = f"augmentation seed {args.seed}" if not args.no_augment else "no augmentation"
-    print(f"{entry.path}: {entry.num_faces} face(s), {how}, {kw['image_size']}x{kw['image_size']}, "
+    print(f"{entry.path}: {entry.num_faces} face(s), {how}, {cfg.data.image_size}x{cfg.data.image_size}, "
           f"{len(view.anchors_xyxy)} positive anchors")
     print(format_table(view))
     print(f"wrote {output}")

@@ -6,9 +6,9 @@ square-crop candidates are drawn and tested at once, not in a Python loop. TF ca
 OpenCV's / Python's random stream, so what is reproduced is the reference's distributions and
 invariants, not its exact draws.
 
-Faces travel as a ``[F, 15]`` float32 array (the reference's target layout): ``xyxy`` box,
-10 landmark coordinates ``x0 y0 ... x4 y4``, label (1 = with landmarks, -1 = without); pixel
-coordinates until :func:`augment` makes them relative (``rel_xyxy``) to the final square image.
+Faces travel as :class:`~retinaface_tf.ops.faces.Faces` (boxes, landmarks, has_landmarks, ids):
+pixel coordinates until :func:`augment` makes them relative (``rel_xyxy``) to the final square
+image; faces are kept, dropped, cropped and mirrored, never renumbered (``ids``).
 Images are float32 **RGB** in [0, 255] until the network input is made (BGR minus the mean).
 """
 
@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from retinaface_tf.config import DataConfig
 from retinaface_tf.constants import BGR_MEAN, MIRROR_LANDMARK_ORDER
+from retinaface_tf.ops.faces import Faces
 from retinaface_tf.ops.image import decode_image, decode_window, image_shape, preprocess
 
 # The reference picks one of cv2's INTER_LINEAR, INTER_CUBIC, INTER_AREA, INTER_NEAREST,
@@ -29,10 +30,10 @@ def _split(seed, n: int):
     return tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=n)
 
 
-def drop_empty_faces(faces):
-    """Drop faces whose box width or height is <= 0 (``[F, 15]`` → ``[F', 15]``)."""
-    ok = (faces[:, 2] > faces[:, 0]) & (faces[:, 3] > faces[:, 1])
-    return tf.boolean_mask(faces, ok)
+def drop_empty_faces(faces: Faces) -> Faces:
+    """Drop faces whose box width or height is <= 0."""
+    boxes = faces.boxes
+    return faces.select((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
 
 
 def sample_square_crop(boxes, height, width, seed, *, scales=DataConfig.crop_scales,
@@ -88,17 +89,17 @@ def sample_square_crop(boxes, height, width, seed, *, scales=DataConfig.crop_sca
     return found, window, keep
 
 
-def crop_faces(faces, window):
-    """Faces ``[F, 15]`` (pixels) into a crop ``window`` ``[top, left, h, w]``: boxes clipped to
-    the window, landmarks shifted and clipped to ``[0, w] x [0, h]`` (as the reference)."""
+def crop_faces(faces: Faces, window) -> Faces:
+    """Faces (pixels) into a crop ``window`` ``[top, left, h, w]``: boxes clipped to the window,
+    landmarks shifted and clipped to ``[0, w] x [0, h]`` (as the reference)."""
     top, left = tf.cast(window[0], tf.float32), tf.cast(window[1], tf.float32)
     h, w = tf.cast(window[2], tf.float32), tf.cast(window[3], tf.float32)
     origin = tf.stack([left, top])
     limit = tf.stack([w, h])
-    xy1 = tf.clip_by_value(faces[:, 0:2] - origin, 0.0, limit)
-    xy2 = tf.clip_by_value(faces[:, 2:4] - origin, 0.0, limit)
-    lm = tf.clip_by_value(tf.reshape(faces[:, 4:14], [-1, 5, 2]) - origin, 0.0, limit)
-    return tf.concat([xy1, xy2, tf.reshape(lm, [-1, 10]), faces[:, 14:15]], axis=1)
+    xy1 = tf.clip_by_value(faces.boxes[:, 0:2] - origin, 0.0, limit)
+    xy2 = tf.clip_by_value(faces.boxes[:, 2:4] - origin, 0.0, limit)
+    landmarks = tf.clip_by_value(faces.landmarks - origin, 0.0, limit)
+    return faces._replace(boxes=tf.concat([xy1, xy2], axis=1), landmarks=landmarks)
 
 
 def adjust_saturation_hue(image, saturation, hue_delta):
@@ -206,16 +207,13 @@ def finish_image(image, content_hw, params, flip, *, bgr_mean=BGR_MEAN):
 _finish_image_jit = tf.function(finish_image, jit_compile=True, reduce_retracing=False)
 
 
-def mirror_faces(faces):
-    """Horizontal mirror of relative faces ``[F, 15]``: ``x -> 1 - x`` for boxes and landmarks,
-    and left/right eyes and mouth corners swapped (:data:`MIRROR_LANDMARK_ORDER`)."""
-    x1 = 1.0 - faces[:, 2]
-    x2 = 1.0 - faces[:, 0]
-    lm = tf.reshape(faces[:, 4:14], [-1, 5, 2])
-    lm = tf.stack([1.0 - lm[..., 0], lm[..., 1]], axis=-1)
-    lm = tf.gather(lm, list(MIRROR_LANDMARK_ORDER), axis=1)
-    return tf.concat([x1[:, None], faces[:, 1:2], x2[:, None], faces[:, 3:4], tf.reshape(lm, [-1, 10]),
-                      faces[:, 14:15]], axis=1)
+def mirror_faces(faces: Faces) -> Faces:
+    """Horizontal mirror of relative faces: ``x -> 1 - x`` for boxes and landmarks, and left /
+    right eyes and mouth corners swapped (:data:`~retinaface_tf.constants.MIRROR_LANDMARK_ORDER`)."""
+    boxes = faces.boxes
+    boxes = tf.stack([1.0 - boxes[:, 2], boxes[:, 1], 1.0 - boxes[:, 0], boxes[:, 3]], axis=1)
+    landmarks = tf.stack([1.0 - faces.landmarks[..., 0], faces.landmarks[..., 1]], axis=-1)
+    return faces._replace(boxes=boxes, landmarks=tf.gather(landmarks, list(MIRROR_LANDMARK_ORDER), axis=1))
 
 
 def augment(contents, faces, seed, *, image_size: int, bgr_mean=BGR_MEAN, crop_scales=DataConfig.crop_scales,
@@ -236,24 +234,24 @@ def augment(contents, faces, seed, *, image_size: int, bgr_mean=BGR_MEAN, crop_s
 
     Args:
       contents: scalar string, JPEG / PNG / BMP / GIF bytes.
-      faces: ``[F, 15]`` float32 pixel faces (layout in the module docstring).
+      faces: :class:`~retinaface_tf.ops.faces.Faces` in pixels.
       seed: ``[2]`` stateless seed.
       jit_compile: run :func:`finish_image` through XLA (same result, ~5x less CPU).
 
     Returns:
-      ``(image [S, S, 3] float32 BGR minus mean, faces [F', 15] float32 rel_xyxy)``; boxes are
-      in [0, 1] with width and height > 0.
+      ``(image [S, S, 3] float32 BGR minus mean, faces)``, the faces ``rel_xyxy`` with boxes in
+      [0, 1], widths and heights > 0.
     """
     s_crop, s_color, s_resize, s_mirror = tf.unstack(_split(seed, 4))
-    faces = drop_empty_faces(tf.cast(faces, tf.float32))
+    faces = drop_empty_faces(faces.to_tensors())
     hw = image_shape(contents)
-    found, window, keep = sample_square_crop(faces[:, :4], hw[0], hw[1], s_crop, scales=crop_scales,
+    found, window, keep = sample_square_crop(faces.boxes, hw[0], hw[1], s_crop, scales=crop_scales,
                                              num_candidates=crop_candidates)
-    faces = tf.boolean_mask(faces, keep)
+    faces = faces.select(keep)
     # On failure the reference keeps the boxes of the whole image unchanged (not clipped).
     faces = tf.cond(found, lambda: crop_faces(faces, window), lambda: faces)
     side = tf.reduce_max(window[2:])  # the square's side: the crop, or max(H, W) when padded
-    faces = tf.concat([faces[:, :14] / tf.cast(side, tf.float32), faces[:, 14:]], axis=1)
+    faces = faces.relative_to(tf.cast(side, tf.float32))
 
     image = decode_window(contents, window)
     scale = image_size / tf.cast(side, tf.float32)
@@ -269,18 +267,17 @@ def augment(contents, faces, seed, *, image_size: int, bgr_mean=BGR_MEAN, crop_s
     faces = tf.cond(flip, lambda: mirror_faces(faces), lambda: faces)
 
     # Only the no-crop path can hold boxes beyond the image; clipping keeps every box in [0, 1].
-    faces = tf.concat([tf.clip_by_value(faces[:, :4], 0.0, 1.0), faces[:, 4:]], axis=1)
+    faces = faces._replace(boxes=tf.clip_by_value(faces.boxes, 0.0, 1.0))
     return image, drop_empty_faces(faces)
 
 
-def letterbox(contents, faces, *, image_size: int, bgr_mean=BGR_MEAN):
-    """Evaluation-style, deterministic: pad to a square with the mean, bilinear resize, BGR minus
-    the mean. Returns ``(image [S, S, 3], faces [F', 15] rel_xyxy)``."""
-    faces = drop_empty_faces(tf.cast(faces, tf.float32))
+def pad_and_resize(contents, faces, *, image_size: int, bgr_mean=BGR_MEAN):
+    """The deterministic (validation) path: pad to a square with the mean, bilinear resize, BGR
+    minus the mean. Returns ``(image [S, S, 3], faces rel_xyxy)``."""
+    faces = drop_empty_faces(faces.to_tensors())
     image = tf.cast(decode_image(contents), tf.float32)
     image = pad_to_square(image, tuple(reversed(bgr_mean)))
-    side = tf.cast(tf.shape(image)[0], tf.float32)
-    faces = tf.concat([faces[:, :14] / side, faces[:, 14:]], axis=1)
+    faces = faces.relative_to(tf.cast(tf.shape(image)[0], tf.float32))
     image = tf.ensure_shape(tf.image.resize(image, [image_size, image_size]), [image_size, image_size, 3])
-    faces = tf.concat([tf.clip_by_value(faces[:, :4], 0.0, 1.0), faces[:, 4:]], axis=1)
+    faces = faces._replace(boxes=tf.clip_by_value(faces.boxes, 0.0, 1.0))
     return preprocess(image, channel_order="rgb", mean=bgr_mean), drop_empty_faces(faces)

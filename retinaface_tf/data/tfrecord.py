@@ -10,7 +10,8 @@ One ``tf.train.Example`` per image:
 - ``face/landmarks``      float list ``F * 10``: pixel ``x0 y0 ... x4 y4`` (-1 when absent)
 - ``face/has_landmarks``  int64 list ``F``: 1 / 0
 
-:func:`read_tfrecords` yields ``(image bytes, faces [F, 15])`` — the element
+:func:`read_tfrecords` yields ``(image bytes, faces)`` with the faces as
+:class:`~retinaface_tf.ops.faces.Faces` in pixels (``ids`` ``0 .. F - 1``) — the element
 :func:`retinaface_tf.data.pipeline.build_dataset` maps — reading the shards with
 ``interleave`` (parallel, optionally sharded per worker by file).
 """
@@ -25,7 +26,9 @@ import numpy as np
 import tensorflow as tf
 
 from retinaface_tf.data.widerface import Annotations, ImageAnnotation, check_images
+from retinaface_tf.constants import NUM_LANDMARKS
 from retinaface_tf.errors import TFRecordError
+from retinaface_tf.ops.faces import Faces
 
 _FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
@@ -59,9 +62,9 @@ def _example(image: ImageAnnotation, data: bytes) -> tf.train.Example:
         "image/filename": byts(image.path.encode("utf-8")),
         "image/height": ints([height]),
         "image/width": ints([width]),
-        "face/bbox": floats(image.boxes),
-        "face/landmarks": floats(image.landmarks),
-        "face/has_landmarks": ints(image.has_landmarks.astype(np.int64)),
+        "face/bbox": floats(image.faces.boxes),
+        "face/landmarks": floats(image.faces.landmarks),
+        "face/has_landmarks": ints(image.faces.has_landmarks.astype(np.int64)),
     }))
 
 
@@ -88,21 +91,19 @@ def write_tfrecords(annotations: Annotations | Sequence[ImageAnnotation], images
 
 
 def parse_example(serialized):
-    """One serialized example → ``(image bytes, faces [F, 15] float32 pixel)`` (layout of
-    ``ImageAnnotation.to_faces_array``)."""
+    """One serialized example → ``(image bytes, Faces)`` in pixels, as the label file had them."""
     ex = tf.io.parse_single_example(serialized, _FEATURES)
     boxes = tf.reshape(tf.sparse.to_dense(ex["face/bbox"]), [-1, 4])
-    landmarks = tf.reshape(tf.sparse.to_dense(ex["face/landmarks"]), [-1, 10])
-    has = tf.sparse.to_dense(ex["face/has_landmarks"])
-    label = tf.where(has > 0, 1.0, -1.0)[:, None]
-    return ex["image/encoded"], tf.concat([boxes, landmarks, label], axis=1)
+    landmarks = tf.reshape(tf.sparse.to_dense(ex["face/landmarks"]), [-1, NUM_LANDMARKS, 2])
+    has_landmarks = tf.sparse.to_dense(ex["face/has_landmarks"]) > 0
+    return ex["image/encoded"], Faces(boxes, landmarks, has_landmarks, tf.range(tf.shape(boxes)[0]))
 
 
 def read_tfrecords(file_pattern: str | Sequence[str], *, shuffle_files: bool = True, seed: int | None = None,
                    cycle_length: int | None = None, num_parallel_calls: int = tf.data.AUTOTUNE,
                    deterministic: bool | None = None,
                    input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
-    """Dataset of ``(image bytes, faces [F, 15])`` from shards matching ``file_pattern`` (a glob
+    """Dataset of ``(image bytes, Faces)`` from shards matching ``file_pattern`` (a glob
     or a list of paths). Files are listed (shuffled when ``shuffle_files``), sharded by
     ``input_context`` when several input pipelines share them, then read ``cycle_length`` at a
     time with a parallel ``interleave``."""

@@ -40,13 +40,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from retinaface_tf.constants import NUM_LANDMARKS
 from retinaface_tf.errors import BadImagesError, ImageError, LabelFileError, MissingImagesError
 from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, probe_image
+from retinaface_tf.ops.faces import Faces
 
-# Columns of the per-image face array handed to the tf.data pipeline (the reference's layout):
-# x1 y1 x2 y2 (pixel xyxy), 10 landmark coordinates (x0 y0 ... x4 y4, pixels), label
-# (1 = face with landmarks, -1 = face without landmarks).
-FACE_COLUMNS = 15
 MIN_NUMBERS, MAX_NUMBERS = 4, 20
 # Positions of the 10 landmark coordinates in a label.txt line (flags at 6, 9, 12, 15, 18).
 _LANDMARK_POSITIONS = (4, 5, 7, 8, 10, 11, 13, 14, 16, 17)
@@ -61,26 +59,19 @@ class ImageAnnotation:
     """The faces of one image.
 
     - ``path``: image path relative to the images folder, ``/``-separated.
-    - ``boxes``: ``[F, 4]`` float32 pixel ``xyxy``; every face has width and height > 0.
-    - ``landmarks``: ``[F, 5, 2]`` float32 pixel (x, y); ``-1`` where ``has_landmarks`` is False.
-    - ``has_landmarks``: ``[F]`` bool.
+    - ``faces``: :class:`~retinaface_tf.ops.faces.Faces` of numpy arrays, in pixels: ``xyxy``
+      boxes (width and height > 0), landmarks (``-1`` where ``has_landmarks`` is False),
+      ``has_landmarks``, ``ids`` ``0 .. F - 1`` (the order of the file).
     - ``line``: line of the label file naming the image (0 when the layout has no lines).
     """
 
     path: str
-    boxes: np.ndarray
-    landmarks: np.ndarray
-    has_landmarks: np.ndarray
+    faces: Faces
     line: int = 0
 
     @property
     def num_faces(self) -> int:
-        return int(self.boxes.shape[0])
-
-    def to_faces_array(self) -> np.ndarray:
-        """``[F, 15]`` float32: ``xyxy``, 10 landmark coordinates, label (1 / -1), pixels."""
-        label = np.where(self.has_landmarks, 1.0, -1.0).astype(np.float32)[:, None]
-        return np.concatenate([self.boxes, self.landmarks.reshape(-1, 10), label], axis=1).astype(np.float32)
+        return int(self.faces.boxes.shape[0])
 
 
 @dataclass
@@ -131,13 +122,13 @@ def _annotation(path: str, boxes_xywh: list[list[float]], landmarks: list[list[f
         boxes = np.concatenate([b[:, :2], b[:, :2] + b[:, 2:4]], axis=1).astype(np.float32)
     else:
         boxes = np.zeros((0, 4), np.float32)
-    lm = np.full((len(landmarks), 5, 2), -1.0, np.float32)
+    lm = np.full((len(landmarks), NUM_LANDMARKS, 2), -1.0, np.float32)
     has = np.zeros((len(landmarks),), bool)
     for i, pts in enumerate(landmarks):
         if pts is not None:
-            lm[i] = np.asarray(pts, np.float32).reshape(5, 2)
+            lm[i] = np.asarray(pts, np.float32).reshape(NUM_LANDMARKS, 2)
             has[i] = True
-    return ImageAnnotation(path=path, boxes=boxes, landmarks=lm, has_landmarks=has, line=line)
+    return ImageAnnotation(path=path, faces=Faces(boxes, lm, has, np.arange(len(boxes), dtype=np.int32)), line=line)
 
 
 def _numbers(tokens: Sequence[str], where: str) -> list[float]:

@@ -19,6 +19,13 @@ def feature_map_sizes(height: int, width: int, steps=AnchorConfig.steps) -> list
     return [(-(-height // s), -(-width // s)) for s in steps]
 
 
+def anchor_levels(height: int, width: int, min_sizes=AnchorConfig.min_sizes, steps=AnchorConfig.steps) -> np.ndarray:
+    """``[N]`` int: the pyramid level (0-based, stride ``steps[level]``) of every anchor of an
+    ``height x width`` input, in the anchors' order."""
+    counts = [fh * fw * len(ms) for (fh, fw), ms in zip(feature_map_sizes(height, width, steps), min_sizes)]
+    return np.repeat(np.arange(len(counts)), counts)
+
+
 def num_anchors(height: int, width: int, min_sizes=AnchorConfig.min_sizes, steps=AnchorConfig.steps) -> int:
     return sum(fh * fw * len(ms) for (fh, fw), ms in zip(feature_map_sizes(height, width, steps), min_sizes))
 

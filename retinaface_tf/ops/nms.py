@@ -112,8 +112,9 @@ def postprocess(box_deltas, face_scores, landmark_deltas, anchors, *, input_size
         ``tf.map_fn``, whose TFLite ``WHILE`` loop crashes int8 calibration. Same decode, same
         kernel, same outputs (tested).
     Returns a dict of padded tensors: ``boxes [B, K, 4]`` pixel ``xyxy``, ``scores [B, K]``,
-    ``landmarks [B, K, 5, 2]`` pixel (x, y), ``num_detections [B]`` int32; rows past
-    ``num_detections`` are zero.
+    ``landmarks [B, K, 5, 2]`` pixel (x, y), ``num_detections [B]`` int32 (rows past
+    ``num_detections`` are zero), and ``anchor_indices [B, K]`` int32: the anchor (into ``N``)
+    each detection was decoded from (-1 past ``num_detections``).
     """
     h = tf.cast(input_size[0], tf.float32)
     w = tf.cast(input_size[1], tf.float32)
@@ -128,12 +129,14 @@ def postprocess(box_deltas, face_scores, landmark_deltas, anchors, *, input_size
                                 max_detections=max_detections, plus_one_pixel=True, single_image=single_image)
     kept = tf.gather(top_idx, selected, batch_dims=1)  # [B, K] into N
     landmarks = decode_landmarks(tf.gather(landmark_deltas, kept, batch_dims=1), tf.gather(anchors, kept), variances)
-    validf = tf.cast(tf.range(max_detections)[None, :] < num[:, None], tf.float32)
+    valid = tf.range(max_detections)[None, :] < num[:, None]
+    validf = tf.cast(valid, tf.float32)
     return {
         "boxes": tf.gather(boxes, selected, batch_dims=1) * validf[..., None],
         "scores": tf.gather(top_scores, selected, batch_dims=1) * validf,
         "landmarks": landmarks * to_pixels[:, None, None, :] * validf[..., None, None],
         "num_detections": num,
+        "anchor_indices": tf.where(valid, kept, -1),
     }
 
 
