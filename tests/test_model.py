@@ -99,6 +99,14 @@ def test_new_layers_start_as_pytorch_initialises_them():
             assert np.abs(bias).max() <= bound and np.abs(bias).max() > 0.3 * bound, layer.name
         checked += 1
     assert checked >= 20
+    # every layer draws its own numbers: no two kernels are equal or proportional (one shared,
+    # seeded initialiser would give the same draw to every layer)
+    flat = {layer.name: layer.kernel.numpy().ravel() for layer in model.layers if isinstance(layer, keras.layers.Conv2D)}
+    names = sorted(flat)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            n = min(flat[a].size, flat[b].size)
+            assert abs(np.corrcoef(flat[a][:n], flat[b][:n])[0, 1]) < 0.5, (a, b)
     body = next(layer for layer in model.layers if isinstance(layer, keras.Model))
     dw = [layer for layer in body.layers if isinstance(layer, keras.layers.DepthwiseConv2D)]
     assert dw and all(np.abs(layer.kernel.numpy()).max() <= 1 / 3 + 1e-7 for layer in dw)

@@ -20,8 +20,14 @@ BN_MOMENTUM = 0.9  # PyTorch momentum 0.1 == Keras momentum 0.9
 # (glorot_uniform, zero bias) draws FPN/SSH kernels about twice as large; behind BatchNorm that
 # quarters their effective learning rate, and the heads start with larger outputs, so a run from
 # the ImageNet backbone learns measurably slower than the reference's. Layers trained from
-# scratch therefore start as the reference's do.
-TORCH_CONV_INIT = keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
+# scratch therefore start as the reference's do. Each layer gets its own initialiser: a Keras
+# initialiser fixes its seed when it is created, so one shared instance would give every layer of
+# the same shape the same kernel (and the others the same numbers rescaled).
+
+
+def torch_conv_init() -> keras.initializers.Initializer:
+    """A new ``kaiming_uniform_(a=sqrt(5))`` kernel initialiser (``U(+-1/sqrt(fan_in))``)."""
+    return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
 
 
 def torch_uniform(fan_in: int) -> keras.initializers.Initializer:
@@ -52,7 +58,7 @@ def conv_bn(x, filters: int, *, kernel: int = 3, stride: int = 1, leaky: float |
     ``conv_bn_no_relu`` (``leaky=None``) and ``conv_bn1X1`` (``kernel=1``)."""
     x, padding = _pad_and_padding(x, kernel, stride, name)
     x = layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=False,
-                      kernel_initializer=TORCH_CONV_INIT, name=f"{name}_conv")(x)
+                      kernel_initializer=torch_conv_init(), name=f"{name}_conv")(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return activation(x, leaky, name)
 
@@ -64,7 +70,7 @@ def conv_dw(x, filters: int, *, stride: int, leaky: float, name: str):
                                depthwise_initializer=torch_uniform(9), name=f"{name}_dw")(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"{name}_dw_bn")(x)
     x = activation(x, leaky, f"{name}_dw")
-    x = layers.Conv2D(filters, 1, use_bias=False, kernel_initializer=TORCH_CONV_INIT, name=f"{name}_pw")(x)
+    x = layers.Conv2D(filters, 1, use_bias=False, kernel_initializer=torch_conv_init(), name=f"{name}_pw")(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"{name}_pw_bn")(x)
     return activation(x, leaky, f"{name}_pw")
 

@@ -19,7 +19,7 @@ from keras import layers
 
 from retinaface_tf.config import ModelConfig
 from retinaface_tf.models.backbones import build_backbone
-from retinaface_tf.models.layers import TORCH_CONV_INIT, UpsampleLike, activation, conv_bn, torch_uniform
+from retinaface_tf.models.layers import UpsampleLike, activation, conv_bn, torch_conv_init, torch_uniform
 
 
 def fpn(features, *, channels: int, leaky: float):
@@ -50,7 +50,7 @@ def ssh(x, *, channels: int, leaky: float, name: str):
 def head(features, *, per_anchor: int, num_anchors: int, name: str):
     outs = []
     for i, f in enumerate(features):
-        y = layers.Conv2D(num_anchors * per_anchor, 1, kernel_initializer=TORCH_CONV_INIT,
+        y = layers.Conv2D(num_anchors * per_anchor, 1, kernel_initializer=torch_conv_init(),
                           bias_initializer=torch_uniform(f.shape[-1]), name=f"{name}_{i}")(f)
         outs.append(layers.Reshape((-1, per_anchor), name=f"{name}_{i}_flat")(y))
     # float32 outputs even under a mixed_float16 policy, so the loss is computed in float32
