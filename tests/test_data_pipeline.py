@@ -154,3 +154,17 @@ def test_resnet50_training_size_840_is_accepted(train):
     x, y, _ = next(iter(build_dataset(label, images, batch_size=1, data=DataConfig(image_size=840), seed=0)))
     assert x.shape == (1, 840, 840, 3)
     assert y["classes"].shape == (1, num_anchors(840, 840)) == (1, 2 * (105 * 105 + 53 * 53 + 27 * 27))
+
+
+def test_label_file_source_is_fully_permuted_each_pass():
+    """The reference's DataLoader(shuffle=True) draws a full permutation every epoch; a buffer
+    smaller than the image count would keep some label-file order (found comparing pipelines)."""
+    import tensorflow as tf
+
+    from retinaface_tf.data.pipeline import shuffle_buffer
+
+    names = tf.data.Dataset.from_tensor_slices([f"im{i}.jpg" for i in range(1239)])
+    assert shuffle_buffer(names, 1000, files=True) == 1239
+    assert shuffle_buffer(names, 5000, files=True) == 5000
+    assert shuffle_buffer(names, 1000, files=False) == 1000
+    assert shuffle_buffer(names.repeat(), 1000, files=True) == 1000  # unknown (infinite) size

@@ -130,6 +130,14 @@ def _example_fn(*, encoded: bool, training: bool, data: DataConfig, anchors: Anc
     return example
 
 
+def shuffle_buffer(ds: tf.data.Dataset, configured: int, *, files: bool) -> int:
+    """A label file's elements are (file name, faces), not pixels: shuffle all of them, a full
+    permutation every pass as the reference's DataLoader(shuffle=True) draws; TFRecord elements
+    hold image bytes, so they keep the configured ``data.shuffle_buffer``."""
+    count = int(ds.cardinality())
+    return max(int(configured), count) if files and count > 0 else int(configured)
+
+
 def build_dataset(label_file: str | os.PathLike | None = None, images_dir: str | os.PathLike | None = None, *,
                   annotations: Annotations | Sequence[ImageAnnotation] | None = None,
                   tfrecord_pattern: str | Sequence[str] | None = None,
@@ -157,7 +165,8 @@ def build_dataset(label_file: str | os.PathLike | None = None, images_dir: str |
         variances; the matcher's thresholds (:func:`dataset_kwargs` takes them from a config).
       batch_size: images per batch; ``None`` leaves the dataset unbatched.
       training: True: the reference's augmentation; False: pad to square + bilinear resize only.
-      shuffle: default ``training``; ``data.shuffle_buffer`` elements (file names, not pixels).
+      shuffle: default ``training``; a label file's images are fully permuted every pass (at least
+        ``data.shuffle_buffer``); TFRecords use a buffer of ``data.shuffle_buffer`` records.
       seed: makes shuffle order and augmentation reproducible (and the map deterministic unless
         ``deterministic`` says otherwise).
       repeat: repeat forever (then ``model.fit`` needs ``steps_per_epoch``).
@@ -192,7 +201,8 @@ def build_dataset(label_file: str | os.PathLike | None = None, images_dir: str |
         if input_context is not None and input_context.num_input_pipelines > 1:
             ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if shuffle:
-        ds = ds.shuffle(data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(shuffle_buffer(ds, data.shuffle_buffer, files=tfrecord_pattern is None), seed=seed,
+                        reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
     if seed is not None and input_context is not None:
