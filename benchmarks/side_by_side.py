@@ -1,0 +1,284 @@
+"""Our CPU inference against the PyTorch reference network, measured side by side.
+
+    python benchmarks/side_by_side.py [--rounds 3] [--repeats 10] [--no-tflite] [--tflite-dir DIR] [--json]
+
+Absolute times on a shared 2-core machine move by 20-40 % from run to run; ratios measured in
+the same run do not (``../shared/peer/README.md``). Each round runs, one after the other and
+each in its own process (never two at once), the reference's own timing script
+
+    PYTHONPATH=../shared/peer/torchvision_shim /tmp/refenv/bin/python \\
+        ../shared/peer/bench_reference.py ../shared/peer/Pytorch_Retinaface --what infer
+
+(its network on random weights, 2 threads, median of 10 after 3 warm-up calls, ms per image) and
+this script as a worker (``--worker``) timing ours the same way (``bench_inference._time``:
+median of ``--repeats`` after 2 warm-up calls) on the same four cases: 640x640, 640x480 (H x W
+480 x 640), 1920x1080 (1080 x 1920) at batch 1, and 640x640 at batch 8 (per image). The order
+alternates (reference first in odd rounds, ours first in even ones); each side keeps its best
+figure per case over the rounds, and the table gives ``reference ms / ours ms``.
+
+Ours, per case (the bundled photo resized to the case, ms per image):
+- ``keras network``: the Keras model on a preprocessed float batch (what the reference's figure is);
+- ``Detector e2e``: ``Detector`` graph, uint8 pixels → detections at threshold 0.5;
+- ``fused network`` / ``FusedDetector e2e``: the same on ``retinaface_tf.models.fused``;
+- ``litert network`` (``--litert``): the network as a fixed-size float32 LiteRT model (XNNPACK);
+- at 640x640 batch 1 only, unless ``--no-tflite``: the exported TFLite models end to end (uint8 →
+  detections inside the model, threshold 0.5, XNNPACK, 2 threads), float32 and int8, as
+  ``bench_tflite.py`` builds and runs them; and the same two exported from
+  ``fuse_for_tflite(model)`` (``tflite ... fused e2e``: the export graph ``benchmarks/PROFILE.md``
+  proposes). They are exported once before the rounds into ``--tflite-dir`` (default: a
+  temporary folder; existing files there are reused).
+
+``--inter-op N`` runs our side with ``TF_NUM_INTEROP_THREADS=N`` (TensorFlow's default is the
+core count; 1 may suit the mostly sequential batch-1 graph: measure it on the quiet machine).
+
+Targets (the issue): Detector e2e >= 3x the reference network in every case; TFLite float32 e2e
+>= 3.5x and int8 >= 4.5x at 640x640.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
+SHARED = Path(os.environ.get("RETINAFACE_SHARED", REPO.parent / "shared"))
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(BENCH))
+
+CASES = [((640, 640), 1), ((480, 640), 1), ((1080, 1920), 1), ((640, 640), 8)]  # (H, W), batch: bench_inference's
+TARGETS = {"Detector e2e": 3.0, "FusedDetector e2e": 3.0, "tflite fp32 e2e": 3.5, "tflite int8 e2e": 4.5,
+           "tflite fp32 fused e2e": 3.5, "tflite int8 fused e2e": 4.5}
+# (label, quantize, network): "fused" = retinaface_tf.models.fused.fuse_for_tflite(model), the export graph
+# PROFILE.md proposes (ReLU fused into the SSH branches, nearest 2x as concatenations, heads apart)
+TFLITE_VARIANTS = (("fp32", "none", "original"), ("int8", "int8", "original"),
+                   ("fp32 fused", "none", "fused"), ("int8 fused", "int8", "fused"))
+
+
+def case_key(size, batch) -> str:
+    """The reference script's key for a case."""
+    return f"infer_ms_{size[0]}x{size[1]}_b{batch}"
+
+
+# ---------------------------------------------------------------------- worker: our side
+def _export_api():
+    """``(ExportSettings, export_tflite, letterbox, tflite_runner)`` wherever the package keeps them."""
+    import importlib
+
+    for name in ("retinaface_tf.export", "retinaface_tf.serving.export", "retinaface_tf.serving"):
+        try:
+            mod = importlib.import_module(name)
+            return mod.ExportSettings, mod.export_tflite, mod.letterbox, mod.tflite_runner
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError("no TFLite export module found (retinaface_tf.export / retinaface_tf.serving)")
+
+
+def tflite_paths(folder: Path) -> dict:
+    return {label: folder / f"retinaface_{label.replace(' ', '_')}_640x640.tflite" for label, _, _ in TFLITE_VARIANTS}
+
+
+def build_tflite(folder: Path) -> dict:
+    """Export the end-to-end TFLite models (threshold 0.5) at 640x640 into ``folder`` unless
+    they are there; int8 calibrated as ``bench_tflite.py`` calibrates it."""
+    from bench_tflite import _calibration_images
+
+    from retinaface_tf.inference import load_model
+
+    ExportSettings, export_tflite, _, _ = _export_api()
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = tflite_paths(folder)
+    model = config = None
+    for label, quantize, network in TFLITE_VARIANTS:
+        if paths[label].exists():
+            continue
+        if model is None:
+            model, config = load_model()
+        net = model
+        if network == "fused":
+            from retinaface_tf.models.fused import fuse_for_tflite
+
+            net = fuse_for_tflite(model)
+        settings = ExportSettings.from_config(config, score_threshold=0.5)
+        export_tflite(net, config, paths[label], settings, input_size=(640, 640), quantize=quantize,
+                      calibration_images=_calibration_images())
+    return {k: str(v) for k, v in paths.items()}
+
+
+def worker(repeats: int, tflite_dir: str | None, litert: bool, threshold: float = 0.5) -> dict:
+    import cv2
+    import numpy as np
+    import tensorflow as tf
+    from bench_inference import _time
+
+    from retinaface_tf.fileio import bundled_image
+    from retinaface_tf.inference import Detector, load_model
+    from retinaface_tf.models import preprocess
+    from retinaface_tf.models.fused import FusedDetector, fuse_for_inference, litert_network
+
+    model, config = load_model()
+    fused = fuse_for_inference(model)
+    det = Detector(model=model, config=config, score_threshold=threshold)
+    fdet = FusedDetector(model=fused, config=config, score_threshold=threshold)
+    nets = {"keras network": tf.function(lambda x: model(x, training=False), reduce_retracing=True),
+            "fused network": tf.function(lambda x: fused(x, training=False), reduce_retracing=True)}
+    photo = cv2.imread(str(bundled_image()))
+    out = {}
+    for (h, w), batch in CASES:
+        images = np.stack([cv2.resize(photo, (w, h), interpolation=cv2.INTER_LINEAR)] * batch)
+        x = preprocess(images)
+        scale = np.ones((batch, 2), np.float32)
+        row = {}
+        for name, net in nets.items():
+            row[name] = _time(lambda net=net: [t.numpy() for t in net(x).values()], repeats) / batch
+        for name, d in (("Detector e2e", det), ("FusedDetector e2e", fdet)):
+            row[name] = _time(lambda d=d: [t.numpy() for t in d._infer(  # noqa: SLF001
+                images, scale, np.float32(threshold), np.float32(d.iou_threshold)).values()], repeats) / batch
+        if litert:
+            run = litert_network(model, (h, w), batch=batch, num_threads=2)
+            xn = x.numpy()
+            row["litert network"] = _time(lambda: run(xn), repeats) / batch
+        out[case_key((h, w), batch)] = row
+    if tflite_dir:
+        _, _, letterbox, tflite_runner = _export_api()
+        batch1, _ = letterbox(photo, (640, 640))
+        for label, path in tflite_paths(Path(tflite_dir)).items():
+            if path.exists():
+                runner = tflite_runner(path, num_threads=2)
+                out[case_key((640, 640), 1)][f"tflite {label} e2e"] = _time(lambda: runner(images=batch1), repeats)
+    return out
+
+
+# ---------------------------------------------------------------------- driver
+def run_reference(python: str, peer: Path) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(peer / "torchvision_shim"))
+    cmd = [python, str(peer / "bench_reference.py"), str(peer / "Pytorch_Retinaface"), "--what", "infer"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
+    if res.returncode != 0:
+        raise SystemExit(f"reference benchmark failed ({' '.join(cmd)}):\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def run_ours(repeats: int, tflite_dir: str | None, litert: bool, inter_op: int | None = None) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--repeats", str(repeats)]
+    if tflite_dir:
+        cmd += ["--tflite-dir", tflite_dir]
+    if litert:
+        cmd.append("--litert")
+    env = dict(os.environ)
+    if inter_op:
+        env["TF_NUM_INTEROP_THREADS"] = str(inter_op)
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+    if res.returncode != 0:
+        raise SystemExit(f"our benchmark failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _best(acc: dict, new: dict) -> None:
+    for case, row in new.items():
+        if isinstance(row, dict):
+            slot = acc.setdefault(case, {})
+            for k, v in row.items():
+                slot[k] = min(slot.get(k, float("inf")), v)
+        else:
+            acc[case] = min(acc.get(case, float("inf")), row)
+
+
+def side_by_side(rounds: int, repeats: int, python: str, peer: Path, tflite_dir: str | None, litert: bool,
+                 log=print, inter_op: int | None = None) -> dict:
+    ref_best: dict = {}
+    ours_best: dict = {}
+    history = []
+    for r in range(rounds):
+        order = ("reference", "ours") if r % 2 == 0 else ("ours", "reference")
+        for side in order:
+            t = time.perf_counter()
+            load = os.getloadavg()[0]
+            res = (run_reference(python, peer) if side == "reference"
+                   else run_ours(repeats, tflite_dir, litert, inter_op))
+            _best(ref_best if side == "reference" else ours_best, res)
+            history.append({"round": r + 1, "side": side, "load_average_1m": round(load, 2), "result": res})
+            log(f"round {r + 1}/{rounds}: {side} done in {time.perf_counter() - t:.0f} s (load average {load:.2f})")
+    table = []
+    for (h, w), batch in CASES:
+        key = case_key((h, w), batch)
+        ref_ms = ref_best.get(key)
+        for variant, ms in ours_best.get(key, {}).items():
+            ratio = ref_ms / ms if ref_ms else None
+            target = TARGETS.get(variant)
+            table.append({"case": f"{w}x{h} b{batch}", "variant": variant, "ours_ms": round(ms, 2),
+                          "reference_ms": round(ref_ms, 2) if ref_ms else None,
+                          "ratio": round(ratio, 2) if ratio else None, "target": target,
+                          "met": (ratio >= target) if (ratio and target) else None})
+    return {"rounds": rounds, "repeats": repeats, "inter_op": inter_op, "reference": ref_best, "ours": ours_best,
+            "table": table, "history": history}
+
+
+def print_table(result: dict) -> None:
+    print(f"\nbest of {result['rounds']} alternating rounds, ms per image (reference: PyTorch network, random "
+          "weights, 2 threads); ratio = reference / ours")
+    busiest = max(h["load_average_1m"] for h in result["history"])
+    if busiest > 1.5:
+        print(f"WARNING: the 1-minute load average reached {busiest:.1f} during the rounds: something else was "
+              "running, the ratios are not a comparison (PyTorch degrades far more than TensorFlow under load)")
+    print(f"{'case':<16}{'variant':<22}{'ours ms':>9}{'ref ms':>9}{'ratio':>8}{'target':>8}  met")
+    for row in result["table"]:
+        target = f"{row['target']:.1f}x" if row["target"] else ""
+        met = "" if row["met"] is None else ("yes" if row["met"] else "NO")
+        ratio = f"{row['ratio']:.2f}x" if row["ratio"] else "-"
+        ref = f"{row['reference_ms']:.2f}" if row["reference_ms"] else "-"
+        print(f"{row['case']:<16}{row['variant']:<22}{row['ours_ms']:>9.2f}{ref:>9}{ratio:>8}{target:>8}  {met}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=10, help="timed calls per figure (median), ours")
+    p.add_argument("--ref-python", default="/tmp/refenv/bin/python", help="the reference venv's python")
+    p.add_argument("--peer", default=str(SHARED / "peer"), help="folder holding bench_reference.py")
+    p.add_argument("--no-tflite", action="store_true", help="skip the exported TFLite rows")
+    p.add_argument("--tflite-dir", default=None, help="where the TFLite exports are kept / reused")
+    p.add_argument("--litert", action="store_true", help="add the LiteRT (XNNPACK) network rows")
+    p.add_argument("--inter-op", type=int, default=None, help="TF_NUM_INTEROP_THREADS for our side")
+    p.add_argument("--json", action="store_true", help="print the result as JSON only")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.repeats, args.tflite_dir, args.litert)))
+        return 0
+    peer = Path(args.peer)
+    if not (peer / "bench_reference.py").exists() or not Path(args.ref_python).exists():
+        p.error(f"the reference needs {peer}/bench_reference.py and {args.ref_python} (see {peer}/README.md)")
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    with tempfile.TemporaryDirectory(prefix="retinaface-sbs-") as tmp:
+        tflite_dir = None
+        if not args.no_tflite:
+            tflite_dir = args.tflite_dir or tmp
+            t = time.perf_counter()
+            code = ("import sys; sys.path[:0] = [%r, %r]; import side_by_side as s; from pathlib import Path; "
+                    "s.build_tflite(Path(%r))" % (str(REPO), str(BENCH), tflite_dir))
+            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+            if res.returncode != 0:
+                raise SystemExit(f"TFLite export failed:\n{res.stderr[-3000:]}")
+            log(f"TFLite exports ready in {tflite_dir} ({time.perf_counter() - t:.0f} s)")
+        result = side_by_side(args.rounds, args.repeats, args.ref_python, peer, tflite_dir, args.litert, log=log,
+                              inter_op=args.inter_op)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print_table(result)
+        print("\nJSON:")
+        print(json.dumps({k: result[k] for k in ("reference", "ours", "table")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

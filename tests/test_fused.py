@@ -1,0 +1,227 @@
+"""The fused inference network (batch norm folded, fusable op patterns) computes what the trained
+network computes: the same raw outputs (<= 1e-4) as the Keras model and as the PyTorch reference,
+and the same detections through FusedDetector."""
+
+import cv2
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from retinaface_tf.models import build_retinaface, preprocess
+from retinaface_tf.models.fused import FusedConv, fast_preprocess, fold_batch_norm, fuse_for_inference
+
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def fused(bundled_model):
+    model, _ = bundled_model
+    return fuse_for_inference(model)
+
+
+@pytest.fixture(scope="module")
+def ref(reference_dir):
+    return np.load(reference_dir / "biubug6_test.npz")
+
+
+@pytest.fixture(scope="module")
+def photo(reference_dir):
+    return cv2.imread(str(reference_dir / "biubug6_test.jpg"), cv2.IMREAD_COLOR)
+
+
+def _images(batch, h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (batch, h, w, 3)).astype(np.uint8)
+
+
+def _assert_outputs_close(a, b, atol=ATOL):
+    assert set(a) == set(b) == {"bbox", "classes", "landmarks"}
+    for key in a:
+        assert a[key].shape == b[key].shape, key
+        np.testing.assert_allclose(np.asarray(a[key]), np.asarray(b[key]), atol=atol, rtol=0, err_msg=key)
+
+
+@pytest.mark.parametrize("batch, h, w", [(1, 640, 640), (3, 640, 640), (1, 333, 517), (3, 333, 517)])
+def test_fused_equals_original(bundled_model, fused, batch, h, w):
+    model, _ = bundled_model
+    x = preprocess(_images(batch, h, w))
+    _assert_outputs_close(fused(x), model(x, training=False))
+
+
+@pytest.mark.parametrize("options", [dict(depthwise="native"), dict(merge_heads=False),
+                                     dict(depthwise="native", merge_heads=False, upsample="concat")])
+def test_fused_variants_equal_original(bundled_model, options):
+    model, _ = bundled_model
+    x = preprocess(_images(2, 75, 101, seed=1))
+    _assert_outputs_close(fuse_for_inference(model, **options)(x), model(x, training=False))
+
+
+@pytest.mark.parametrize("h, w", [(640, 640), (96, 160), (100, 90)])
+def test_fuse_for_tflite_at_a_fixed_size(bundled_model, h, w):
+    """Static shapes (as in a TFLite export): 2x upsampling by concatenation where the sizes are
+    multiples of 32, the resize elsewhere; same outputs either way."""
+    from retinaface_tf.models.fused import fuse_for_tflite
+
+    model, _ = bundled_model
+    fast = fuse_for_tflite(model)
+    f = tf.function(lambda t: fast(t), input_signature=[tf.TensorSpec([1, h, w, 3], tf.float32)])
+    ops = {op.type for op in f.get_concrete_function().graph.get_operations()}
+    assert ("ResizeNearestNeighbor" in ops) == (h % 32 != 0 or w % 32 != 0)
+    assert "DepthwiseConv2dNative" in ops
+    x = preprocess(_images(1, h, w, seed=h + w))
+    _assert_outputs_close(f(x), model(x, training=False))
+
+
+def test_upsample_concat_is_bitwise_nearest():
+    from retinaface_tf.models.fused import UpsampleLikeConcat
+    from retinaface_tf.models.layers import UpsampleLike
+
+    x = tf.constant(np.random.default_rng(7).normal(size=(2, 5, 7, 3)).astype(np.float32))
+    for like_shape in [(2, 10, 14, 1), (2, 9, 14, 1), (2, 10, 13, 1)]:
+        like = tf.zeros(like_shape)
+        np.testing.assert_array_equal(UpsampleLikeConcat()([x, like]).numpy(), UpsampleLike()([x, like]).numpy())
+
+
+def test_fused_runs_inside_tf_function_for_any_size(bundled_model, fused):
+    model, _ = bundled_model
+    f = tf.function(lambda t: fused(t), reduce_retracing=True)
+    for h, w in [(32, 32), (97, 64), (161, 255)]:
+        x = preprocess(_images(2, h, w, seed=h))
+        _assert_outputs_close(f(x), model(x, training=False))
+
+
+@pytest.mark.parametrize("prefix", ["", "resized640_"])
+def test_fused_raw_outputs_equal_reference(fused, ref, photo, prefix):
+    image = photo if not prefix else cv2.resize(photo, (640, 640), interpolation=cv2.INTER_LINEAR)
+    out = fused(preprocess(image[None]))
+    np.testing.assert_allclose(out["bbox"][0].numpy(), ref[prefix + "loc"], atol=ATOL, rtol=0)
+    np.testing.assert_allclose(tf.nn.softmax(out["classes"][0]).numpy(), ref[prefix + "conf"], atol=ATOL, rtol=0)
+    np.testing.assert_allclose(out["landmarks"][0].numpy(), ref[prefix + "landms"], atol=ATOL, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def fused_detector(bundled_model):
+    from retinaface_tf.models.fused import FusedDetector
+
+    model, config = bundled_model
+    return FusedDetector(model=model, config=config, score_threshold=0.02)
+
+
+@pytest.mark.parametrize("prefix", ["", "resized640_"])
+def test_fused_detector_detections_equal_reference(fused_detector, ref, photo, prefix):
+    image = photo if not prefix else cv2.resize(photo, (640, 640), interpolation=cv2.INTER_LINEAR)
+    dets = fused_detector.detect(image)
+    expected = ref[prefix + "detections"]
+    assert len(dets) == len(expected) > 100
+    np.testing.assert_allclose(dets.boxes, expected[:, :4], atol=0.5, rtol=0)
+    np.testing.assert_allclose(dets.scores, expected[:, 4], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(dets.landmarks.reshape(-1, 10), expected[:, 5:], atol=0.5, rtol=0)
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.02])
+def test_fused_detector_equals_detector(bundled_model, photo, threshold):
+    from retinaface_tf.inference import Detector
+    from retinaface_tf.models.fused import FusedDetector
+
+    model, config = bundled_model
+    slow = Detector(model=model, config=config, score_threshold=threshold)
+    fast = FusedDetector(model=model, config=config, score_threshold=threshold)
+    images = [photo, cv2.resize(photo, (517, 333)), photo[:, ::-1].copy(), photo]
+    for a, b in zip(slow.detect_batch(images), fast.detect_batch(images)):
+        assert len(a) == len(b)
+        np.testing.assert_allclose(b.scores, a.scores, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(b.boxes, a.boxes, atol=1e-2, rtol=0)
+        np.testing.assert_allclose(b.landmarks, a.landmarks, atol=1e-2, rtol=0)
+    # anchors are cached per size and equal the in-graph ones
+    from retinaface_tf.ops.anchors import generate_anchors_np
+    np.testing.assert_allclose(fast.anchors(333, 517).numpy(), generate_anchors_np(333, 517), atol=1e-6)
+
+
+@pytest.mark.parametrize("order", ["bgr", "rgb"])
+def test_fast_preprocess_is_bitwise_preprocess(order):
+    for shape in [(1, 640, 640, 3), (3, 33, 17, 3), (2, 1, 1, 3)]:
+        images = _images(*shape)
+        np.testing.assert_array_equal(fast_preprocess(images, channel_order=order).numpy(),
+                                      preprocess(images, channel_order=order).numpy())
+
+
+def _random_bn(bn, rng):
+    n = bn.gamma.shape[0]
+    bn.set_weights([rng.uniform(0.5, 2.0, n), rng.normal(0, 0.5, n), rng.normal(0, 0.5, n), rng.uniform(0.1, 3.0, n)])
+
+
+@pytest.mark.parametrize("depthwise, multiplier, use_bias", [(False, 1, False), (False, 1, True), (True, 1, False),
+                                                             (True, 2, True)])
+def test_fold_batch_norm(depthwise, multiplier, use_bias):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 9, 11, 6)).astype(np.float32)
+    conv = (keras.layers.DepthwiseConv2D(3, depth_multiplier=multiplier, padding="same", use_bias=use_bias,
+                                         bias_initializer="random_normal") if depthwise else
+            keras.layers.Conv2D(5, 3, padding="same", use_bias=use_bias, bias_initializer="random_normal"))
+    bn = keras.layers.BatchNormalization(epsilon=1e-5)
+    expected = bn(conv(x), training=False)
+    _random_bn(bn, rng)
+    expected = bn(conv(x), training=False).numpy()
+    kernel, bias = fold_batch_norm(conv, bn)
+    channels = 6 * multiplier if depthwise else 5
+    layer = FusedConv(channels, 3, depthwise="native" if depthwise else None)
+    if depthwise and multiplier != 1:  # FusedConv holds multiplier-1 depthwise kernels only: check by hand
+        y = tf.nn.bias_add(tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "SAME"), bias).numpy()
+    else:
+        layer(x)
+        layer.set_weights([kernel, bias])
+        y = layer(x).numpy()
+    np.testing.assert_allclose(y, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_equals_original_with_random_statistics():
+    """Random weights *and* random batch-norm statistics (the bundled model's are one draw)."""
+    rng = np.random.default_rng(3)
+    model = build_retinaface()
+    for layer in model.layers + model.get_layer("mobilenet025").layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            _random_bn(layer, rng)
+    x = preprocess(_images(2, 96, 130, seed=3))
+    _assert_outputs_close(fuse_for_inference(model)(x), model(x, training=False), atol=1e-4)
+
+
+@pytest.mark.parametrize("leaky", [0.0, 0.2])
+def test_fused_follows_the_activation_settings(leaky):
+    model = build_retinaface(fpn_leaky=leaky, backbone_leaky=leaky)
+    x = preprocess(_images(1, 64, 96, seed=4))
+    _assert_outputs_close(fuse_for_inference(model)(x), model(x, training=False))
+
+
+def test_fuse_keeps_another_backbone_and_fuses_the_rest():
+    model = build_retinaface(backbone="resnet50", fpn_channels=32, fpn_leaky=0.0)
+    rng = np.random.default_rng(8)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            _random_bn(layer, rng)
+    fast = fuse_for_inference(model)
+    assert fast.get_layer("resnet50") is model.get_layer("resnet50")
+    x = preprocess(_images(1, 64, 96, seed=8))
+    _assert_outputs_close(fast(x), model(x, training=False))
+
+
+def test_fused_model_saves_and_loads(fused, tmp_path):
+    path = tmp_path / "fused.keras"
+    fused.save(path)
+    loaded = keras.saving.load_model(path)
+    x = preprocess(_images(1, 64, 64, seed=5))
+    _assert_outputs_close(loaded(x), fused(x), atol=0)
+
+
+def test_litert_network_equals_keras(bundled_model):
+    from retinaface_tf.models.fused import litert_network
+
+    model, _ = bundled_model
+    run = litert_network(model, (96, 128), batch=1, num_threads=2)
+    x = preprocess(_images(1, 96, 128, seed=6))
+    _assert_outputs_close(run(x.numpy()), model(x, training=False))
+
+
+def test_fuse_refuses_a_foreign_model():
+    inputs = keras.Input((None, None, 3))
+    with pytest.raises(ValueError, match="backbone"):
+        fuse_for_inference(keras.Model(inputs, keras.layers.Conv2D(4, 1)(inputs)))
