@@ -3,7 +3,7 @@
     python benchmarks/bench_tflite.py [--repeats 50] [--threads 2] [--size 640x640] [--json]
 
 Each variant (float32, float16 weights, dynamic-range int8 weights, full-integer int8 network)
-is exported with ``retinaface_tf.export.export_tflite`` (application settings: score > 0.5, NMS
+is exported with ``retinaface_tf.serving.export_tflite`` (application settings: score > 0.5, NMS
 0.4, K 750) and run with the LiteRT interpreter (XNNPACK, ``--threads``) on the bundled demo
 photo letterboxed to the input size; the figure is the median of ``--repeats`` timed calls of
 the signature runner (uint8 image in, padded detections out). A float32 ``raw`` row (network
@@ -48,9 +48,9 @@ def tflite_rows(repeats: int = 50, *, input_size: tuple[int, int] = (640, 640), 
     import cv2
     import numpy as np
 
-    from retinaface_tf.export import ExportSettings, export_tflite, letterbox, tflite_runner
+    from retinaface_tf.serving import ExportSettings, export_tflite, letterbox, tflite_runner
     from retinaface_tf.fileio import bundled_image
-    from retinaface_tf.inference import load_model
+    from retinaface_tf.models.weights import load_model
 
     model, config = load_model()
     settings = ExportSettings.from_config(config, score_threshold=0.5)

@@ -80,11 +80,14 @@ def main(argv=None) -> int:
     else:  # a synthetic batch with a few matched faces: the step costs the same
         from retinaface_tf.data.pipeline import encode_faces
         from retinaface_tf.ops.anchors import generate_anchors_np
+        from retinaface_tf.ops.faces import Faces
         anchors = tf.constant(generate_anchors_np(args.image_size, args.image_size))
-        faces = tf.constant([[0.1, 0.1, 0.3, 0.35] + [0.2, 0.2] * 5 + [1.0]], tf.float32)
-        t = encode_faces(faces, anchors)
+        faces = Faces(boxes=[[0.1, 0.1, 0.3, 0.35]], landmarks=[[0.2, 0.2] * 5], has_landmarks=[True],
+                      ids=[0]).to_tensors()
+        targets, masks = encode_faces(faces, anchors)
         batch = (tf.random.normal([args.batch_size, args.image_size, args.image_size, 3], 0, 50),
-                 {k: tf.stack([v] * args.batch_size) for k, v in t.items()})
+                 {k: tf.stack([v] * args.batch_size) for k, v in targets.items()},
+                 {k: tf.stack([v] * args.batch_size) for k, v in masks.items()})
     memory = tf.data.Dataset.from_tensors(batch).repeat()
     rows = [{"name": "memory (fixed batch)", "images_per_second": round(
         measure(memory, cfg, strategy, steps=args.steps, warmup=args.warmup, batch=args.batch_size), 2)}]

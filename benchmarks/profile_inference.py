@@ -65,7 +65,8 @@ def make_images(size: tuple[int, int], batch: int) -> np.ndarray:
 
 
 def make_detector(kind: str, model=None, config=None, threshold: float = 0.5):
-    from retinaface_tf.inference import Detector, load_model
+    from retinaface_tf.inference import Detector
+    from retinaface_tf.models.weights import load_model
 
     if model is None:
         model, config = load_model()
@@ -270,7 +271,7 @@ def ab(fns: dict, rounds: int, per: int = 1) -> dict:
 
 
 def ab_variants(size, batch: int, rounds: int, threshold: float, litert: bool = True) -> dict:
-    from retinaface_tf.inference import load_model
+    from retinaface_tf.models.weights import load_model
     from retinaface_tf.models import preprocess
     from retinaface_tf.models.fused import fuse_for_inference, litert_network
 
@@ -326,16 +327,9 @@ TFLITE_VARIANTS = (
 
 
 def _export_module():
-    import importlib
+    from retinaface_tf import serving
 
-    for name in ("retinaface_tf.export", "retinaface_tf.serving.export", "retinaface_tf.serving"):
-        try:
-            mod = importlib.import_module(name)
-            if hasattr(mod, "export_tflite"):
-                return mod
-        except ImportError:
-            continue
-    raise ImportError("no TFLite export module found")
+    return serving
 
 
 def export_variant(folder: Path, name: str, network: str, quantize: str, keep_float, *, size=(640, 640),
@@ -413,7 +407,7 @@ def tflite_experiments(rounds: int, folder: Path, size=(640, 640), threads: int 
     """Export the variants, describe them, time them A/B (uint8 image → detections, threshold 0.5),
     and with ``ap_images`` score WIDER val AP on the first N val images (exports at the
     evaluation settings, as ``scripts/eval_tflite.py``)."""
-    from retinaface_tf.inference import load_model
+    from retinaface_tf.models.weights import load_model
 
     mod = _export_module()
     models = load_model()
@@ -507,7 +501,7 @@ def main(argv=None) -> int:
             if not args.json:
                 print_ab(r)
     else:
-        from retinaface_tf.inference import load_model
+        from retinaface_tf.models.weights import load_model
 
         model, config = load_model()
         for kind in args.model:

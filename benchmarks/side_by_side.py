@@ -70,16 +70,10 @@ def case_key(size, batch) -> str:
 
 # ---------------------------------------------------------------------- worker: our side
 def _export_api():
-    """``(ExportSettings, export_tflite, letterbox, tflite_runner)`` wherever the package keeps them."""
-    import importlib
+    """``(ExportSettings, export_tflite, letterbox, tflite_runner)``."""
+    from retinaface_tf.serving import ExportSettings, export_tflite, letterbox, tflite_runner
 
-    for name in ("retinaface_tf.export", "retinaface_tf.serving.export", "retinaface_tf.serving"):
-        try:
-            mod = importlib.import_module(name)
-            return mod.ExportSettings, mod.export_tflite, mod.letterbox, mod.tflite_runner
-        except (ImportError, AttributeError):
-            continue
-    raise ImportError("no TFLite export module found (retinaface_tf.export / retinaface_tf.serving)")
+    return ExportSettings, export_tflite, letterbox, tflite_runner
 
 
 def tflite_paths(folder: Path) -> dict:

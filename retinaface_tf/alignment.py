@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 # insightface's arcface_dst: left eye, right eye, nose, left and right mouth corner in a 112×112 crop
@@ -122,8 +123,6 @@ def align_faces(image: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray, *, 
 
 def warp_crops(image: np.ndarray, matrices: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """``cv2.warpAffine`` of ``image`` with each matrix (bilinear, black outside the image)."""
-    import cv2
-
     width, height = size
     crops = [cv2.warpAffine(image, m.astype(np.float64), (width, height), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=0) for m in matrices]

@@ -1,8 +1,9 @@
 """``retinaface-tf`` command line: a thin dispatcher.
 
 Each subcommand lives in ``retinaface_tf/commands/<name>.py`` with ``add_parser(subparsers)``
-and ``run(args) -> int``; modules are imported lazily so ``--help`` stays fast and one command's
-heavy imports never slow another.
+and ``run(args) -> int``, its imports (TensorFlow for most) at the top. Only the module of the
+command being run is imported, so ``--help`` stays fast and one command's heavy imports never slow
+another.
 """
 
 from __future__ import annotations
@@ -133,12 +134,23 @@ class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
 _QUIET_TF_IMPORT = _QuietTensorFlowImport()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_name(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names: its first argument that is not an option."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser with every subcommand. A command's module is imported only when needed: the one
+    ``argv`` names (none for ``retinaface-tf --help``), or all of them when ``argv`` is None."""
     parser = argparse.ArgumentParser(prog="retinaface-tf", description="RetinaFace face detection in Keras 3 / TensorFlow")
     parser.add_argument("--version", action="version", version=f"retinaface-tf {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    wanted = None if argv is None else _command_name(argv)
     for name, help_text in COMMANDS.items():
+        if argv is not None and name != wanted:
+            sub.add_parser(name, help=help_text, description=help_text)  # listed by --help, never run
+            continue
         module = importlib.import_module(f"retinaface_tf.commands.{name.replace('-', '_')}")
         p = module.add_parser(sub, name, help_text)
         p.set_defaults(_run=module.run)
@@ -146,13 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _QUIET_TF_IMPORT.install()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _QUIET_TF_IMPORT.install()  # before the command's module imports TensorFlow
     try:
+        args = build_parser(argv).parse_args(argv)
         return int(args._run(args) or 0)
     except RetinaFaceError as exc:  # usage errors and every user-facing error: one line; the rest propagate
-        print(f"retinaface-tf {args.command}: error: {exc}", file=sys.stderr)
+        print(f"retinaface-tf {_command_name(argv)}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -20,6 +20,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from functools import lru_cache
+from importlib.resources import files
 from typing import Any
 
 import yaml
@@ -328,7 +329,6 @@ def _packaged_configs() -> dict[str, str]:
     ``configs/`` folder when running from source)."""
     folders = []
     try:
-        from importlib.resources import files
         folders.append(str(files("retinaface_tf.configs")))
     except (ImportError, TypeError):  # a checkout used without (re)installing
         pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import fnmatch
@@ -12,11 +13,18 @@ import stat
 import struct
 import tempfile
 from collections.abc import Iterable
+from importlib.resources import files
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from retinaface_tf.errors import ImageError, OutputError, RetinaFaceError
+
+try:
+    import fcntl  # POSIX: clears O_NONBLOCK once a file is known to be a regular one
+except ImportError:  # Windows opens no FIFO without blocking anyway
+    fcntl = None
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pbm")
 
@@ -61,8 +69,6 @@ def parse_pixel_count(text: str) -> int:
 
 def max_pixels_arg(text: str) -> int:
     """argparse ``type`` for ``--max-pixels``: :func:`parse_pixel_count` with argparse's message."""
-    import argparse
-
     try:
         return parse_pixel_count(text)
     except ValueError as exc:
@@ -104,8 +110,7 @@ def open_regular_file(path: str | os.PathLike, what: str = "image"):
             raise ImageError(f"{path}: is a directory, not an {what}")
         if not stat.S_ISREG(st.st_mode):
             raise ImageError(f"{path}: not a regular file (a pipe, device or socket); only files are read")
-        if getattr(os, "O_NONBLOCK", 0):
-            import fcntl
+        if fcntl is not None and getattr(os, "O_NONBLOCK", 0):
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         f = os.fdopen(fd, "rb")
     except BaseException:
@@ -358,8 +363,6 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
     the file when it is missing, unreadable, not an image, too large, or has no pixels. Any file
     name works, including ones that are not valid UTF-8 (OpenCV never sees the name).
     """
-    import cv2
-
     path = os.fspath(path)
     max_pixels = check_max_pixels(max_pixels)
     with open_regular_file(path) as f:
@@ -398,8 +401,6 @@ def encode_image(image: np.ndarray, suffix: str) -> bytes:
     """Encode a BGR image as ``suffix`` (``.jpg``, ``.png``, ...) in memory. Write the bytes with
     :func:`write_bytes_atomic`: Python handles the file name (``cv2.imwrite`` crashes on names
     that are not valid UTF-8)."""
-    import cv2
-
     ok, buf = cv2.imencode(suffix, image)
     if not ok:
         raise ImageError(f"cannot encode an image as {suffix}")
@@ -408,8 +409,6 @@ def encode_image(image: np.ndarray, suffix: str) -> bytes:
 
 def to_bgr_uint8(image: np.ndarray) -> np.ndarray:
     """Convert an ``[H, W]`` / ``[H, W, 1|3|4]`` array of uint8/uint16/float to BGR uint8."""
-    import cv2
-
     if image is None:
         raise ValueError("not an image (got None)")
     image = np.asarray(image)
@@ -436,7 +435,7 @@ def to_bgr_uint8(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def list_images(paths, *, exclude=()) -> list[str]:
+def expand_image_paths(paths, *, exclude=()) -> list[str]:
     """Expand files and folders (recursively, sorted) into image paths. Files are kept as
     given even with an unknown extension, so a non-image file gets its own clear error later.
     Folders in ``exclude`` (e.g. the command's own output folder inside an input folder) are not
@@ -567,13 +566,9 @@ def bundled_model_dir() -> Path:
     source_tree = Path(__file__).resolve().parents[1] / "saved_models" / "mobilenet025"
     if source_tree.is_dir():  # a checkout (editable install or run from source)
         return source_tree
-    from importlib.resources import files
-
     return Path(str(files("retinaface_tf.saved_models") / "mobilenet025"))
 
 
 def bundled_image() -> Path:
     """The reference's MIT-licensed demo photo, bundled for the README's first command."""
-    from importlib.resources import files
-
     return Path(str(files("retinaface_tf.assets") / "biubug6_test.jpg"))

@@ -11,17 +11,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from pathlib import Path
 from typing import Iterable, Sequence
 
+import cv2
 import numpy as np
+import tensorflow as tf
 
 from retinaface_tf.config import Config
-from retinaface_tf.errors import DetectorError, ImageError, RetinaFaceError, WeightsError
-from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, bundled_model_dir, check_max_pixels, read_image, to_bgr_uint8
-
-WEIGHTS_FILE = "model.weights.h5"
-CONFIG_FILE = "config.yaml"
+from retinaface_tf.errors import DetectorError, ImageError, RetinaFaceError
+from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, check_max_pixels, read_image, to_bgr_uint8
+from retinaface_tf.models.weights import load_model
+from retinaface_tf.ops.image import preprocess
+from retinaface_tf.ops.nms import detect_from_heads
 
 
 def check_fraction(name: str, value, *, error=DetectorError) -> float:
@@ -40,49 +41,6 @@ def _positive_int(name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise DetectorError(f"{name} must be a whole number >= {minimum}, got {value!r}")
     return int(value)
-
-
-def resolve_weights(weights: str | os.PathLike | None, config: Config | str | os.PathLike | None = None):
-    """Find the weights file and its config.
-
-    ``weights`` may be ``None`` (bundled model), a folder holding ``model.weights.h5`` and
-    ``config.yaml`` (what ``convert`` and ``train`` write), a ``.weights.h5`` file (config from
-    ``config`` or a ``config.yaml`` beside it), or a reference ``.pth`` (converted in memory).
-    Returns ``(path, Config)``.
-    """
-    path = Path(weights) if weights is not None else bundled_model_dir()
-    if not path.exists():
-        raise WeightsError(f"{path}: no such weights file or folder")
-    if path.is_dir():
-        folder, path = path, path / WEIGHTS_FILE
-        if not path.exists():
-            raise WeightsError(f"{folder}: folder has no {WEIGHTS_FILE}")
-    if config is not None:
-        cfg = Config.load(config)
-    elif (path.parent / CONFIG_FILE).exists():
-        cfg = Config.from_yaml(path.parent / CONFIG_FILE)
-    else:
-        cfg = Config.preset("mobilenet025")
-    return path, cfg
-
-
-def load_model(weights: str | os.PathLike | None = None, config: Config | str | None = None):
-    """Build the Keras network and load weights (see :func:`resolve_weights`). Returns
-    ``(model, config)``."""
-    from retinaface_tf.models import build_from_config
-
-    path, cfg = resolve_weights(weights, config)
-    model = build_from_config(cfg)
-    if path.suffix in (".pth", ".pt", ".tar"):
-        from retinaface_tf.convert.convert import load_reference_weights
-        load_reference_weights(model, path)
-    else:
-        try:
-            model.load_weights(str(path))
-        except (ValueError, OSError, KeyError) as exc:
-            raise WeightsError(f"{path}: cannot load weights into the {cfg.model.backbone} model: "
-                               f"{str(exc).splitlines()[0]}") from None
-    return model, cfg
 
 
 @dataclasses.dataclass
@@ -116,7 +74,8 @@ class Detector:
     :func:`retinaface_tf.ops.nms.postprocess` every export uses).
 
     Args:
-      weights: see :func:`resolve_weights` (``None``: bundled official mobilenet0.25).
+      weights: see :func:`retinaface_tf.models.weights.resolve_weights` (``None``: bundled official
+        mobilenet0.25).
       config: a :class:`Config`, preset name or YAML path (default: saved with the weights).
       score_threshold: keep faces with probability above this (0.02 reproduces the reference's
         evaluation setting; 0.5 is a sensible default for applications).
@@ -138,8 +97,6 @@ class Detector:
                  iou_threshold: float | None = None, pre_nms_top_k: int | None = None,
                  max_detections: int | None = None, max_size: int | None = None, batch_size: int = 8,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, model=None):
-        import tensorflow as tf
-
         score_threshold = check_fraction("score_threshold", score_threshold)
         if iou_threshold is not None:
             iou_threshold = check_fraction("iou_threshold", iou_threshold)
@@ -175,11 +132,6 @@ class Detector:
 
     # ------------------------------------------------------------------ graph
     def _infer_fn(self, images, output_scale, score_threshold, iou_threshold):
-        import tensorflow as tf
-
-        from retinaface_tf.ops.image import preprocess
-        from retinaface_tf.ops.nms import detect_from_heads
-
         a = self.config.anchors
         out = self.model(preprocess(images, channel_order="bgr"), training=False)
         return detect_from_heads(out, input_size=(tf.shape(images)[1], tf.shape(images)[2]),
@@ -193,8 +145,6 @@ class Detector:
         """Image (array or path) → ``(network input, (sx, sy) back to the original's pixels)``.
         Every failure is an :class:`ImageError` / :class:`DetectorError` naming ``label`` (or the
         file)."""
-        import cv2
-
         if isinstance(image, (str, bytes, os.PathLike)):
             image = read_image(os.fsdecode(image), max_pixels=self.max_pixels)
         else:
@@ -248,16 +198,17 @@ class Detector:
         bad image raises (use :meth:`iter_detect` to go on past bad images)."""
         resize = self._check_resize(resize)
         score_threshold = self._threshold(score_threshold)
-        prepared = [self._prepare(im, resize, _label(im, i)) for i, im in enumerate(images)]
+        prepared = [(*self._prepare(im, resize, _label(im, i)), _label(im, i)) for i, im in enumerate(images)]
+        first_of_shape: dict[tuple, int] = {}
+        for i, (im, _, _) in enumerate(prepared):
+            first_of_shape.setdefault(im.shape, i)
+        # every size as one run of batches, sizes in the order they first appear
+        order = sorted(range(len(prepared)), key=lambda i: first_of_shape[prepared[i][0].shape])
         results: list[Detections | None] = [None] * len(prepared)
-        groups: dict[tuple, list[int]] = {}
-        for i, (im, _) in enumerate(prepared):
-            groups.setdefault(im.shape, []).append(i)
-        for idxs in groups.values():
-            for start in range(0, len(idxs), self.batch_size):
-                chunk = idxs[start:start + self.batch_size]
-                for i, det in zip(chunk, self._run([prepared[i] for i in chunk], score_threshold)):
-                    results[i] = det
+        for i, result in self._batched(((i, prepared[i]) for i in order), score_threshold):
+            if isinstance(result, RetinaFaceError):
+                raise result
+            results[i] = result
         return results
 
     def iter_detect(self, images: Iterable, *, score_threshold: float | None = None):
@@ -266,37 +217,47 @@ class Detector:
         equal sizes. A bad item (unreadable file, ``None``, a wrong array, a batch TensorFlow
         cannot run) yields its error and the rest go on; only a bad ``score_threshold`` raises,
         before anything runs."""
-        import tensorflow as tf
-
         score_threshold = self._threshold(score_threshold)
-        pending: list[tuple[int, np.ndarray, tuple, str]] = []
-        for i, image in enumerate(images):
-            if isinstance(image, RetinaFaceError):
-                yield i, image
-                continue
-            label = _label(image, i)
-            try:
-                im, scale = self._prepare(image, None, label)
-            except RetinaFaceError as exc:
-                yield i, exc
-                continue
-            except (ValueError, TypeError, MemoryError, cv2_error()) as exc:
-                yield i, ImageError(f"{label}: {type(exc).__name__}: {_one_line(exc)}")
-                continue
-            if pending and (im.shape != pending[0][1].shape or len(pending) >= self.batch_size):
-                yield from self._flush(pending, score_threshold, tf)
-                pending = []
-            pending.append((i, im, scale, label))
-        if pending:
-            yield from self._flush(pending, score_threshold, tf)
 
-    def _flush(self, pending, score_threshold, tf):
+        def prepared():
+            for i, image in enumerate(images):
+                if isinstance(image, RetinaFaceError):
+                    yield i, image
+                    continue
+                label = _label(image, i)
+                try:
+                    yield i, (*self._prepare(image, None, label), label)
+                except RetinaFaceError as exc:
+                    yield i, exc
+                except (ValueError, TypeError, MemoryError, cv2.error) as exc:
+                    yield i, ImageError(f"{label}: {type(exc).__name__}: {_one_line(exc)}")
+
+        yield from self._batched(prepared(), score_threshold)
+
+    def _batched(self, items, score_threshold):
+        """``(index, (image, scale, label) | RetinaFaceError)`` → ``(index, Detections |
+        RetinaFaceError)``: consecutive images of equal size run together, at most
+        ``batch_size`` at a time; errors pass through as they come."""
+        pending: list[tuple[int, np.ndarray, tuple, str]] = []
+        for i, item in items:
+            if isinstance(item, RetinaFaceError):
+                yield i, item
+                continue
+            image, scale, label = item
+            if pending and (image.shape != pending[0][1].shape or len(pending) >= self.batch_size):
+                yield from self._flush(pending, score_threshold)
+                pending = []
+            pending.append((i, image, scale, label))
+        if pending:
+            yield from self._flush(pending, score_threshold)
+
+    def _flush(self, pending, score_threshold):
         try:
             dets = self._run([(im, s) for _, im, s, _ in pending], score_threshold)
         except (tf.errors.OpError, MemoryError) as exc:
             if len(pending) > 1:  # one image may be the cause (memory): run them one by one
                 for item in pending:
-                    yield from self._flush([item], score_threshold, tf)
+                    yield from self._flush([item], score_threshold)
                 return
             i, _, _, label = pending[0]
             yield i, DetectorError(f"{label}: detection failed: {type(exc).__name__}: {_one_line(exc)}")
@@ -324,9 +285,3 @@ def _label(image, index: int) -> str:
 def _one_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     return lines[0][:300] if lines else type(exc).__name__
-
-
-def cv2_error():
-    import cv2
-
-    return cv2.error

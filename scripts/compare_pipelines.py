@@ -501,7 +501,7 @@ def our_loss(a, cfg, ref, ref_json, work, anchors):
     import keras
     import tensorflow as tf
 
-    from retinaface_tf.convert.convert import load_reference_weights
+    from retinaface_tf.convert.mapping import load_reference_weights
     from retinaface_tf.convert.torch_weights import load_torch_checkpoint
     from retinaface_tf.losses import MultiBoxLoss
     from retinaface_tf.models import build_from_config

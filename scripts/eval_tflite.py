@@ -1,7 +1,7 @@
 """WIDER FACE AP of TFLite exports at one fixed input size (float32 vs int8, ...).
 
 TFLite inputs have a fixed size, so every variant is evaluated the same way: each val image is
-letterboxed into ``--input-size`` (``retinaface_tf.export.letterbox``), run through the model
+letterboxed into ``--input-size`` (``retinaface_tf.serving.letterbox``), run through the model
 (decode + NMS inside, score > 0.02, NMS 0.4, K 750: the reference's evaluation settings), and
 the detections are mapped back to original pixels. What matters is the gap between variants;
 ``--keras`` adds the Keras Detector on the same letterboxed inputs as a check that float32
@@ -28,14 +28,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from retinaface_tf.evaluation.widerface import evaluate_predictions, list_images, load_ground_truth  # noqa: E402
-from retinaface_tf.export import ExportSettings, export_tflite, letterbox, tflite_runner  # noqa: E402
+from retinaface_tf.serving import ExportSettings, export_tflite, letterbox, tflite_runner  # noqa: E402
 
 EVAL_SETTINGS = dict(score_threshold=0.02, iou_threshold=0.4, max_detections=750, pre_nms_top_k=5000)
 
 
 def export_variants(out_dir: Path, modes, input_size, calibration_images, calibration_count: int = 100) -> dict:
     """``{mode: .tflite path}`` exported with the evaluation settings."""
-    from retinaface_tf.inference import load_model
+    from retinaface_tf.models.weights import load_model
 
     model, config = load_model()
     settings = ExportSettings(**EVAL_SETTINGS)

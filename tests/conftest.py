@@ -44,5 +44,5 @@ def official_pth(reference_dir) -> Path:
 @pytest.fixture(scope="session")
 def bundled_model():
     """The bundled converted official mobilenet0.25 model (Keras), built once per session."""
-    from retinaface_tf.inference import load_model
+    from retinaface_tf.models.weights import load_model
     return load_model()

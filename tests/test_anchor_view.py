@@ -20,7 +20,7 @@ def train(widerface_dir):
 
 
 def _view(train, rel, **kw):
-    from retinaface_tf.anchor_view import find_entry, match_view
+    from retinaface_tf.vis.anchor_view import find_entry, match_view
     _, images, ann = train
     path = images / rel
     return find_entry(ann, path), match_view(path.read_bytes(), find_entry(ann, path), **kw)
@@ -98,7 +98,7 @@ def test_augmented_faces_keep_their_identity(train, seed):
 
 
 def test_table_lists_faces_without_anchor(train):
-    from retinaface_tf.anchor_view import format_table
+    from retinaface_tf.vis.anchor_view import format_table
     _, view = _view(train, TINY, augment=False)
     table = format_table(view)
     lines = table.splitlines()
@@ -110,7 +110,7 @@ def test_table_lists_faces_without_anchor(train):
 
 
 def test_find_entry(train, tmp_path):
-    from retinaface_tf.anchor_view import AnchorViewError, find_entry
+    from retinaface_tf.vis.anchor_view import AnchorViewError, find_entry
     label, images, ann = train
     assert find_entry(ann, images / TINY).path == TINY
     assert find_entry(ann, tmp_path / "19_Couple_Couple_19_309.jpg").path == TINY  # by file name

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from retinaface_tf.cli import main
-from retinaface_tf.convert.convert import convert_checkpoint
+from retinaface_tf.models.weights import convert_checkpoint
 from retinaface_tf.convert.mapping import assign_state_dict
 from retinaface_tf.convert.torch_weights import CheckpointError, load_torch_checkpoint
 from retinaface_tf.models.backbones import mobilenet_v1_025

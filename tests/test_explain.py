@@ -26,7 +26,7 @@ def detections(bundled_model, photo):
 
 @pytest.fixture(scope="module")
 def largest(bundled_model, photo):
-    from retinaface_tf.explain import explain_face
+    from retinaface_tf.vis.explain import explain_face
     model, cfg = bundled_model
     return explain_face(photo, model=model, config=cfg, face="largest", smooth_samples=4, seed=0)
 
@@ -37,7 +37,7 @@ def _net_input(image):
 
 
 def test_anchor_level_follows_anchor_layout():
-    from retinaface_tf.explain import anchor_level
+    from retinaface_tf.vis.explain import anchor_level
     from retinaface_tf.config import AnchorConfig
     # 100x130 input: levels of 13x17x2=442, 7x9x2=126, 4x5x2=40 anchors
     kw = dict(min_sizes=AnchorConfig.min_sizes, steps=AnchorConfig.steps)
@@ -49,7 +49,7 @@ def test_anchor_level_follows_anchor_layout():
 def test_face_score_model_outputs_one_anchor(bundled_model, photo):
     import tensorflow as tf
 
-    from retinaface_tf.explain import face_score_model
+    from retinaface_tf.vis.explain import face_score_model
     model, _ = bundled_model
     x = _net_input(photo[:160, :224])
     logits = model(x, training=False)["classes"].numpy()[0]
@@ -68,7 +68,7 @@ def test_face_score_model_outputs_one_anchor(bundled_model, photo):
 
 def test_find_anchor_recovers_each_detection(bundled_model, photo, detections):
     """Every box NMS kept is one anchor's decoded box: IoU 1 and that anchor's score."""
-    from retinaface_tf.explain import find_anchor
+    from retinaface_tf.vis.explain import find_anchor
     model, cfg = bundled_model
     a = cfg.anchors
     out = model(_net_input(photo), training=False)
@@ -91,7 +91,7 @@ def test_saliency_equals_direct_gradient(bundled_model, photo):
     computed here with a plain GradientTape on the original dict-output model."""
     import tensorflow as tf
 
-    from retinaface_tf.explain import face_score_model, saliency_map
+    from retinaface_tf.vis.explain import face_score_model, saliency_map
     model, _ = bundled_model
     x = _net_input(photo[330:490, 250:420])
     index = 300
@@ -113,7 +113,7 @@ def test_gradcam_pp_equals_direct_formula(bundled_model, photo):
     import keras
     import tensorflow as tf
 
-    from retinaface_tf.explain import face_score_model, gradcam_pp_map
+    from retinaface_tf.vis.explain import face_score_model, gradcam_pp_map
     model, _ = bundled_model
     x = _net_input(photo[320:480, 240:432])  # 160x192: multiples of 16, so no crop after upsampling
     h, w = x.shape[1:3]
@@ -225,7 +225,7 @@ def test_explain_cli_errors_are_one_line(reference_dir, tmp_path, capsys):
 def test_explain_a_given_box_with_downscaling(bundled_model, photo, detections):
     """--box: the anchor whose decoded box fits a given box; with max_size the network sees a
     downscaled photo but boxes and maps come back at the original size."""
-    from retinaface_tf.explain import explain_face
+    from retinaface_tf.vis.explain import explain_face
     model, cfg = bundled_model
     crop = photo[300:560, 200:560]  # 360x260 around the largest face
     e = explain_face(crop, model=model, config=cfg, box=[104, 86, 168, 165], smooth_samples=0)

@@ -21,9 +21,9 @@ import pytest
 import tensorflow as tf
 
 from retinaface_tf.cli import main
-from retinaface_tf.export import (DETECTION_KEYS, RAW_KEYS, SIGNATURES, ExportSettings, calibration_dataset,
-                                  export_saved_model, export_tflite, letterbox, tflite_runner)
 from retinaface_tf.models import preprocess
+from retinaface_tf.serving import (DETECTION_KEYS, RAW_KEYS, SIGNATURES, ExportSettings, calibration_dataset,
+                                   export_saved_model, export_tflite, letterbox, tflite_runner)
 
 REPO = Path(__file__).resolve().parents[1]
 WIDER_VAL = ["0--Parade/0_Parade_Parade_0_102.jpg", "12--Group/12_Group_Group_12_Group_Group_12_354.jpg",
@@ -272,7 +272,7 @@ def test_wrong_input_gives_clear_error(loaded):
 
 
 def test_saved_model_export_is_atomic_and_versioned(bundled_model, tmp_path, monkeypatch):
-    import retinaface_tf.export as export
+    from retinaface_tf.serving import saved_model as export
 
     model, config = bundled_model
 
@@ -412,7 +412,7 @@ def test_tflite_int8_calibrated_through_model_preprocessing(bundled_model, wider
 
 
 def test_tflite_export_is_atomic(bundled_model, tmp_path, monkeypatch):
-    import retinaface_tf.export as export
+    from retinaface_tf.serving import tflite as export
 
     model, config = bundled_model
     good = tmp_path / "m.tflite"

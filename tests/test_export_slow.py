@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from retinaface_tf.export import ExportSettings, export_tflite, letterbox, tflite_runner
+from retinaface_tf.serving import ExportSettings, export_tflite, letterbox, tflite_runner
 from retinaface_tf.ops.boxes import iou_matrix_np
 
 pytestmark = pytest.mark.slow

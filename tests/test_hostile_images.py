@@ -386,11 +386,11 @@ def test_cli_output_is_input_folder_subprocess(tmp_path):
 
 
 def test_failure_mid_run_keeps_finished_results(tmp_path, monkeypatch, capsys):
-    from retinaface_tf import visualize
+    from retinaface_tf.commands import detect
 
     photos = tmp_path / "photos"
     _photos(photos, 3)
-    real_draw = visualize.draw_detections
+    real_draw = detect.draw_detections
     for exc, expected in ((RuntimeError("boom in drawing"), RuntimeError), (KeyboardInterrupt(), 130)):
         calls = []
 
@@ -400,7 +400,7 @@ def test_failure_mid_run_keeps_finished_results(tmp_path, monkeypatch, capsys):
                 raise _exc
             return real_draw(image, det)
 
-        monkeypatch.setattr(visualize, "draw_detections", draw)
+        monkeypatch.setattr(detect, "draw_detections", draw)
         out = tmp_path / f"out_{type(exc).__name__}"
         argv = ["detect", str(photos), "--output", str(out), "--batch-size", "1"]
         if expected is RuntimeError:

@@ -128,28 +128,28 @@ def test_tflite_refuses_to_replace_foreign_files(tmp_path, capsys, victim):
 def test_tflite_pair_is_never_mismatched(bundled_model, tmp_path, monkeypatch):
     """The yaml names the model's sha256; a failure while writing the model leaves no yaml that
     describes another model beside it, and a complete export's pair agrees."""
-    import retinaface_tf.export as export
+    from retinaface_tf.serving import ExportSettings, tflite
 
     model, config = bundled_model
     out = tmp_path / "m.tflite"
-    monkeypatch.setattr(export, "convert_tflite", lambda *a, **k: b"\0\0\0\0TFL3 model one")
-    export.export_tflite(model, config, out, export.ExportSettings(), input_size=(64, 64))
+    monkeypatch.setattr(tflite, "convert_tflite", lambda *a, **k: b"\0\0\0\0TFL3 model one")
+    tflite.export_tflite(model, config, out, ExportSettings(), input_size=(64, 64))
     info = yaml.safe_load(out.with_suffix(".yaml").read_text())
     assert info["model_sha256"] == hashlib.sha256(out.read_bytes()).hexdigest() and info["model_file"] == "m.tflite"
 
-    monkeypatch.setattr(export, "convert_tflite", lambda *a, **k: b"\0\0\0\0TFL3 model two")
-    real_write = export.write_bytes_atomic
+    monkeypatch.setattr(tflite, "convert_tflite", lambda *a, **k: b"\0\0\0\0TFL3 model two")
+    real_write = tflite.write_bytes_atomic
 
     def killed(path, data):  # the process dies while the new model is written
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(export, "write_bytes_atomic", killed)
+    monkeypatch.setattr(tflite, "write_bytes_atomic", killed)
     with pytest.raises(KeyboardInterrupt):
-        export.export_tflite(model, config, out, export.ExportSettings(), input_size=(64, 64))
+        tflite.export_tflite(model, config, out, ExportSettings(), input_size=(64, 64))
     assert out.read_bytes() == b"\0\0\0\0TFL3 model one"
     assert not out.with_suffix(".yaml").exists()  # no description of a model that is not there
-    monkeypatch.setattr(export, "write_bytes_atomic", real_write)
-    export.export_tflite(model, config, out, export.ExportSettings(), input_size=(64, 64))
+    monkeypatch.setattr(tflite, "write_bytes_atomic", real_write)
+    tflite.export_tflite(model, config, out, ExportSettings(), input_size=(64, 64))
     info = yaml.safe_load(out.with_suffix(".yaml").read_text())
     assert info["model_sha256"] == hashlib.sha256(b"\0\0\0\0TFL3 model two").hexdigest()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite", "m.yaml"]

@@ -44,7 +44,7 @@ def _png_size(path):
 
 
 def test_read_history_columns_and_values(tmp_path):
-    from retinaface_tf.plots import read_history
+    from retinaface_tf.vis.history import read_history
     cols = _history(12, val=True)
     _write_history(tmp_path / "history.csv", cols)
     h = read_history(tmp_path / "history.csv")
@@ -54,7 +54,7 @@ def test_read_history_columns_and_values(tmp_path):
 
 
 def test_read_history_tolerates_missing_optional_columns_and_blank_cells(tmp_path):
-    from retinaface_tf.plots import read_history
+    from retinaface_tf.vis.history import read_history
     p = tmp_path / "history.csv"
     p.write_text("loss,lr\n3.5,0.001\n2.5,\n\n2.0,0.0001\n")
     h = read_history(p)
@@ -72,7 +72,7 @@ def test_read_history_tolerates_missing_optional_columns_and_blank_cells(tmp_pat
 ])
 def test_read_history_errors_name_the_file(tmp_path, content, message):
     from retinaface_tf.errors import RetinaFaceError
-    from retinaface_tf.plots import read_history
+    from retinaface_tf.vis.history import read_history
     p = tmp_path / "history.csv"
     if content is not None:
         p.write_text(content)
@@ -83,7 +83,7 @@ def test_read_history_errors_name_the_file(tmp_path, content, message):
 
 
 def test_plot_run_writes_png_with_losses_and_lr(tmp_path):
-    from retinaface_tf.plots import plot_run
+    from retinaface_tf.vis.history import plot_run
     run = tmp_path / "runs" / "mnet"
     run.mkdir(parents=True)
     _write_history(run / "history.csv", _history(40, val=True))
@@ -99,7 +99,7 @@ def test_plot_run_writes_png_with_losses_and_lr(tmp_path):
 
 
 def test_plot_run_without_lr_is_single_panel(tmp_path):
-    from retinaface_tf.plots import plot_run
+    from retinaface_tf.vis.history import plot_run
     p = tmp_path / "history.csv"
     p.write_text("epoch,loss\n0,5\n1,4\n2,3.5\n")
     out = plot_run(p, tmp_path / "sub" / "plot.png")
@@ -121,7 +121,7 @@ def test_plot_run_cli(tmp_path, capsys):
 
 def test_write_png_is_atomic_and_reports_unwritable(tmp_path):
     from retinaface_tf.errors import RetinaFaceError
-    from retinaface_tf.plots import write_png
+    from retinaface_tf.vis.writer import write_png
     img = np.full((20, 30, 3), 128, np.uint8)
     out = write_png(tmp_path / "a.png", img)
     assert _png_size(out).shape == (20, 30, 3)
@@ -134,7 +134,7 @@ def test_write_png_is_atomic_and_reports_unwritable(tmp_path):
 
 def test_all_zero_landmark_loss_keeps_log_axis(tmp_path):
     """WIDER train subsets without landmarks give landmark_loss = 0 every epoch."""
-    from retinaface_tf.plots import history_figure, plot_history
+    from retinaface_tf.vis.history import history_figure, plot_history
     h = {k: np.asarray(v, float) for k, v in _history(10).items()}
     h["landmarks_loss"] = np.zeros(10)
     fig = history_figure(h)
@@ -151,7 +151,7 @@ def test_all_zero_landmark_loss_keeps_log_axis(tmp_path):
 def test_brief_names_and_ap_panel(tmp_path):
     """box_loss / class_loss / landmark_loss are read too; val_*_ap ("NA" on epochs without
     evaluation, as CSVLogger writes missing keys) gets a third panel with only the measured points."""
-    from retinaface_tf.plots import history_figure, plot_run, read_history
+    from retinaface_tf.vis.history import history_figure, plot_run, read_history
     cols = _history(12, names=("box_loss", "class_loss", "landmark_loss"))
     for name, base in (("val_easy_ap", 0.8), ("val_medium_ap", 0.7), ("val_hard_ap", 0.5)):
         cols[name] = [f"{base + 0.01 * i:.3f}" if i % 4 == 3 else "NA" for i in range(12)]
@@ -171,7 +171,7 @@ def test_reads_what_keras_csvlogger_writes(tmp_path):
     first epoch had none, AP only on evaluated epochs ("NA" elsewhere)."""
     import keras
 
-    from retinaface_tf.plots import history_figure, read_history
+    from retinaface_tf.vis.history import history_figure, read_history
     logger = keras.callbacks.CSVLogger(str(tmp_path / "history.csv"))
     logger.on_train_begin()
     for epoch in range(6):
@@ -194,7 +194,7 @@ def test_plot_run_compares_several_runs(tmp_path, capsys):
     """Two runs (ours and the reference's, as scripts/reference_history.py writes it) on one PNG:
     a colour per run in the loss, learning-rate and AP panels."""
     from retinaface_tf.cli import main
-    from retinaface_tf.plots import comparison_figure, read_history
+    from retinaface_tf.vis.history import comparison_figure, read_history
 
     ours, ref = tmp_path / "ours", tmp_path / "ref.csv"
     ours.mkdir()

@@ -48,8 +48,7 @@ def test_detections_equal_reference(detector, ref, photo, prefix):
 
 
 def test_conversion_from_pth_equals_bundled(official_pth, bundled_model, tmp_path):
-    from retinaface_tf.convert.convert import convert_checkpoint
-    from retinaface_tf.inference import load_model
+    from retinaface_tf.models.weights import convert_checkpoint, load_model
 
     summary = convert_checkpoint(official_pth, tmp_path / "conv")
     assert summary == {"kind": "full", "tensors": 253, "skipped": 47,

@@ -20,7 +20,9 @@ from conftest import REPO
 from synthetic import make_dataset
 
 from retinaface_tf.config import Config
-from retinaface_tf.training import StepDecay, TorchSGD, TrainingError, prepare_output, train
+from retinaface_tf.errors import TrainingError
+from retinaface_tf.evaluation.validation import WiderValidation
+from retinaface_tf.training import StepDecay, TorchSGD, prepare_output, train
 
 TINY = {"data.image_size": "64", "train.batch_size": "4", "train.epochs": "3", "train.learning_rate": "0.01"}
 
@@ -56,6 +58,32 @@ def test_step_decay_and_warmup():
     assert float(w(0)) == pytest.approx(1e-6)
     assert float(w(10)) == pytest.approx(1e-6 + (1e-3 - 1e-6) / 2)
     assert float(w(20)) == pytest.approx(1e-3)
+
+
+def test_serializable_classes_round_trip_through_their_config():
+    """TorchSGD (with its StepDecay), StepDecay and the training model come back from
+    get_config / from_config as they were, as the losses do (tests/test_losses.py)."""
+    import keras
+
+    from retinaface_tf.training import DistributedTrainingModel, build_training_model
+
+    sched = StepDecay(2e-3, steps_per_epoch=7, decay_epochs=(3, 5), decay_factor=0.5, warmup_epochs=1)
+    again = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(sched))
+    assert type(again) is StepDecay and again.get_config() == sched.get_config()
+    assert [float(again(x)) for x in (0, 7, 21, 40)] == [float(sched(x)) for x in (0, 7, 21, 40)]
+    opt = TorchSGD(sched, momentum=0.8, coupled_weight_decay=1e-4)
+    again = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
+    assert type(again) is TorchSGD and again.get_config() == opt.get_config()
+    assert again.coupled_weight_decay == 1e-4 and again.get_config()["learning_rate"] == opt.get_config()["learning_rate"]
+
+    cfg = Config.preset("mobilenet025").override(TINY)
+    model = build_training_model(cfg, steps_per_epoch=5, global_batch=4)
+    clone = DistributedTrainingModel.from_config(model.get_config())
+    assert type(clone) is DistributedTrainingModel and clone.get_config() == model.get_config()
+    clone.set_weights(model.get_weights())
+    x = tf.random.uniform([1, 64, 64, 3], -100.0, 100.0, seed=3)
+    for key, value in model(x, training=False).items():
+        np.testing.assert_allclose(clone(x, training=False)[key].numpy(), value.numpy(), atol=1e-5)
 
 
 # ---------------------------------------------------------------- errors before any step
@@ -191,9 +219,10 @@ def test_killed_run_resumes_from_last_completed_epoch(tmp_path):
 def test_validation_ap_is_logged_and_picks_best(tmp_path, widerface_dir):
     label, images = make_dataset(tmp_path / "data", images=4)
     cfg = Config.preset("mobilenet025").override({**TINY, "train.epochs": "2"})
+    validation = WiderValidation(widerface_dir / "val" / "images", widerface_dir / "ground_truth", every=2,
+                                 config=cfg, max_images=2)
     history = train(cfg, output_dir=tmp_path / "run", label_file=label, images_dir=images, verbose=0,
-                    val_images=widerface_dir / "val" / "images", val_ground_truth=widerface_dir / "ground_truth",
-                    val_every=2, val_max_images=2)
+                    validation=validation)
     hard = history.history["val_hard_ap"]
     assert len(hard) == 2 and np.isnan(hard[0]) and 0.0 <= hard[1] <= 1.0  # evaluated at epoch 2 only
     header, *rows = (tmp_path / "run" / "history.csv").read_text().strip().splitlines()

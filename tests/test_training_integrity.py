@@ -17,7 +17,8 @@ from synthetic import make_dataset
 from test_training import TINY, _run_script
 
 from retinaface_tf.config import Config
-from retinaface_tf.training import TrainingError, train
+from retinaface_tf.errors import TrainingError
+from retinaface_tf.training import train
 
 
 def _epochs(run):

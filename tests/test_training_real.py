@@ -7,7 +7,8 @@ import pytest
 
 from retinaface_tf.config import Config
 from retinaface_tf.fileio import bundled_model_dir
-from retinaface_tf.inference import Detector, load_model
+from retinaface_tf.inference import Detector
+from retinaface_tf.models.weights import load_model
 from retinaface_tf.training import train
 
 

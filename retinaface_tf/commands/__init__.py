@@ -1,4 +1,8 @@
-"""Subcommands of ``retinaface-tf`` (see ``retinaface_tf.cli``)."""
+"""Subcommands of ``retinaface-tf`` (see ``retinaface_tf.cli``) and the helpers they share."""
+
+from __future__ import annotations
+
+from retinaface_tf.errors import UsageError
 
 
 def add_model_args(parser) -> None:
@@ -9,3 +13,14 @@ def add_model_args(parser) -> None:
     parser.add_argument("--config", default=None,
                         help="config name (mobilenet025, mobilenet025_short, resnet50) or YAML file "
                              "(default: the config saved with the weights)")
+
+
+def parse_overrides(items) -> dict:
+    """``--set KEY=VALUE`` items → ``{KEY: VALUE}`` for :meth:`Config.override` (values are YAML)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value
+    return out

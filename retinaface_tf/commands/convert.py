@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from retinaface_tf.config import Config
+from retinaface_tf.models.weights import convert_checkpoint
+
 
 def add_parser(sub, name, help_text):
     p = sub.add_parser(name, help=help_text, description=(
@@ -16,9 +19,6 @@ def add_parser(sub, name, help_text):
 
 
 def run(args) -> int:
-    from retinaface_tf.config import Config
-    from retinaface_tf.convert.convert import convert_checkpoint
-
     cfg = Config.load(args.config)
     summary = convert_checkpoint(args.checkpoint, args.output, config=cfg)
     print(f"converted {summary['kind']} checkpoint: {summary['tensors']} tensors mapped, "

@@ -21,12 +21,18 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
+from retinaface_tf import fileio
 from retinaface_tf.commands import add_model_args
 from retinaface_tf.constants import LANDMARK_NAMES
 from retinaface_tf.errors import ImageError, RetinaFaceError, UsageError
+from retinaface_tf.inference import Detector
+from retinaface_tf.vis.draw import draw_detections
 
 REPORT_NAME = "detections.json"
 TOOL = "retinaface-tf detect"
@@ -37,8 +43,6 @@ _FATAL_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 
 
 def add_parser(sub, name, help_text):
-    from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, max_pixels_arg
-
     p = sub.add_parser(name, help=help_text, description=help_text)
     p.add_argument("paths", nargs="*", metavar="PATH",
                    help="image files or folders (default: the bundled demo photo)")
@@ -48,9 +52,9 @@ def add_parser(sub, name, help_text):
     p.add_argument("--threshold", type=float, default=0.5, help="minimum face score (default 0.5)")
     p.add_argument("--max-size", type=int, default=None,
                    help="downscale images whose long side exceeds this many pixels (default: original size)")
-    p.add_argument("--max-pixels", type=max_pixels_arg, default=DEFAULT_MAX_PIXELS, metavar="N",
+    p.add_argument("--max-pixels", type=fileio.max_pixels_arg, default=fileio.DEFAULT_MAX_PIXELS, metavar="N",
                    help=f"refuse images larger than this from their header, before decoding (default "
-                        f"{DEFAULT_MAX_PIXELS // 10**6}M = {DEFAULT_MAX_PIXELS} pixels; K/M/G suffixes allowed)")
+                        f"{fileio.DEFAULT_MAX_PIXELS // 10**6}M = {fileio.DEFAULT_MAX_PIXELS} pixels; K/M/G suffixes allowed)")
     p.add_argument("--batch-size", type=int, default=8, help="images of equal size per inference batch (default 8)")
     p.add_argument("--json", action="store_true", help="print the detections as JSON on stdout")
     p.add_argument("--no-draw", action="store_true", help="do not write annotated images")
@@ -176,8 +180,6 @@ def check_output(out_dir: Path, roots: list[str], paths: list[str], names: list[
 
 def _prepare_output(out_dir: Path) -> None:
     """Create the output folder and prove it is writable, before the model is loaded."""
-    import tempfile
-
 
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -189,27 +191,19 @@ def _prepare_output(out_dir: Path) -> None:
 
 
 def run(args) -> int:
-    from retinaface_tf.fileio import bundled_image, list_images
-
     if not (math.isfinite(args.threshold) and 0 <= args.threshold <= 1):
         raise UsageError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.max_size is not None and args.max_size < 32:
         raise UsageError(f"--max-size must be >= 32, got {args.max_size}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    roots = args.paths or [str(bundled_image())]
+    roots = args.paths or [str(fileio.bundled_image())]
     out_dir = Path(args.output)
-    paths = list_images(roots, exclude=[out_dir])
+    paths = fileio.expand_image_paths(roots, exclude=[out_dir])
     if not paths:
         raise UsageError(f"no images found in {', '.join(_show(r) for r in roots)}")
     names = _output_names(paths, roots)
     previous = check_output(out_dir, roots, paths, names, draw=not args.no_draw)
-
-    from tqdm import tqdm
-
-    from retinaface_tf import fileio
-    from retinaface_tf.inference import Detector
-    from retinaface_tf.visualize import draw_detections
 
     # the model first: bad --weights leave no output folder behind
     detector = Detector(args.weights, args.config, score_threshold=args.threshold, max_size=args.max_size,

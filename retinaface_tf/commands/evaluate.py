@@ -16,18 +16,22 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from retinaface_tf.commands import add_model_args
 from retinaface_tf.errors import RetinaFaceError, UsageError
+from retinaface_tf.evaluation import widerface as W
+from retinaface_tf.evaluation.tta import TestTimeAugmentation, predict_images
+from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, max_pixels_arg, probe_image
+from retinaface_tf.inference import Detector
+from retinaface_tf.vis.pr_curves import save_pr_curves
 
 DEFAULT_PLOT = "widerface_pr_curves.png"
 
 
 def add_parser(sub, name, help_text):
-    from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, max_pixels_arg
-
     p = sub.add_parser(name, help=help_text, description=help_text + ". Run the detector with --images, "
                        "or score an existing prediction folder with --predictions.")
     p.add_argument("--ground-truth", "-g", required=True, metavar="DIR",
@@ -82,8 +86,6 @@ def _nearest_existing(path: Path) -> Path:
 def _check_writable_parent(path: Path, flag: str) -> None:
     """The folder that will hold ``path`` exists (or can be made under an existing folder) and
     takes a new file."""
-    import tempfile
-
 
     base = _nearest_existing(path.parent if path.name else path)
     if not base.is_dir():
@@ -160,8 +162,6 @@ def _create_folder(path: Path, flag: str) -> None:
 
 
 def run(args) -> int:
-    from retinaface_tf.evaluation import widerface as W
-
     if not args.images and not args.predictions:
         raise UsageError("give --images (run the detector) or --predictions (score a prediction folder)")
     if args.predictions and args.save_predictions:
@@ -198,15 +198,11 @@ def run(args) -> int:
             raise UsageError(f"{args.predictions}: no prediction files for the selected events")
         mode = f"predictions from {args.predictions}"
     else:
-        from retinaface_tf.evaluation.tta import TestTimeAugmentation, predict_images
-        from retinaface_tf.inference import Detector
-
         images = W.list_images(args.images, gt, events=events)
         if args.complete and len(images) != len(gt):
             missing = next(k for k in gt.images if k not in images)
             raise UsageError(f"--complete: {args.images}/{missing[0]}/{missing[1]}.jpg is missing "
                            f"({len(gt) - len(images)} of {len(gt)} images)")
-        from retinaface_tf.fileio import probe_image
         for path in images.values():  # every header before any work: a bad image fails now, not in an hour
             probe_image(path, max_pixels=args.max_pixels)
         tta = TestTimeAugmentation(scale=args.scale, flip=args.flip, merge=args.merge,
@@ -238,7 +234,6 @@ def run(args) -> int:
     if seconds_per_image is not None:
         log(f"{seconds_per_image:.3f} s per image (detection)")
     if not args.no_plot:
-        from retinaface_tf.evaluation.plots import save_pr_curves
         path = save_pr_curves(result, args.plot, title=f"WIDER FACE val, {result.num_images} images ({mode})")
         log(f"PR curves saved to {path}")
     if args.json:

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from retinaface_tf.commands import add_model_args
 from retinaface_tf.errors import UsageError
+from retinaface_tf.fileio import read_image
+from retinaface_tf.models.weights import load_model
+from retinaface_tf.vis.draw import overlay
+from retinaface_tf.vis.explain import explain_face
+from retinaface_tf.vis.writer import write_png
 
 
 def _face(value: str):
@@ -71,13 +77,6 @@ def run(args) -> int:
         raise UsageError(f"--max-size must be >= 32, got {args.max_size}")
     if args.box is not None and not (args.box[2] > args.box[0] and args.box[3] > args.box[1]):
         raise UsageError(f"--box must be x1,y1,x2,y2 with x2 > x1 and y2 > y1, got {','.join(f'{v:g}' for v in args.box)}")
-
-    from pathlib import Path
-
-    from retinaface_tf.explain import explain_face, overlay
-    from retinaface_tf.fileio import read_image
-    from retinaface_tf.inference import load_model
-    from retinaface_tf.plots import write_png
 
     image = read_image(args.image)  # a bad file fails before the model loads
     model, config = load_model(args.weights, args.config)

@@ -6,6 +6,9 @@ import re
 
 from retinaface_tf.commands import add_model_args
 from retinaface_tf.errors import UsageError
+from retinaface_tf.fileio import expand_image_paths
+from retinaface_tf.models.weights import load_model
+from retinaface_tf.serving import ExportSettings, export_saved_model, export_tflite
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -67,14 +70,9 @@ def run(args) -> int:
             raise UsageError("--quantize int8 needs --calibration-images (real photos, e.g. a few hundred WIDER images)")
         if args.calibration_count < 1:
             raise UsageError(f"--calibration-count must be >= 1, got {args.calibration_count}")
-        from retinaface_tf.fileio import list_images
-
-        calibration = list_images(args.calibration_images)
+        calibration = expand_image_paths(args.calibration_images)
         if not calibration:
             raise UsageError(f"no images found in {', '.join(args.calibration_images)}")
-
-    from retinaface_tf.export import ExportSettings, export_saved_model, export_tflite
-    from retinaface_tf.inference import load_model
 
     model, config = load_model(args.weights, args.config)
     settings = ExportSettings.from_config(config, channel_order=args.channel_order, score_threshold=args.score_threshold,

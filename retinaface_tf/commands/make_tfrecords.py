@@ -7,6 +7,10 @@ import glob
 import os
 from pathlib import Path
 
+from retinaface_tf.data.tfrecord import write_tfrecords
+from retinaface_tf.data.widerface import read_annotations
+from retinaface_tf.errors import UsageError
+
 
 def add_parser(sub, name, help_text):
     p = sub.add_parser(name, help=help_text, description=help_text + ". Each record holds the original image "
@@ -21,10 +25,6 @@ def add_parser(sub, name, help_text):
 
 
 def run(args) -> int:
-    from retinaface_tf.data.tfrecord import write_tfrecords
-    from retinaface_tf.data.widerface import read_annotations
-    from retinaface_tf.errors import UsageError
-
     if args.shards < 1:
         raise UsageError(f"--shards must be >= 1, got {args.shards}")
     prefix = Path(args.output)

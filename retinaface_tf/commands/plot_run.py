@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from retinaface_tf.errors import UsageError
+from retinaface_tf.vis.history import plot_run, plot_runs
 
 
 def add_parser(sub, name, help_text):
@@ -17,8 +18,6 @@ def add_parser(sub, name, help_text):
 
 
 def run(args) -> int:
-    from retinaface_tf.plots import plot_run, plot_runs
-
     if len(args.runs) == 1:
         path = plot_run(args.runs[0], args.output)
     else:

@@ -3,7 +3,16 @@ training augmentation, drawn per pyramid level, and a table of faces left withou
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from retinaface_tf.commands import parse_overrides
+from retinaface_tf.config import Config
+from retinaface_tf.data.widerface import read_annotations
 from retinaface_tf.errors import UsageError
+from retinaface_tf.fileio import read_image
+from retinaface_tf.vis.anchor_view import find_entry, format_table, match_view
+from retinaface_tf.vis.draw import draw_anchor_view
+from retinaface_tf.vis.writer import write_png
 
 
 def add_parser(sub, name, help_text):
@@ -27,21 +36,11 @@ def add_parser(sub, name, help_text):
 
 
 def run(args) -> int:
-    from pathlib import Path
-
-    from retinaface_tf.commands.train import parse_overrides
-    from retinaface_tf.config import Config
-
     if not 0.25 <= args.scale <= 8:
         raise UsageError(f"--scale must be in [0.25, 8], got {args.scale}")
     cfg = Config.load(args.config)
     if args.set:
         cfg = cfg.override(parse_overrides(args.set))
-
-    from retinaface_tf.anchor_view import draw_anchor_view, find_entry, format_table, match_view
-    from retinaface_tf.data.widerface import read_annotations
-    from retinaface_tf.fileio import read_image
-    from retinaface_tf.plots import write_png
 
     read_image(args.image)  # missing / unreadable image: one-line error before anything else
     entry = find_entry(read_annotations(args.label_file, skip_empty=False), args.image)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from retinaface_tf.commands import parse_overrides
+from retinaface_tf.config import Config
 from retinaface_tf.errors import UsageError
+from retinaface_tf.evaluation.validation import WiderValidation
+from retinaface_tf.training import train
 
 
 def add_parser(sub, name, help_text):
@@ -34,22 +38,9 @@ def add_parser(sub, name, help_text):
     return p
 
 
-def parse_overrides(items) -> dict:
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = value
-    return out
-
-
 def run(args) -> int:
-    from retinaface_tf.config import Config
-
-    # Every check before TensorFlow is imported: a bad config or flag fails in a second, with
-    # one line, and leaves --output untouched.
+    # Every check before any work: a bad config or flag fails with one line and leaves --output
+    # untouched.
     cfg = Config.load(args.config)
     overrides = parse_overrides(args.set)
     if args.epochs is not None:
@@ -68,13 +59,13 @@ def run(args) -> int:
                              ("--val-max-images", args.val_max_images, 1)):
         if value is not None and value < low:
             raise UsageError(f"{flag} must be >= {low}, got {value}")
-    from retinaface_tf.training import train
-
+    validation = None
+    if args.val_images and args.val_every:  # the ground truth and image list are read now, before any step
+        validation = WiderValidation(args.val_images, args.val_ground_truth, every=args.val_every, config=cfg,
+                                     max_images=args.val_max_images)
     history = train(cfg, output_dir=args.output, label_file=args.label_file, images_dir=args.images,
                     tfrecord_pattern=args.tfrecords, weights=args.weights, backbone_weights=args.backbone_weights,
-                    val_images=args.val_images, val_ground_truth=args.val_ground_truth, val_every=args.val_every,
-                    val_max_images=args.val_max_images, steps_per_epoch=args.steps_per_epoch,
-                    verbose=2 if args.quiet else "auto")
+                    validation=validation, steps_per_epoch=args.steps_per_epoch, verbose=2 if args.quiet else "auto")
     last = {k: round(float(v[-1]), 4) for k, v in history.history.items()} if history.history else {}
     print(f"done: {args.output} (last epoch: {last})")
     return 0

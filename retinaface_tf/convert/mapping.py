@@ -1,4 +1,5 @@
-"""Map reference (biubug6) state-dict tensors onto the Keras RetinaFace / MobileNet layers.
+"""Map reference (biubug6) state-dict tensors onto the Keras RetinaFace / MobileNet layers, and
+load the reference's checkpoints (full RetinaFace or ImageNet backbone) into a Keras model.
 
 Every Keras layer name translates to one torch module prefix; every Keras variable must get a
 tensor of the right shape and every torch tensor must be used (``num_batches_tracked`` and, for
@@ -7,11 +8,13 @@ the ImageNet backbone, the classifier ``fc.*`` are the only ones skipped on purp
 
 from __future__ import annotations
 
+import os
 import re
 
 import keras
 import numpy as np
 
+from retinaface_tf.convert.torch_weights import load_torch_checkpoint
 from retinaface_tf.errors import CheckpointError
 
 _RULES = [
@@ -101,3 +104,53 @@ def assign_state_dict(model: keras.Model, state_dict: dict[str, np.ndarray], *, 
     for var, arr in plan:
         var.assign(arr.astype(var.dtype))
     return len(used)
+
+
+# ---------------------------------------------------------------------- reference checkpoints
+FULL = "full"
+BACKBONE = "backbone"
+_CLASSIFIER = re.compile(r"^fc\.")  # the ImageNet classifier, unused by the detector
+
+
+def checkpoint_kind(state_dict: dict, path: str) -> str:
+    """``full`` (RetinaFace: ``body.*``, ``fpn.*``, ...) or ``backbone`` (ImageNet MobileNet:
+    ``stage1.*`` ... ``fc.*``)."""
+    keys = list(state_dict)
+    if any(k.startswith("body.layer") for k in keys):
+        raise CheckpointError(
+            f"{path}: this is a ResNet50 RetinaFace checkpoint; its torchvision ResNet layout (stride in the "
+            "3x3 conv) differs from keras.applications.ResNet50, so it cannot be converted")
+    if any(k.startswith("body.") for k in keys) and any(k.startswith("ClassHead.") for k in keys):
+        return FULL
+    if any(k.startswith("stage1.") for k in keys):
+        return BACKBONE
+    raise CheckpointError(f"{path}: not a RetinaFace or MobileNetV1-0.25 checkpoint (first keys: {', '.join(keys[:3])})")
+
+
+def assign_full_model(model: keras.Model, state_dict: dict, *, path: str) -> int:
+    """A full RetinaFace state dict (backbone under ``body.``) into the RetinaFace ``model``."""
+    return assign_state_dict(model, state_dict, path=path, prefix="body.")
+
+
+def assign_backbone(backbone_model: keras.Model, state_dict: dict, *, path: str) -> int:
+    """The ImageNet MobileNetV1-0.25 state dict into the backbone model (classifier skipped)."""
+    return assign_state_dict(backbone_model, state_dict, path=path, prefix="", ignore=_CLASSIFIER)
+
+
+def load_reference_weights(model: keras.Model, path: str | os.PathLike) -> int:
+    """Load a full reference RetinaFace ``.pth`` into ``model`` (all or nothing)."""
+    path = os.fspath(path)
+    state_dict = load_torch_checkpoint(path)
+    if checkpoint_kind(state_dict, path) != FULL:
+        raise CheckpointError(f"{path}: holds only backbone weights; use `retinaface-tf convert` and pass them as "
+                              "model.backbone_weights")
+    return assign_full_model(model, state_dict, path=path)
+
+
+def load_reference_backbone(backbone_model: keras.Model, path: str | os.PathLike) -> int:
+    """Load the ImageNet MobileNetV1-0.25 checkpoint into the backbone model (classifier skipped)."""
+    path = os.fspath(path)
+    state_dict = load_torch_checkpoint(path)
+    if checkpoint_kind(state_dict, path) != BACKBONE:
+        raise CheckpointError(f"{path}: is a full RetinaFace checkpoint, not a backbone one")
+    return assign_backbone(backbone_model, state_dict, path=path)

@@ -14,7 +14,7 @@ Three layouts are read into the same :class:`ImageAnnotation` records:
   last landmark's ``y`` (position 18) has no landmarks. As in the reference, a face has landmarks
   iff its first landmark ``x`` is >= 0 (the file writes ``-1`` everywhere when they are absent).
 - the official ``wider_face_{train,val}_bbx_gt.txt`` (:func:`read_wider_bbx_gt`): boxes only.
-- the official ``wider_face_{train,val}.mat`` (:func:`read_wider_mat`): boxes only.
+- the official ``wider_face_{train,val}.mat`` (:func:`read_wider_mat`, :func:`wider_mat_events`): boxes only.
 
 Image paths must be relative and stay inside the images folder (no absolute path, no ``..``
 leading out of it, no NUL byte): anything else is a :class:`LabelFileError` naming the file and
@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+import scipy.io
+import tensorflow as tf
 
 from retinaface_tf.constants import NUM_LANDMARKS
 from retinaface_tf.errors import BadImagesError, ImageError, LabelFileError, MissingImagesError
@@ -263,27 +265,55 @@ def read_wider_bbx_gt(path: str | os.PathLike, *, skip_empty: bool = True) -> An
     return _finish(result, skip_empty)
 
 
-def read_wider_mat(path: str | os.PathLike, *, skip_empty: bool = True) -> Annotations:
-    """Read the official ``wider_face_{train,val}.mat`` (``event_list``, ``file_list``,
-    ``face_bbx_list`` with top-left ``x y w h``). Paths become ``event/file.jpg``. Boxes only."""
-    import scipy.io
-
-    path = os.fspath(path)
+def load_mat(path: str | os.PathLike, *, error: type[Exception] = LabelFileError) -> dict:
+    """A MATLAB ``.mat`` file as ``scipy.io.loadmat`` reads it; an unreadable file is ``error``
+    naming it."""
     try:
-        mat = scipy.io.loadmat(path)
+        return scipy.io.loadmat(os.fspath(path))
     except Exception as exc:  # noqa: BLE001 - scipy raises several unrelated types for bad files
-        raise LabelFileError(f"{path}: cannot read .mat file: {exc}") from None
+        raise error(f"{path}: cannot read .mat file: {exc}") from None
+
+
+def _mat_strings(cell, path, field: str, error: type[Exception]) -> list[str]:
+    try:
+        return [str(np.asarray(c[0]).ravel()[0]) for c in cell.ravel()]
+    except (IndexError, TypeError) as exc:
+        raise error(f"{path}: field {field!r} is not a cell array of strings ({exc})") from None
+
+
+def wider_mat_events(mat: dict, path, *,
+                     error: type[Exception] = LabelFileError) -> list[tuple[str, list[tuple[str, np.ndarray]]]]:
+    """``[(event, [(image name, boxes [G, 4] float64 top-left xywh pixels), ...]), ...]`` of an
+    official ``wider_face_{train,val}.mat`` (``event_list``, ``file_list``, ``face_bbx_list``,
+    each event an ``[images, 1]`` cell), in the file's order, boxes as they are (none dropped).
+    Both the label reader (:func:`read_wider_mat`) and the evaluation's ground truth read it so;
+    a malformed file is ``error`` naming it."""
     for key in ("event_list", "file_list", "face_bbx_list"):
         if key not in mat:
-            raise LabelFileError(f"{path}: field {key!r} missing (not a WIDER FACE ground-truth .mat)")
+            raise error(f"{path}: field {key!r} missing (not a WIDER FACE ground-truth .mat)")
+    events = _mat_strings(mat["event_list"], path, "event_list", error)
+    files, bbxs = mat["file_list"].ravel(), mat["face_bbx_list"].ravel()
+    if not len(events) == len(files) == len(bbxs):
+        raise error(f"{path}: event_list, file_list and face_bbx_list differ in length")
+    out = []
+    for event, event_files, event_boxes in zip(events, files, bbxs):
+        names = _mat_strings(event_files, path, "file_list", error)
+        boxes_cell = event_boxes.ravel()
+        if len(boxes_cell) != len(names):
+            raise error(f"{path}: event {event!r} has {len(names)} files but {len(boxes_cell)} box lists")
+        out.append((event, [(name, np.asarray(b, np.float64).reshape(-1, 4) if np.size(b) else np.zeros((0, 4)))
+                            for name, b in zip(names, boxes_cell)]))
+    return out
+
+
+def read_wider_mat(path: str | os.PathLike, *, skip_empty: bool = True) -> Annotations:
+    """Read the official ``wider_face_{train,val}.mat`` (:func:`wider_mat_events`). Paths become
+    ``event/file.jpg``. Boxes only."""
+    path = os.fspath(path)
     result = Annotations(source=path)
-    events, files, bbxs = mat["event_list"], mat["file_list"], mat["face_bbx_list"]
-    for e in range(len(events)):
-        event = str(events[e][0][0])
-        for k in range(len(files[e][0])):
-            name = str(files[e][0][k][0][0])
-            _checked_path(f"{event}/{name}.jpg", f"{path}: file_list[{e}][{k}]")
-            b = np.asarray(bbxs[e][0][k][0], dtype=np.float64).reshape(-1, 4)
+    for event, images in wider_mat_events(load_mat(path), path):
+        for name, b in images:
+            _checked_path(f"{event}/{name}.jpg", f"{path}: file_list of {event!r}")
             ok = (b[:, 2] > 0) & (b[:, 3] > 0)
             result.dropped_faces += int((~ok).sum())
             b = b[ok]
@@ -365,8 +395,6 @@ def check_images(annotations: Annotations | Sequence[ImageAnnotation], images_di
 def _tf_decoder():
     """``decode(path, format)``: decode with the training pipeline's TensorFlow decoder, raising
     :class:`~retinaface_tf.errors.ImageError` (one line, naming ``path``) when it fails."""
-    import tensorflow as tf
-
     def decode(path: str, fmt: str) -> None:
         try:
             contents = tf.io.read_file(path)

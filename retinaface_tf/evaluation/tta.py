@@ -23,10 +23,14 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
+from tqdm import tqdm
 
-from retinaface_tf.errors import TtaError
 from retinaface_tf.config import PostprocessConfig
 from retinaface_tf.constants import MIRROR_LANDMARK_ORDER
+from retinaface_tf.errors import TtaError
+from retinaface_tf.evaluation.widerface import write_prediction_file
+from retinaface_tf.fileio import read_image
+from retinaface_tf.inference import Detections
 from retinaface_tf.ops.boxes import iou_matrix_np
 
 TEST_SCALES = ("original", "reference", "pyramid")
@@ -158,8 +162,6 @@ class TestTimeAugmentation:
     def detect(self, detector, image: np.ndarray):
         """Detections of one BGR uint8 ``[H, W, 3]`` image under this augmentation, in its pixels
         (:class:`retinaface_tf.inference.Detections`)."""
-        from retinaface_tf.inference import Detections
-
         h, w = image.shape[:2]
         resizes = self.resizes(h, w)
         if len(resizes) == 1 and not self.flip:
@@ -204,11 +206,6 @@ def predict_images(detector, images: Mapping[tuple, Path], *, tta: TestTimeAugme
     atomically). Images above ``max_pixels`` pixels (default: the detector's limit) are refused
     from their header.
     """
-    from retinaface_tf.evaluation.widerface import write_prediction_file
-    from retinaface_tf.fileio import read_image
-
-    from tqdm import tqdm
-
     tta = tta or TestTimeAugmentation()
     bar = tqdm(total=len(images), unit="img", disable=not progress, file=sys.stderr)
     preds = {}

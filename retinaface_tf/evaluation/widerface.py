@@ -36,6 +36,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from retinaface_tf import fileio
+from retinaface_tf.data.widerface import load_mat, wider_mat_events
 from retinaface_tf.errors import GroundTruthError, PredictionError
 from retinaface_tf.ops.boxes import iou_matrix_np, xywh_to_xyxy
 
@@ -114,18 +116,9 @@ class GroundTruth:
         return GroundTruth({k: v for k, v in self.images.items() if k in wanted}, self.source)
 
 
-def _mat_strings(cell, path: Path, field: str) -> list[str]:
-    try:
-        return [str(np.asarray(c[0]).ravel()[0]) for c in cell.ravel()]
-    except (IndexError, TypeError) as exc:
-        raise GroundTruthError(f"{path}: field {field!r} is not a cell array of strings ({exc})") from None
-
-
 def load_ground_truth(directory: str | os.PathLike) -> GroundTruth:
     """Read the official val ground truth from ``directory`` (the toolbox's ``ground_truth``
     folder with ``wider_face_val.mat`` and ``wider_{easy,medium,hard}_val.mat``)."""
-    import scipy.io
-
     directory = Path(directory)
     if not directory.is_dir():
         raise GroundTruthError(f"{directory}: ground-truth folder not found")
@@ -134,43 +127,28 @@ def load_ground_truth(directory: str | os.PathLike) -> GroundTruth:
         path = directory / fname
         if not path.exists():
             raise GroundTruthError(f"{path}: missing (the folder needs {', '.join(GROUND_TRUTH_FILES)})")
-        try:
-            mats[fname] = (path, scipy.io.loadmat(str(path)))
-        except Exception as exc:  # noqa: BLE001 - scipy raises many types for corrupt files
-            raise GroundTruthError(f"{path}: not a readable .mat file ({exc})") from None
+        mats[fname] = (path, load_mat(path, error=GroundTruthError))
     path, main = mats["wider_face_val.mat"]
-    for field in ("event_list", "file_list", "face_bbx_list"):
-        if field not in main:
-            raise GroundTruthError(f"{path}: no field {field!r}")
-    events = _mat_strings(main["event_list"], path, "event_list")
-    files = main["file_list"].ravel()
-    bbxs = main["face_bbx_list"].ravel()
-    if not len(events) == len(files) == len(bbxs):
-        raise GroundTruthError(f"{path}: event_list, file_list and face_bbx_list differ in length")
-    setting_lists = {}
-    for s in SETTINGS:
+    events = wider_mat_events(main, path, error=GroundTruthError)
+    gt_lists = {}
+    for s in SETTINGS:  # per event, per image: the 1-based indices of the faces that count
         spath, smat = mats[f"wider_{s}_val.mat"]
         if "gt_list" not in smat:
             raise GroundTruthError(f"{spath}: no field 'gt_list'")
         gl = smat["gt_list"].ravel()
         if len(gl) != len(events):
             raise GroundTruthError(f"{spath}: gt_list has {len(gl)} events, wider_face_val.mat has {len(events)}")
-        setting_lists[s] = (spath, gl)
+        gt_lists[s] = (spath, gl)
 
     images = {}
-    for i, event in enumerate(events):
-        # Each event's entry is an [n_images, 1] cell of per-image arrays.
-        names = _mat_strings(files[i], path, "file_list")
-        boxes_cell = bbxs[i].ravel()
-        if len(boxes_cell) != len(names):
-            raise GroundTruthError(f"{path}: event {event!r} has {len(names)} files but {len(boxes_cell)} box lists")
-        for j, name in enumerate(names):
-            boxes = np.asarray(boxes_cell[j], dtype=np.float64).reshape(-1, 4) if np.size(boxes_cell[j]) else np.zeros((0, 4))
+    for i, (event, event_images) in enumerate(events):
+        for j, (name, boxes) in enumerate(event_images):
             keep = {}
-            for s, (spath, gl) in setting_lists.items():
+            for s, (spath, gl) in gt_lists.items():
                 cell = gl[i].ravel()
-                if len(cell) != len(names):
-                    raise GroundTruthError(f"{spath}: event {event!r} has {len(cell)} images, wider_face_val.mat has {len(names)}")
+                if len(cell) != len(event_images):
+                    raise GroundTruthError(f"{spath}: event {event!r} has {len(cell)} images, "
+                                           f"wider_face_val.mat has {len(event_images)}")
                 idx = np.asarray(cell[j]).astype(np.int64).ravel()
                 if idx.size and (idx.min() < 1 or idx.max() > len(boxes)):
                     raise GroundTruthError(f"{spath}: {event}/{name}: face index out of range 1..{len(boxes)}")
@@ -318,11 +296,9 @@ def write_prediction_file(directory: str | os.PathLike, event: str, name: str, b
     """Write ``directory/event/name.txt`` (see :func:`format_prediction_lines`) atomically: a
     reader or a failure (a full disk) never leaves a half-written file. A failure is a one-line
     :class:`PredictionError` naming the file."""
-    from retinaface_tf.fileio import write_text_atomic
-
     path = Path(directory) / event / f"{name}.txt"
     try:
-        write_text_atomic(path, format_prediction_lines(name, boxes_xyxy, scores))
+        fileio.write_text_atomic(path, format_prediction_lines(name, boxes_xyxy, scores))
     except OSError as exc:
         raise PredictionError(f"{path}: cannot write the prediction file: {exc.strerror or exc}") from None
     return path

@@ -2,9 +2,10 @@
 augmentation and the matcher the data pipeline uses (``data/augment.py``, ``ops/matcher.py``).
 
 One image of a label file goes through one seeded :func:`retinaface_tf.data.augment.augment`
-(or the deterministic ``letterbox``) and :func:`retinaface_tf.ops.matcher.match_anchors`, exactly
-as in :func:`retinaface_tf.data.pipeline.build_dataset`. The positive anchors are drawn per
-pyramid level on the augmented image, and a table counts each face's positives per level, so
+(or the deterministic ``pad_and_resize``) and :func:`retinaface_tf.ops.matcher.match_anchors`,
+exactly as in :func:`retinaface_tf.data.pipeline.build_dataset`. The positive anchors are drawn
+per pyramid level on the augmented image (:func:`retinaface_tf.vis.draw.draw_anchor_view`), and
+a table counts each face's positives per level, so
 faces that no anchor learns from (too small for the smallest anchor, squashed by the resize, or
 cropped out) stand out.
 
@@ -28,10 +29,6 @@ from retinaface_tf.errors import AnchorViewError
 from retinaface_tf.ops.anchors import anchor_levels, generate_anchors_np
 from retinaface_tf.ops.boxes import center_xywh_to_xyxy
 from retinaface_tf.ops.matcher import match_anchors
-
-# BGR, one per pyramid level (stride 8, 16, 32)
-LEVEL_COLOURS = ((0, 220, 0), (0, 165, 255), (255, 0, 255), (255, 255, 0))
-
 
 @dataclasses.dataclass
 class FaceMatch:
@@ -144,57 +141,6 @@ def match_view(contents: bytes, entry, *, seed: int = 0, augment: bool = True, d
     return AnchorView(path=entry.path, image=picture, anchors_xyxy=anchors_px.astype(np.float32),
                       anchor_levels=levels, anchor_faces=owner, faces=face_list, steps=tuple(anchors.steps),
                       min_sizes=tuple(tuple(s) for s in anchors.min_sizes), augmented=augment, seed=seed)
-
-
-LEGEND_LINE = 20  # pixels per legend line in the strip under the picture
-
-
-def legend_height(view: AnchorView) -> int:
-    """Height of the legend strip :func:`draw_anchor_view` adds under the picture."""
-    return LEGEND_LINE * (1 + len(view.steps)) + 6
-
-
-def draw_anchor_view(view: AnchorView, *, scale: float = 1.0) -> np.ndarray:
-    """The augmented image (``scale``-times larger) with every positive anchor (thin, one colour
-    per level), every face box (white; red when it has no anchor) with its index, and a legend
-    strip below. Returns uint8 BGR ``[round(S * scale) + legend_height(view), round(S * scale), 3]``."""
-    import cv2
-
-    image = view.image
-    if scale != 1.0:
-        image = cv2.resize(image, None, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-    h, w = image.shape[:2]
-    out = np.zeros((h + legend_height(view), w, 3), np.uint8)
-    out[:h] = image
-
-    def pt(x, y):
-        return int(round(x * scale)), int(round(y * scale))
-
-    for box, level in zip(view.anchors_xyxy, view.anchor_levels):
-        cv2.rectangle(out, pt(box[0], box[1]), pt(box[2], box[3]), LEVEL_COLOURS[level % len(LEVEL_COLOURS)], 1)
-    out[h:] = 0  # anchors at the bottom edge must not spill into the legend
-    for face in view.faces:
-        if face.view_box is None:
-            continue
-        colour = (0, 0, 255) if face.total == 0 else (255, 255, 255)
-        x1, y1, x2, y2 = face.view_box
-        cv2.rectangle(out[:h], pt(x1, y1), pt(x2, y2), colour, 2)
-        org = pt(x1, max(10.0 / scale, y1 - 3))
-        cv2.putText(out[:h], str(face.index), org, cv2.FONT_HERSHEY_DUPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(out[:h], str(face.index), org, cv2.FONT_HERSHEY_DUPLEX, 0.45, colour, 1, cv2.LINE_AA)
-    lines = [(f"{view.path}, {'seed ' + str(view.seed) if view.augmented else 'no augmentation'}: "
-              f"{len(view.anchors_xyxy)} positive anchors, {len(view.unmatched)} face(s) with none (red)",
-              (255, 255, 255))]
-    for lv, (step, sizes) in enumerate(zip(view.steps, view.min_sizes)):
-        n = int(np.sum(view.anchor_levels == lv))
-        lines.append((f"stride {step} anchors ({'/'.join(map(str, sizes))} px): {n}",
-                      LEVEL_COLOURS[lv % len(LEVEL_COLOURS)]))
-    for i, (text, colour) in enumerate(lines):
-        size = 0.45
-        while cv2.getTextSize(text, cv2.FONT_HERSHEY_DUPLEX, size, 1)[0][0] > w - 10 and size > 0.25:
-            size *= 0.9
-        cv2.putText(out, text, (5, h + LEGEND_LINE * (i + 1)), cv2.FONT_HERSHEY_DUPLEX, size, colour, 1, cv2.LINE_AA)
-    return out
 
 
 def format_table(view: AnchorView) -> str:

@@ -253,28 +253,3 @@ def explain_face(image_bgr: np.ndarray, *, model, config, face=0, box=None, scor
         anchor.anchor_xyxy = anchor.anchor_xyxy / scale
     return Explanation(face_index=index, box=np.asarray(target_box / scale, np.float32), score=anchor.score,
                        anchor=anchor, target=target, saliency=sal, gradcam_pp=cam)
-
-
-def overlay(image_bgr: np.ndarray, heat: np.ndarray, *, box=None, caption: str | None = None,
-            alpha: float = 0.5) -> np.ndarray:
-    """Blend ``heat`` (``[h, w]`` in [0, 1], resized to the image if needed) as a JET colour map
-    over ``image_bgr`` (uint8 ``[H, W, 3]``); draw ``box`` (pixel ``xyxy``) and ``caption``.
-    Returns uint8 ``[H, W, 3]`` BGR."""
-    h, w = image_bgr.shape[:2]
-    if heat.shape != (h, w):
-        heat = cv2.resize(heat.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-    colour = cv2.applyColorMap(np.clip(heat * 255.0 + 0.5, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
-    out = cv2.addWeighted(image_bgr, 1.0 - alpha, colour, alpha, 0.0)
-    thickness = max(1, round(max(h, w) / 500))
-    if box is not None:
-        x1, y1, x2, y2 = (int(round(v)) for v in box)
-        cv2.rectangle(out, (x1, y1), (x2, y2), (255, 255, 255), thickness)
-    if caption:
-        size = 0.5 * thickness
-        (tw, th), base = cv2.getTextSize(caption, cv2.FONT_HERSHEY_DUPLEX, size, 1)
-        while tw > w - 8 and size > 0.25:  # shrink to fit narrow images
-            size *= 0.9
-            (tw, th), base = cv2.getTextSize(caption, cv2.FONT_HERSHEY_DUPLEX, size, 1)
-        cv2.rectangle(out, (0, 0), (min(w, tw + 8), th + base + 8), (0, 0, 0), -1)
-        cv2.putText(out, caption, (4, th + 4), cv2.FONT_HERSHEY_DUPLEX, size, (255, 255, 255), 1, cv2.LINE_AA)
-    return out

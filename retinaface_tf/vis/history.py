@@ -1,4 +1,4 @@
-"""Training plots (``plot-run``) and atomic PNG writing shared by the picture commands.
+"""A training run's history as one figure (``plot-run``), and several runs compared.
 
 ``history.csv`` is what Keras' ``CSVLogger`` writes for a training run: a header line with
 ``epoch``, the total ``loss``, the three terms (``bbox_loss`` / ``classes_loss`` /
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from retinaface_tf.errors import HistoryError, PictureError
+from retinaface_tf.errors import HistoryError
+from retinaface_tf.vis.writer import new_figure, save_figure
 
-# (label, accepted column names, colour)
 LOSS_TERMS = (("total", ("loss",), "black"), ("box", ("bbox_loss", "box_loss"), "tab:blue"),
               ("class", ("classes_loss", "class_loss"), "tab:orange"),
               ("landmark", ("landmarks_loss", "landmark_loss"), "tab:green"))
@@ -28,37 +28,6 @@ AP_COLUMNS = (("easy", "val_easy_ap"), ("medium", "val_medium_ap"), ("hard", "va
 LR_COLUMNS = ("learning_rate", "lr")
 
 
-# ---------------------------------------------------------------------------------- writing
-def _atomic_write_bytes(path: Path, data: bytes) -> Path:
-    from retinaface_tf.fileio import write_bytes_atomic
-
-    try:
-        return write_bytes_atomic(path, data)
-    except OSError as exc:
-        raise PictureError(f"{path}: cannot write: {exc.strerror}") from None
-
-
-def write_png(path: str | os.PathLike, image_bgr: np.ndarray) -> Path:
-    """Encode a BGR uint8 ``[H, W, 3]`` image as PNG and write it atomically (temp file in the
-    same folder + ``os.replace``). Returns the path."""
-    import cv2
-
-    ok, buf = cv2.imencode(".png", image_bgr)
-    if not ok:
-        raise PictureError(f"{path}: cannot encode a PNG of shape {image_bgr.shape}")
-    return _atomic_write_bytes(Path(path), buf.tobytes())
-
-
-def save_figure(fig, path: str | os.PathLike, *, dpi: int = 100) -> Path:
-    """Save a matplotlib figure as PNG atomically."""
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return _atomic_write_bytes(Path(path), buf.getvalue())
-
-
-# ---------------------------------------------------------------------------------- history
 def read_history(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read a Keras ``CSVLogger`` file into ``{column: float64 [E]}`` (non-numeric cells and
     empty cells become NaN). ``epoch`` is filled with 0..E-1 if absent.
@@ -114,17 +83,11 @@ def history_figure(history: dict[str, np.ndarray], *, title: str | None = None):
     same colour) on a log axis (linear if any drawn loss is < 0), then the learning rate and the
     WIDER val AP (easy / medium / hard) on panels below when those columns exist. Columns that
     are absent or all-NaN are skipped."""
-    # A bare Figure renders PNGs with Agg and never touches pyplot's global state / GUI backends.
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise PictureError("matplotlib is not installed (a core dependency): pip install matplotlib") from None
-
     epochs = history["epoch"] + 1  # CSVLogger counts epochs from 0
     lr_name = next((c for c in LR_COLUMNS if _finite(history, c) is not None), None)
     aps = [(label, history[c]) for label, c in AP_COLUMNS if _finite(history, c) is not None]
     ratios = [3] + [1] * bool(lr_name) + [1.2] * bool(aps)
-    fig = Figure(figsize=(9, 5 + 2 * (len(ratios) - 1)))
+    fig = new_figure(figsize=(9, 5 + 2 * (len(ratios) - 1)))
     axes = list(np.atleast_1d(fig.subplots(len(ratios), 1, sharex=True, height_ratios=ratios)))
     ax = axes[0]
     drawn = 0
@@ -178,13 +141,8 @@ def comparison_figure(histories: dict[str, dict[str, np.ndarray]], *, title: str
     """Several runs on one figure, a colour per run: total / box / class loss (solid / dashed /
     dotted), the learning rate, and WIDER val AP (easy / medium / hard: circle / square /
     triangle markers) at the epochs where it was measured."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise PictureError("matplotlib is not installed (a core dependency): pip install matplotlib") from None
-
     colours = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown")
-    fig = Figure(figsize=(10, 11))
+    fig = new_figure(figsize=(10, 11))
     ax, lax, aax = fig.subplots(3, 1, sharex=True, height_ratios=[3, 1, 2])
     for (label, history), colour in zip(histories.items(), colours * 4):
         epochs = history["epoch"] + 1
