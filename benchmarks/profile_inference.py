@@ -17,10 +17,10 @@ add, preprocess (top-level ops on the ``[B, H, W, 3]`` image), NMS, other post-p
 (anchors, top-k, decode), variable reads. "python + copies": the call's wall time (numpy in →
 numpy out) minus the graph's run, i.e. dispatch, input conversion and output fetch.
 
-``--model fused`` profiles :class:`retinaface_tf.models.fused.FusedDetector` instead.
+``--model fused`` profiles the Detector's default (fused) path, ``--model keras`` ``Detector(fused=False)``.
 
 A/B (``--ab ROUNDS``): the variants (Keras network, fused network with grouped / native
-depthwise, LiteRT XNNPACK network; Detector vs FusedDetector end to end) are called in turn,
+depthwise, LiteRT XNNPACK network; Detector(fused=False) vs the default Detector end to end) are called in turn,
 round after round, in this one process; each keeps its best wall time and its best process CPU
 time (all threads). On a loaded machine the CPU time is the steadier figure.
 """
@@ -70,11 +70,7 @@ def make_detector(kind: str, model=None, config=None, threshold: float = 0.5):
 
     if model is None:
         model, config = load_model()
-    if kind == "keras":
-        return Detector(model=model, config=config, score_threshold=threshold)
-    from retinaface_tf.models.fused import FusedDetector
-
-    return FusedDetector(model=model, config=config, score_threshold=threshold)
+    return Detector(model=model, config=config, score_threshold=threshold, fused=kind == "fused")
 
 
 def e2e_call(det, images, threshold: float):
@@ -185,8 +181,8 @@ def profile(kind: str, size, batch: int, steps: int, threshold: float, model=Non
         call()
     with tempfile.TemporaryDirectory(prefix="retinaface-profile-") as logdir:
         per_step, runs, walls = trace(call, steps, logdir)
-    scope = det.model.name  # Keras names the call scope "<name>_1/..."
-    graph = det.graph(batch == 1) if hasattr(det, "graph") else det._infer.get_concrete_function().graph  # noqa: SLF001
+    scope = det.network.name  # Keras names the call scope "<name>_1/..."
+    graph = det.graph(batch == 1)
     pre = preprocess_ops(graph, scope)
     mins: dict[tuple, float] = {}
     counts = collections.Counter()
@@ -290,8 +286,8 @@ def ab_variants(size, batch: int, rounds: int, threshold: float, litert: bool = 
         run = litert_network(model, size, batch=batch, num_threads=2)
         xn = x.numpy()
         fns["network litert xnnpack"] = lambda: run(xn)
-    fns["e2e Detector"] = e2e_call(make_detector("keras", model, config, threshold), images, threshold)
-    fns["e2e FusedDetector"] = e2e_call(make_detector("fused", model, config, threshold), images, threshold)
+    fns["e2e Detector(fused=False)"] = e2e_call(make_detector("keras", model, config, threshold), images, threshold)
+    fns["e2e Detector"] = e2e_call(make_detector("fused", model, config, threshold), images, threshold)
     res = ab(fns, rounds, per=batch)
     h, w = size
     return {"height": h, "width": w, "batch": batch, "rounds": rounds,

@@ -18,8 +18,10 @@ figure per case over the rounds, and the table gives ``reference ms / ours ms``.
 
 Ours, per case (the bundled photo resized to the case, ms per image):
 - ``keras network``: the Keras model on a preprocessed float batch (what the reference's figure is);
-- ``Detector e2e``: ``Detector`` graph, uint8 pixels → detections at threshold 0.5;
-- ``fused network`` / ``FusedDetector e2e``: the same on ``retinaface_tf.models.fused``;
+- ``Detector e2e``: the ``Detector``'s graph (its default, fused path), uint8 pixels →
+  detections at threshold 0.5;
+- ``fused network``: the network of ``retinaface_tf.models.fused.fuse_for_inference``;
+  ``unfused Detector e2e``: ``Detector(fused=False)``, the trained Keras network in the same graph;
 - ``litert network`` (``--litert``): the network as a fixed-size float32 LiteRT model (XNNPACK);
 - at 640x640 batch 1 only, unless ``--no-tflite``: the exported TFLite models end to end (uint8 →
   detections inside the model, threshold 0.5, XNNPACK, 2 threads), float32 and int8, as
@@ -55,7 +57,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
 CASES = [((640, 640), 1), ((480, 640), 1), ((1080, 1920), 1), ((640, 640), 8)]  # (H, W), batch: bench_inference's
-TARGETS = {"Detector e2e": 3.0, "FusedDetector e2e": 3.0, "tflite fp32 e2e": 3.5, "tflite int8 e2e": 4.5,
+TARGETS = {"Detector e2e": 3.0, "unfused Detector e2e": 3.0, "tflite fp32 e2e": 3.5, "tflite int8 e2e": 4.5,
            "tflite fp32 fused e2e": 3.5, "tflite int8 fused e2e": 4.5}
 # (label, quantize, network): "fused" = retinaface_tf.models.fused.fuse_for_tflite(model), the export graph
 # PROFILE.md proposes (ReLU fused into the SSH branches, nearest 2x as concatenations, heads apart)
@@ -114,14 +116,15 @@ def worker(repeats: int, tflite_dir: str | None, litert: bool, threshold: float 
     from bench_inference import _time
 
     from retinaface_tf.fileio import bundled_image
-    from retinaface_tf.inference import Detector, load_model
+    from retinaface_tf.inference import Detector
     from retinaface_tf.models import preprocess
-    from retinaface_tf.models.fused import FusedDetector, fuse_for_inference, litert_network
+    from retinaface_tf.models.fused import fuse_for_inference, litert_network
+    from retinaface_tf.models.weights import load_model
 
     model, config = load_model()
     fused = fuse_for_inference(model)
     det = Detector(model=model, config=config, score_threshold=threshold)
-    fdet = FusedDetector(model=fused, config=config, score_threshold=threshold)
+    slow = Detector(model=model, config=config, score_threshold=threshold, fused=False)
     nets = {"keras network": tf.function(lambda x: model(x, training=False), reduce_retracing=True),
             "fused network": tf.function(lambda x: fused(x, training=False), reduce_retracing=True)}
     photo = cv2.imread(str(bundled_image()))
@@ -133,7 +136,7 @@ def worker(repeats: int, tflite_dir: str | None, litert: bool, threshold: float 
         row = {}
         for name, net in nets.items():
             row[name] = _time(lambda net=net: [t.numpy() for t in net(x).values()], repeats) / batch
-        for name, d in (("Detector e2e", det), ("FusedDetector e2e", fdet)):
+        for name, d in (("Detector e2e", det), ("unfused Detector e2e", slow)):
             row[name] = _time(lambda d=d: [t.numpy() for t in d._infer(  # noqa: SLF001
                 images, scale, np.float32(threshold), np.float32(d.iou_threshold)).values()], repeats) / batch
         if litert:

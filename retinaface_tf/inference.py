@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from typing import Iterable, Sequence
@@ -16,13 +17,18 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+from retinaface_tf.alignment import AlignedFaces, align_faces
 from retinaface_tf.config import Config
+from retinaface_tf.constants import BGR_MEAN
 from retinaface_tf.errors import DetectorError, ImageError, RetinaFaceError
 from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, check_max_pixels, read_image, to_bgr_uint8
+from retinaface_tf.models.fused import fuse_for_inference
 from retinaface_tf.models.weights import load_model
-from retinaface_tf.ops.image import preprocess
-from retinaface_tf.ops.nms import detect_from_heads
+from retinaface_tf.ops.anchors import anchor_grid, anchors_inside, generate_anchors, reindex_anchors
+from retinaface_tf.ops.image import fast_preprocess
+from retinaface_tf.ops.nms import detect_from_heads, face_probability, postprocess
 
 
 def check_fraction(name: str, value, *, error=DetectorError) -> float:
@@ -61,6 +67,16 @@ class Detections:
     def __len__(self) -> int:
         return len(self.scores)
 
+    def align(self, image, *, size: int | tuple[int, int] = 112, use_landmarks: bool = True) -> AlignedFaces:
+        """Aligned crops of these faces from ``image`` (the BGR array they were detected in):
+        the five landmarks mapped onto the ArcFace template by a least-squares similarity
+        transform (:func:`retinaface_tf.alignment.align_faces`). ``size``: ``112``, ``(96, 112)``
+        as ``(width, height)``, or any size scaled from them. Faces whose landmarks are unusable
+        (not finite, far outside the box, collapsed: a model trained without landmarks) are
+        aligned from the box; ``use_landmarks=False`` does that for all."""
+        image = to_bgr_uint8(image)
+        return align_faces(image, self.boxes, self.landmarks, size=size, use_landmarks=use_landmarks)
+
     def to_list(self) -> list[dict]:
         return [
             {"box_xyxy": [round(float(v), 2) for v in b], "score": round(float(s), 5),
@@ -83,11 +99,30 @@ class Detector:
         i.e. the reference's 0.4 / 5000 / 750).
       max_size: if set, images whose long side exceeds it are downscaled first (detections are
         still returned in original pixels).
-      batch_size: images of equal size are run together in batches of this size (>= 1).
+      batch_size: images are run together in batches of up to this many (>= 1). Images of
+        different sizes share a batch by padding (``mixed_sizes``).
+      mixed_sizes: images of different sizes share a batch, padded into one canvas: each image
+        at the top-left, the rest the mean colour (0 after the mean subtraction), canvas sides
+        rounded up to a multiple of 32 (the coarsest stride). The network masks every
+        activation outside each image's own extent (``fuse_for_inference(masked=True)``) and
+        ignores anchors outside it, so each image's detections equal its own run alone (to
+        float rounding; anchor indices are the image's own). ``iter_detect`` looks ahead
+        ``4 x batch_size`` images and batches them sorted by size, so little is padded.
+        Needs the fused MobileNet path; otherwise (and with ``False``) only equal sizes share a
+        batch. A batch of equal sizes is never padded.
       max_pixels: image files declaring more pixels than this are refused from their header
         before decoding, and no image is resized past it (default
         :data:`retinaface_tf.fileio.DEFAULT_MAX_PIXELS`, 100 megapixels; ``None``: no limit).
       model: an already built Keras network (skips loading).
+      fused: run :func:`retinaface_tf.models.fused.fuse_for_inference`'s network (batch norm
+        folded into the convolutions, fusable op patterns, merged heads; same outputs to float
+        rounding, about twice as fast on CPU) in a frozen graph: its weights are a **snapshot**
+        of ``model`` taken here. ``fused=False`` runs ``model`` itself, reading its variables at
+        every call (what validation during training needs).
+
+    The graph also subtracts the mean as one vectorised row ``BiasAdd``
+    (:func:`retinaface_tf.ops.image.fast_preprocess`, bit for bit the same), builds the anchors
+    once per input size, and runs a single image through the NMS kernel without ``tf.map_fn``.
 
     Every setting is checked here: a NaN or out-of-range threshold, a zero batch size, ... raise a
     one-line :class:`DetectorError` before any model is loaded.
@@ -96,7 +131,8 @@ class Detector:
     def __init__(self, weights=None, config=None, *, score_threshold: float = 0.5,
                  iou_threshold: float | None = None, pre_nms_top_k: int | None = None,
                  max_detections: int | None = None, max_size: int | None = None, batch_size: int = 8,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, model=None):
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, model=None, fused: bool = True,
+                 mixed_sizes: bool = True):
         score_threshold = check_fraction("score_threshold", score_threshold)
         if iou_threshold is not None:
             iou_threshold = check_fraction("iou_threshold", iou_threshold)
@@ -117,6 +153,8 @@ class Detector:
             config = Config.load(config or "mobilenet025")
         self.model = model
         self.config = config
+        self.fused = bool(fused)
+        self.network = fuse_for_inference(model) if self.fused and not model.name.endswith("_fused") else model
         post = config.postprocess
         self.score_threshold = score_threshold
         self.iou_threshold = float(post.iou_threshold if iou_threshold is None else iou_threshold)
@@ -124,21 +162,95 @@ class Detector:
         self.max_detections = int(post.max_detections if max_detections is None else max_detections)
         self.max_size = max_size
         self.batch_size = batch_size
-        self._infer = tf.function(
-            self._infer_fn,
-            input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8), tf.TensorSpec([None, 2], tf.float32),
-                             tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.float32)],
-            reduce_retracing=True)
+        self.mixed_sizes = bool(mixed_sizes) and self.fused and _is_mobilenet(model)
+        self._masked_network = None
+        self._grids: dict[tuple[int, int], dict] = {}
+        self._anchors: dict[tuple[int, int], tf.Tensor] = {}
+        self._graphs: dict[bool, tuple] = {}
 
     # ------------------------------------------------------------------ graph
-    def _infer_fn(self, images, output_scale, score_threshold, iou_threshold):
+    def _graph_fn(self, images, output_scale, score_threshold, iou_threshold, anchors, *, single_image: bool):
         a = self.config.anchors
-        out = self.model(preprocess(images, channel_order="bgr"), training=False)
+        out = self.network(fast_preprocess(images, channel_order="bgr"), training=False)
         return detect_from_heads(out, input_size=(tf.shape(images)[1], tf.shape(images)[2]),
                                  output_scale=output_scale, score_threshold=score_threshold,
                                  iou_threshold=iou_threshold, pre_nms_top_k=self.pre_nms_top_k,
                                  max_detections=self.max_detections, min_sizes=a.min_sizes, steps=a.steps,
-                                 clip=a.clip, variances=a.variances)
+                                 clip=a.clip, variances=a.variances, single_image=single_image, anchors=anchors)
+
+    def _graph(self, single_image: bool):
+        """``(call, concrete function)`` for batches of one image or of any size, built on first use:
+        one graph for every image size. Fused: the weights frozen into constants (no variable
+        read per weight and call)."""
+        if single_image not in self._graphs:
+            batch = 1 if single_image else None
+            spec = [tf.TensorSpec([batch, None, None, 3], tf.uint8), tf.TensorSpec([batch, 2], tf.float32),
+                    tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.float32), tf.TensorSpec([None, 4], tf.float32)]
+            fn = tf.function(functools.partial(self._graph_fn, single_image=single_image), input_signature=spec,
+                             autograph=False)
+            concrete = fn.get_concrete_function()
+            if self.fused:
+                frozen = convert_variables_to_constants_v2(concrete)
+                structure = concrete.structured_outputs
+                self._graphs[single_image] = (lambda *args: tf.nest.pack_sequence_as(structure, frozen(*args)), frozen)
+            else:
+                self._graphs[single_image] = (concrete, concrete)
+        return self._graphs[single_image]
+
+    def _padded_graph_fn(self, images, sizes, output_scale, score_threshold, iou_threshold, anchors, inside):
+        out = self._masked_network([fast_preprocess(images, channel_order="bgr"), sizes], training=False)
+        scores = tf.where(inside, face_probability(out["classes"]), -1.0)  # anchors outside the image: never kept
+        return postprocess(out["bbox"], scores, out["landmarks"], anchors,
+                           input_size=(tf.shape(images)[1], tf.shape(images)[2]), output_scale=output_scale,
+                           score_threshold=score_threshold, iou_threshold=iou_threshold,
+                           pre_nms_top_k=self.pre_nms_top_k, max_detections=self.max_detections,
+                           variances=self.config.anchors.variances)
+
+    def _padded_graph(self):
+        """The frozen graph for batches of different sizes (built on the first such batch)."""
+        if "padded" not in self._graphs:
+            self._masked_network = fuse_for_inference(self.model, masked=True)
+            spec = [tf.TensorSpec([None, None, None, 3], tf.uint8), tf.TensorSpec([None, 2], tf.int32),
+                    tf.TensorSpec([None, 2], tf.float32), tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.float32),
+                    tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None, None], tf.bool)]
+            concrete = tf.function(self._padded_graph_fn, input_signature=spec, autograph=False).get_concrete_function()
+            frozen = convert_variables_to_constants_v2(concrete)
+            structure = concrete.structured_outputs
+            self._graphs["padded"] = (lambda *args: tf.nest.pack_sequence_as(structure, frozen(*args)), frozen)
+        return self._graphs["padded"]
+
+    def _grid(self, height: int, width: int) -> dict:
+        key = (int(height), int(width))
+        if key not in self._grids:
+            if len(self._grids) >= 64:
+                self._grids.clear()
+            a = self.config.anchors
+            self._grids[key] = anchor_grid(key[0], key[1], a.min_sizes, a.steps)
+        return self._grids[key]
+
+    def graph(self, single_image: bool = False):
+        """The TensorFlow graph the Detector runs (for profiling)."""
+        return self._graph(single_image)[1].graph
+
+    def anchors(self, height: int, width: int) -> tf.Tensor:
+        """``[N, 4]`` anchors of an input size, computed once per size (the same function as in
+        the graph)."""
+        key = (int(height), int(width))
+        if key not in self._anchors:
+            if len(self._anchors) >= 64:
+                self._anchors.clear()
+            a = self.config.anchors
+            self._anchors[key] = generate_anchors(tf.constant(key[0]), tf.constant(key[1]), a.min_sizes, a.steps,
+                                                  a.clip)
+        return self._anchors[key]
+
+    def _infer(self, images, output_scale, score_threshold, iou_threshold) -> dict:
+        """uint8 ``[B, H, W, 3]`` BGR → the padded detections of :func:`~retinaface_tf.ops.nms.postprocess`."""
+        images = tf.convert_to_tensor(images, tf.uint8)
+        call = self._graph(images.shape[0] == 1)[0]
+        return call(images, tf.convert_to_tensor(output_scale, tf.float32),
+                    tf.convert_to_tensor(score_threshold, tf.float32), tf.convert_to_tensor(iou_threshold, tf.float32),
+                    self.anchors(images.shape[1], images.shape[2]))
 
     # ------------------------------------------------------------------ API
     def _prepare(self, image, resize: float | None, label: str = "image"):
@@ -192,20 +304,24 @@ class Detector:
         A bad image or argument raises a one-line :class:`RetinaFaceError`."""
         return self.detect_batch([image], score_threshold=score_threshold, resize=resize)[0]
 
+    def align(self, image, *, size: int | tuple[int, int] = 112, score_threshold: float | None = None,
+              use_landmarks: bool = True) -> tuple[Detections, AlignedFaces]:
+        """Detect the faces of one image (array or path) and return them with their aligned crops
+        (:meth:`Detections.align`)."""
+        if isinstance(image, (str, bytes, os.PathLike)):
+            image = read_image(os.fsdecode(image), max_pixels=self.max_pixels)
+        faces = self.detect(image, score_threshold=score_threshold)
+        return faces, faces.align(image, size=size, use_landmarks=use_landmarks)
+
     def detect_batch(self, images: Sequence, *, score_threshold: float | None = None,
                      resize: float | None = None) -> list[Detections]:
-        """Detect faces in many images; images of equal (resized) size share a batch. The first
-        bad image raises (use :meth:`iter_detect` to go on past bad images)."""
+        """Detect faces in many images, batched (see ``mixed_sizes``). The first bad image raises
+        (use :meth:`iter_detect` to go on past bad images)."""
         resize = self._check_resize(resize)
         score_threshold = self._threshold(score_threshold)
         prepared = [(*self._prepare(im, resize, _label(im, i)), _label(im, i)) for i, im in enumerate(images)]
-        first_of_shape: dict[tuple, int] = {}
-        for i, (im, _, _) in enumerate(prepared):
-            first_of_shape.setdefault(im.shape, i)
-        # every size as one run of batches, sizes in the order they first appear
-        order = sorted(range(len(prepared)), key=lambda i: first_of_shape[prepared[i][0].shape])
         results: list[Detections | None] = [None] * len(prepared)
-        for i, result in self._batched(((i, prepared[i]) for i in order), score_threshold):
+        for i, result in self._batched(enumerate(prepared), score_threshold, lookahead=len(prepared)):
             if isinstance(result, RetinaFaceError):
                 raise result
             results[i] = result
@@ -213,8 +329,8 @@ class Detector:
 
     def iter_detect(self, images: Iterable, *, score_threshold: float | None = None):
         """Yield ``(index, Detections | RetinaFaceError)`` for many images (paths, arrays, or
-        an already raised :class:`RetinaFaceError` standing for an unreadable one), batching
-        equal sizes. A bad item (unreadable file, ``None``, a wrong array, a batch TensorFlow
+        an already raised :class:`RetinaFaceError` standing for an unreadable one), batched (see
+        ``mixed_sizes``; results may come out of input order, each with its index). A bad item (unreadable file, ``None``, a wrong array, a batch TensorFlow
         cannot run) yields its error and the rest go on; only a bad ``score_threshold`` raises,
         before anything runs."""
         score_threshold = self._threshold(score_threshold)
@@ -234,10 +350,49 @@ class Detector:
 
         yield from self._batched(prepared(), score_threshold)
 
-    def _batched(self, items, score_threshold):
+    def _batched(self, items, score_threshold, lookahead: int | None = None):
         """``(index, (image, scale, label) | RetinaFaceError)`` → ``(index, Detections |
-        RetinaFaceError)``: consecutive images of equal size run together, at most
-        ``batch_size`` at a time; errors pass through as they come."""
+        RetinaFaceError)``, at most ``batch_size`` images per run; errors pass through as they
+        come.
+
+        Equal sizes only (``mixed_sizes=False``): consecutive images of one size run together.
+        Mixed sizes: up to ``lookahead`` images (default ``4 x batch_size``, and at most
+        :data:`HELD_PIXELS` pixels) are held, sorted by size, and cut into batches whose padded canvas is at most 1.5x their own pixels.
+        """
+        if not self.mixed_sizes or self.batch_size == 1:
+            yield from self._batched_equal(items, score_threshold)
+            return
+        window = max(self.batch_size, 4 * self.batch_size if lookahead is None else int(lookahead))
+        held: list[tuple[int, np.ndarray, tuple, str]] = []
+        for i, item in items:
+            if isinstance(item, RetinaFaceError):
+                yield i, item
+                continue
+            held.append((i, *item))
+            held_pixels = sum(e[1].shape[0] * e[1].shape[1] for e in held)
+            if len(held) >= window or held_pixels >= HELD_PIXELS:
+                held.sort(key=lambda e: e[1].shape[:2])
+                batch, held = self._take_batch(held)
+                yield from self._flush(batch, score_threshold)
+        held.sort(key=lambda e: e[1].shape[:2])
+        while held:
+            batch, held = self._take_batch(held)
+            yield from self._flush(batch, score_threshold)
+
+    def _take_batch(self, held):
+        """The first batch of ``held`` (sorted by size): images are added while the batch holds
+        fewer than ``batch_size`` and its canvas stays at most 1.5x the batch's own pixels."""
+        batch = held[:1]
+        for entry in held[1:self.batch_size]:
+            sizes = [e[1].shape[:2] for e in batch] + [entry[1].shape[:2]]
+            if len(set(sizes)) > 1:
+                h, w = pad_canvas_size(sizes)
+                if len(sizes) * h * w > 1.5 * sum(a * b for a, b in sizes):
+                    break
+            batch.append(entry)
+        return batch, held[len(batch):]
+
+    def _batched_equal(self, items, score_threshold):
         pending: list[tuple[int, np.ndarray, tuple, str]] = []
         for i, item in items:
             if isinstance(item, RetinaFaceError):
@@ -266,13 +421,61 @@ class Detector:
             yield i, det
 
     def _run(self, batch, score_threshold) -> list[Detections]:
-        images = np.stack([im for im, _ in batch])
+        sizes = [im.shape[:2] for im, _ in batch]
         scales = np.array([s for _, s in batch], dtype=np.float32).reshape(-1, 2)
-        thr = self.score_threshold if score_threshold is None else float(score_threshold)
-        out = self._infer(images, scales, np.float32(thr), np.float32(self.iou_threshold))
+        thr = np.float32(self.score_threshold if score_threshold is None else float(score_threshold))
+        if len(set(sizes)) == 1:
+            out = self._infer(np.stack([im for im, _ in batch]), scales, thr, np.float32(self.iou_threshold))
+        else:
+            out = self._infer_padded([im for im, _ in batch], scales, thr)
         boxes, scores, lms, anchors, num = (out[key].numpy() for key in ("boxes", "scores", "landmarks",
                                                                          "anchor_indices", "num_detections"))
+        if len(set(sizes)) > 1:
+            grid = self._grid(*pad_canvas_size(sizes))
+            a = self.config.anchors
+            anchors = np.stack([reindex_anchors(anchors[b], grid, size, a.min_sizes, a.steps)
+                                for b, size in enumerate(sizes)])
         return [Detections(boxes[b, :n], scores[b, :n], lms[b, :n], anchors[b, :n]) for b, n in enumerate(num)]
+
+    def _infer_padded(self, images, scales, score_threshold) -> dict:
+        """Images of different sizes as one padded batch (see ``mixed_sizes``)."""
+        canvas = pad_to_canvas(images)
+        sizes = np.array([im.shape[:2] for im in images], np.int32)
+        grid = self._grid(canvas.shape[1], canvas.shape[2])
+        inside = np.stack([anchors_inside(grid, size) for size in sizes])
+        call = self._padded_graph()[0]
+        return call(tf.constant(canvas), tf.constant(sizes), tf.constant(scales), tf.constant(score_threshold),
+                    tf.constant(np.float32(self.iou_threshold)), self.anchors(canvas.shape[1], canvas.shape[2]),
+                    tf.constant(inside))
+
+
+STRIDE = 32  # the coarsest feature stride: canvas sides are rounded up to a multiple of it
+HELD_PIXELS = 200_000_000  # mixed sizes: the look-ahead also stops at this many held pixels
+
+
+def pad_canvas_size(sizes) -> tuple[int, int]:
+    """``(H, W)`` of the canvas holding images of ``sizes`` ``[(h, w), ...]`` at its top-left:
+    the largest height and width, each rounded up to a multiple of :data:`STRIDE`."""
+    h = max(int(s[0]) for s in sizes)
+    w = max(int(s[1]) for s in sizes)
+    return -(-h // STRIDE) * STRIDE, -(-w // STRIDE) * STRIDE
+
+
+def pad_to_canvas(images: Sequence[np.ndarray]) -> np.ndarray:
+    """BGR uint8 images of different sizes → ``[B, H, W, 3]``: each at the top-left of a canvas of
+    :func:`pad_canvas_size`, the rest the mean colour (0 after the network's mean subtraction)."""
+    h, w = pad_canvas_size([im.shape[:2] for im in images])
+    canvas = np.empty((len(images), h, w, 3), np.uint8)
+    canvas[...] = np.asarray(np.round(BGR_MEAN), np.uint8)
+    for b, im in enumerate(images):
+        canvas[b, :im.shape[0], :im.shape[1]] = im
+    return canvas
+
+
+def _is_mobilenet(model) -> bool:
+    """Whether ``model`` is a trained RetinaFace on MobileNetV1-0.25 (the backbone the masked
+    network rebuilds; an already fused network has no backbone sub-model)."""
+    return any(layer.name == "mobilenet025" for layer in model.layers)
 
 
 def _label(image, index: int) -> str:

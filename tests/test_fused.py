@@ -1,6 +1,6 @@
 """The fused inference network (batch norm folded, fusable op patterns) computes what the trained
 network computes: the same raw outputs (<= 1e-4) as the Keras model and as the PyTorch reference,
-and the same detections through FusedDetector."""
+and the same detections through the Detector's default (fused) path as through ``fused=False``."""
 
 import cv2
 import keras
@@ -9,7 +9,9 @@ import pytest
 import tensorflow as tf
 
 from retinaface_tf.models import build_retinaface, preprocess
-from retinaface_tf.models.fused import FusedConv, fast_preprocess, fold_batch_norm, fuse_for_inference
+from retinaface_tf.inference import Detector
+from retinaface_tf.models.fused import FusedConv, fold_batch_norm, fuse_for_inference
+from retinaface_tf.ops.image import fast_preprocess
 
 ATOL = 1e-4
 
@@ -101,10 +103,8 @@ def test_fused_raw_outputs_equal_reference(fused, ref, photo, prefix):
 
 @pytest.fixture(scope="module")
 def fused_detector(bundled_model):
-    from retinaface_tf.models.fused import FusedDetector
-
     model, config = bundled_model
-    return FusedDetector(model=model, config=config, score_threshold=0.02)
+    return Detector(model=model, config=config, score_threshold=0.02)  # fused by default
 
 
 @pytest.mark.parametrize("prefix", ["", "resized640_"])
@@ -120,12 +120,10 @@ def test_fused_detector_detections_equal_reference(fused_detector, ref, photo, p
 
 @pytest.mark.parametrize("threshold", [0.5, 0.02])
 def test_fused_detector_equals_detector(bundled_model, photo, threshold):
-    from retinaface_tf.inference import Detector
-    from retinaface_tf.models.fused import FusedDetector
-
     model, config = bundled_model
-    slow = Detector(model=model, config=config, score_threshold=threshold)
-    fast = FusedDetector(model=model, config=config, score_threshold=threshold)
+    slow = Detector(model=model, config=config, score_threshold=threshold, fused=False)
+    fast = Detector(model=model, config=config, score_threshold=threshold)
+    assert fast.network.name.endswith("_fused") and slow.network is model
     images = [photo, cv2.resize(photo, (517, 333)), photo[:, ::-1].copy(), photo]
     for a, b in zip(slow.detect_batch(images), fast.detect_batch(images)):
         assert len(a) == len(b)
@@ -225,3 +223,23 @@ def test_fuse_refuses_a_foreign_model():
     inputs = keras.Input((None, None, 3))
     with pytest.raises(ValueError, match="backbone"):
         fuse_for_inference(keras.Model(inputs, keras.layers.Conv2D(4, 1)(inputs)))
+
+
+def test_fused_detector_snapshots_weights_unfused_reads_them_live(photo):
+    """The default (fused) Detector copies the weights when it is built; ``fused=False`` reads the
+    model's variables at every call (what validation during training relies on)."""
+    from retinaface_tf.config import Config
+    from retinaface_tf.models import build_from_config
+
+    config = Config.load("mobilenet025")
+    model = build_from_config(config)
+    image = cv2.resize(photo, (160, 128))
+    fused, live = (Detector(model=model, config=config, score_threshold=0.0, max_detections=5, fused=f)
+                   for f in (True, False))
+    before_fused, before_live = fused.detect(image).scores, live.detect(image).scores
+    np.testing.assert_allclose(before_fused, before_live, atol=1e-5)
+    head = model.get_layer("ClassHead_0")
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel, bias + np.tile(np.array([0.0, 3.0], np.float32), len(bias) // 2)])
+    np.testing.assert_array_equal(fused.detect(image).scores, before_fused)
+    assert live.detect(image).scores.max() > before_live.max() + 0.1

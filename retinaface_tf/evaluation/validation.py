@@ -38,7 +38,7 @@ class WiderValidation(ValidationCallback):
                 logs.update({f"val_{s}_ap": float("nan") for s in SETTINGS})
             return
         if self._detector is None:  # holds the model itself: later epochs reuse the traced graph
-            self._detector = Detector(model=self.model, config=self.config, score_threshold=0.02)
+            self._detector = Detector(model=self.model, config=self.config, score_threshold=0.02, fused=False)
         preds, _ = predict_images(self._detector, self.images, progress=False)
         result = evaluate_predictions(preds, self.ground_truth)
         if logs is not None:

@@ -2,13 +2,14 @@
 convolutions and with op patterns TensorFlow's CPU backend (grappler remapper + oneDNN) runs as
 single fused kernels. Same input, same output dict, same numbers (to float rounding).
 
->>> from retinaface_tf.inference import load_model
+>>> from retinaface_tf.models.weights import load_model
 >>> from retinaface_tf.models import preprocess
->>> from retinaface_tf.models.fused import FusedDetector, fuse_for_inference
+>>> from retinaface_tf.models.fused import fuse_for_inference
 >>> model, cfg = load_model()
 >>> fast = fuse_for_inference(model)           # a new keras.Model; ``model`` is not changed
 >>> out = fast(preprocess(images))               # {"bbox", "classes", "landmarks"} as model's
->>> faces = FusedDetector().detect(image)        # the Detector on it (bundled weights)
+
+:class:`retinaface_tf.Detector` runs this network by default (``fused=False``: the trained one).
 
 What changes (see ``benchmarks/PROFILE.md`` for the profile that motivated each item):
 
@@ -44,16 +45,13 @@ upsampling as concatenations: :class:`UpsampleLikeConcat`).
 The MobileNetV1-0.25 backbone is rebuilt fused; any other backbone (ResNet-50) is kept as the
 trained Keras sub-model and only the FPN, SSH and heads are fused.
 
-Also here: :class:`FusedDetector` (the :class:`~retinaface_tf.inference.Detector` on the fused
-network, plus a vectorised mean subtraction, anchors cached per size, a frozen graph and the
-direct NMS kernel for one image), :func:`fast_preprocess`, and :func:`litert_network` (the
-network converted to a fixed-size float32 LiteRT model run by the XNNPACK delegate), all
-measured by ``benchmarks/side_by_side.py``.
+Also here: :func:`litert_network` (the network converted to a fixed-size float32 LiteRT model run
+by the XNNPACK delegate), measured by ``benchmarks/side_by_side.py`` beside the Detector.
 """
 
 from __future__ import annotations
 
-import functools
+import tempfile
 
 import numpy as np
 import keras
@@ -62,6 +60,7 @@ from keras import layers
 
 from retinaface_tf.models.backbones import MOBILENET_STAGES
 from retinaface_tf.models.layers import UpsampleLike
+from retinaface_tf.ops.anchors import region_mask
 
 ACTIVATIONS = (None, "relu", "leaky_relu")
 DEPTHWISE_MODES = ("grouped", "native")
@@ -201,6 +200,28 @@ class UpsampleLikeConcat(UpsampleLike):
 
 
 # ---------------------------------------------------------------------- folding
+class ValidRegion(layers.Layer):
+    """``x`` with every position outside each image's own extent set to 0 (``inputs = [x,
+    sizes]``, ``sizes [B, 2]`` int ``(h, w)`` in input pixels; :func:`retinaface_tf.ops.anchors.region_mask`
+    at this layer's ``stride``): what an image padded into a larger canvas must see where, run
+    alone, it would have had the convolutions' zero padding."""
+
+    def __init__(self, stride: int, **kwargs):
+        super().__init__(**kwargs)
+        self.stride = int(stride)
+
+    def call(self, inputs):
+        x, sizes = inputs
+        shape = tf.shape(x)
+        return x * region_mask(sizes, shape[1], shape[2], self.stride, x.dtype)
+
+    def compute_output_shape(self, input_shapes):
+        return input_shapes[0]
+
+    def get_config(self):
+        return {**super().get_config(), "stride": self.stride}
+
+
 def _np(variable) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float64)
 
@@ -278,20 +299,22 @@ def _act(leaky):
 
 
 # ---------------------------------------------------------------------- the fused network
-def _mobilenet(x, w: _Weights, *, leaky: float, depthwise: str):
+def _mobilenet(x, w: _Weights, *, leaky: float, depthwise: str, mask=lambda y, stride: y):
     act, slope = _act(leaky)
     kernel, bias = w.conv_bn("stage1_0")
-    x = _fused(x, kernel, bias, stride=2, activation=act, slope=slope, name="stage1_0")
+    x = mask(_fused(x, kernel, bias, stride=2, activation=act, slope=slope, name="stage1_0"), 2)
+    total = 2
     features = []
     for stage, blocks in MOBILENET_STAGES.items():
         first = 1 if stage == "stage1" else 0
         for i, (_, stride) in enumerate(blocks, start=first):
             name = f"{stage}_{i}"
+            total *= stride
             kernel, bias = w.conv_bn(name, "_dw", "_dw_bn")
             x = _fused(x, kernel, bias, stride=stride, activation=act, slope=slope, depthwise=depthwise,
-                       name=f"{name}_dw")
+                       name=f"{name}_dw")  # read by a 1x1 convolution only: no mask needed
             kernel, bias = w.conv_bn(name, "_pw", "_pw_bn")
-            x = _fused(x, kernel, bias, activation=act, slope=slope, name=f"{name}_pw")
+            x = mask(_fused(x, kernel, bias, activation=act, slope=slope, name=f"{name}_pw"), total)
         features.append(x)
     return features
 
@@ -307,7 +330,7 @@ def _slope_of(w: _Weights, name: str) -> float:
 
 
 def fuse_for_inference(model, *, depthwise: str = "grouped", merge_heads: bool = True,
-                       upsample: str = "resize") -> keras.Model:
+                       upsample: str = "resize", masked: bool = False) -> keras.Model:
     """A new inference-only ``keras.Model`` computing ``model``'s outputs (same input, same
     output dict) with batch norm folded and TensorFlow-fusable op patterns (module docstring).
 
@@ -321,6 +344,13 @@ def fuse_for_inference(model, *, depthwise: str = "grouped", merge_heads: bool =
     ``upsample``: ``"resize"`` (``ResizeNearestNeighbor``) or ``"concat"``
     (:class:`UpsampleLikeConcat`, for TFLite / XNNPACK at sizes that are multiples of 32).
     For a TFLite export use ``depthwise="native", upsample="concat"``.
+
+    ``masked``: a second input ``sizes [B, 2]`` int32 ``(h, w)``: images of different sizes padded
+    into one canvas (top-left, padding 0 after the mean subtraction, canvas sides multiples of
+    32). Every activation a 3x3 convolution reads is zeroed outside its image's own extent
+    (:class:`ValidRegion`; 1x1 convolutions read only their own position, so what feeds them
+    alone is left as it is), so inside the extent the outputs equal the image run alone (to
+    float rounding). MobileNetV1-0.25 only (another backbone's layers are not rebuilt here).
     """
     if depthwise not in DEPTHWISE_MODES:
         raise ValueError(f"depthwise must be one of {DEPTHWISE_MODES}, got {depthwise!r}")
@@ -332,30 +362,43 @@ def fuse_for_inference(model, *, depthwise: str = "grouped", merge_heads: bool =
     if backbone is None:
         raise ValueError("fuse_for_inference: no backbone sub-model found (not a RetinaFace model?)")
     inputs = keras.Input((None, None, 3), name="image", dtype="float32")
+    if masked:
+        if backbone.name != "mobilenet025":
+            raise ValueError(f"fuse_for_inference(masked=True): only the mobilenet025 backbone, not {backbone.name}")
+        sizes = keras.Input((2,), name="sizes", dtype="int32")
+        count = iter(range(1_000_000))
+
+        def mask(y, stride):
+            return ValidRegion(stride, name=f"valid_{next(count)}")([y, sizes])
+    else:
+        def mask(y, stride):
+            return y
     if backbone.name == "mobilenet025":
-        features = _mobilenet(inputs, w, leaky=_slope_of(w, "stage1_0_relu"), depthwise=depthwise)
+        features = _mobilenet(inputs, w, leaky=_slope_of(w, "stage1_0_relu"), depthwise=depthwise, mask=mask)
     else:
         features = backbone(inputs, training=False)
     act, slope = _act(_slope_of(w, "fpn_output1_relu"))
 
-    # FPN
+    # FPN (strides 8, 16, 32)
     c1, c2, c3 = features
     o1 = _fused(c1, *w.conv_bn("fpn_output1"), activation=act, slope=slope, name="fpn_output1")
     o2 = _fused(c2, *w.conv_bn("fpn_output2"), activation=act, slope=slope, name="fpn_output2")
-    o3 = _fused(c3, *w.conv_bn("fpn_output3"), activation=act, slope=slope, name="fpn_output3")
-    o2 = layers.Add(name="fpn_add2")([o2, up(name="fpn_up3")([o3, o2])])
-    o2 = _fused(o2, *w.conv_bn("fpn_merge2"), activation=act, slope=slope, name="fpn_merge2")
-    o1 = layers.Add(name="fpn_add1")([o1, up(name="fpn_up2")([o2, o1])])
-    o1 = _fused(o1, *w.conv_bn("fpn_merge1"), activation=act, slope=slope, name="fpn_merge1")
+    o3 = mask(_fused(c3, *w.conv_bn("fpn_output3"), activation=act, slope=slope, name="fpn_output3"), 32)
+    o2 = mask(layers.Add(name="fpn_add2")([o2, up(name="fpn_up3")([o3, o2])]), 16)
+    o2 = mask(_fused(o2, *w.conv_bn("fpn_merge2"), activation=act, slope=slope, name="fpn_merge2"), 16)  # → SSH
+    o1 = mask(layers.Add(name="fpn_add1")([o1, up(name="fpn_up2")([o2, o1])]), 8)
+    o1 = mask(_fused(o1, *w.conv_bn("fpn_merge1"), activation=act, slope=slope, name="fpn_merge1"), 8)
 
     # SSH: relu(concat(a, b, c)) == concat(relu(a), relu(b), relu(c)), the ReLU fused per branch
     contexts = []
     for i, f in enumerate((o1, o2, o3)):
-        n = f"ssh{i + 1}"
+        n, stride = f"ssh{i + 1}", 8 * 2 ** i
         c3_ = _fused(f, *w.conv_bn(f"{n}_conv3X3"), activation="relu", slope=0.0, name=f"{n}_conv3X3")
         c5_1 = _fused(f, *w.conv_bn(f"{n}_conv5X5_1"), activation=act, slope=slope, name=f"{n}_conv5X5_1")
+        c5_1 = mask(c5_1, stride)
         c5 = _fused(c5_1, *w.conv_bn(f"{n}_conv5X5_2"), activation="relu", slope=0.0, name=f"{n}_conv5X5_2")
-        c7_2 = _fused(c5_1, *w.conv_bn(f"{n}_conv7X7_2"), activation=act, slope=slope, name=f"{n}_conv7X7_2")
+        c7_2 = mask(_fused(c5_1, *w.conv_bn(f"{n}_conv7X7_2"), activation=act, slope=slope, name=f"{n}_conv7X7_2"),
+                    stride)
         c7 = _fused(c7_2, *w.conv_bn(f"{n}_conv7x7_3"), activation="relu", slope=0.0, name=f"{n}_conv7x7_3")
         contexts.append(layers.Concatenate(axis=-1, name=f"{n}_concat")([c3_, c5, c7]))
 
@@ -385,7 +428,8 @@ def fuse_for_inference(model, *, depthwise: str = "grouped", merge_heads: bool =
                            name=f"{layer}_{i}")
                 flat.append(layers.Reshape((-1, size), name=f"{layer}_{i}_flat")(y))
             outputs[key] = layers.Concatenate(axis=1, name=layer, dtype="float32")(flat)
-    return keras.Model(inputs, outputs, name=f"{model.name}_fused")
+    name = f"{model.name}_fused" + ("_masked" if masked else "")
+    return keras.Model([inputs, sizes] if masked else inputs, outputs, name=name)
 
 
 def fuse_for_tflite(model) -> keras.Model:
@@ -399,140 +443,12 @@ def fuse_for_tflite(model) -> keras.Model:
 
 
 # ---------------------------------------------------------------------- runtimes
-@functools.lru_cache(maxsize=None)
-def _default_mean() -> tuple:
-    """The mean :func:`retinaface_tf.models.preprocess` subtracts by default (read from it, so
-    the two never disagree)."""
-    import inspect
-
-    from retinaface_tf.models import preprocess
-
-    return tuple(float(v) for v in inspect.signature(preprocess).parameters["mean"].default)
-
-
-def fast_preprocess(images, *, channel_order: str = "bgr", mean=None):
-    """:func:`retinaface_tf.models.preprocess` with the same numbers, twice as fast on CPU.
-
-    Subtracting a 3-vector broadcast over ``[B, H, W, 3]`` (``Sub`` or ``BiasAdd`` with 3
-    channels) runs a scalar inner loop over 3 elements; here the image is viewed as ``[B * H,
-    W * 3]`` and the mean tiled to ``W * 3``, a vectorised row ``BiasAdd``. Every element is
-    still ``float(x) + (-m)``, which is ``float(x) - m`` bit for bit."""
-    if channel_order not in ("bgr", "rgb"):
-        raise ValueError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
-    if channel_order == "rgb":
-        images = tf.reverse(images, axis=[-1])
-    shape = tf.shape(images)
-    neg_mean = -tf.constant(_default_mean() if mean is None else mean, tf.float32)
-    rows = tf.cast(tf.reshape(images, tf.stack([-1, shape[2] * 3])), tf.float32)
-    return tf.reshape(tf.nn.bias_add(rows, tf.tile(neg_mean, shape[2:3])), shape)
-
-
-@functools.lru_cache(maxsize=None)
-def _detector_class():
-    from retinaface_tf.inference import Detector
-
-    class FusedDetector(Detector):
-        """:class:`~retinaface_tf.inference.Detector` on :func:`fuse_for_inference`'s network
-        (same arguments, same detections; ``model`` may be the trained or an already fused
-        network). More changes to the graph, all exact:
-
-        - preprocessing by :func:`fast_preprocess`;
-        - anchors computed once per input size (by the same TF function, eagerly) and fed to
-          the graph, instead of being rebuilt in every call (meshgrids, broadcasts and a concat
-          of ``[N, 4]``: 3-5 % of an end-to-end call at 640x640 once the network is fused);
-        - the graph frozen (``freeze=True``): the fused weights become constants (no
-          ``ReadVariableOp`` per weight and call) and it is called as a concrete function;
-        - a batch of one image takes the NMS kernel directly instead of through ``tf.map_fn``
-          (``single_image`` in :func:`retinaface_tf.ops.nms.postprocess`, the TFLite path).
-
-        The weights are a snapshot of ``model`` at construction.
-        """
-
-        def __init__(self, weights=None, config=None, *, model=None, fused: bool = True, freeze: bool = True,
-                     **kwargs):
-            from retinaface_tf.config import Config
-            from retinaface_tf.inference import load_model
-
-            if model is None:
-                model, config = load_model(weights, config)
-            elif not isinstance(config, Config):
-                config = Config.load(config or "mobilenet025")
-            if fused and not model.name.endswith("_fused"):
-                model = fuse_for_inference(model)
-            super().__init__(config=config, model=model, **kwargs)
-            self.freeze = bool(freeze)
-            self._anchors: dict[tuple[int, int], tf.Tensor] = {}
-            self._graphs = {single: self._build(single) for single in (False, True)}
-            self._infer = self._infer_cached  # what Detector._run (and the benchmarks) call
-
-        def _build(self, single_image: bool):
-            batch = 1 if single_image else None
-            spec = [tf.TensorSpec([batch, None, None, 3], tf.uint8), tf.TensorSpec([batch, 2], tf.float32),
-                    tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.float32), tf.TensorSpec([None, 4], tf.float32)]
-            fn = tf.function(functools.partial(self._infer_anchors_fn, single_image=single_image),
-                             input_signature=spec, autograph=False)
-            concrete = fn.get_concrete_function()
-            if not self.freeze:
-                return concrete, concrete
-            from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
-            frozen = convert_variables_to_constants_v2(concrete)
-            structure = concrete.structured_outputs
-            return (lambda *args: tf.nest.pack_sequence_as(structure, frozen(*args))), frozen
-
-        def graph(self, single_image: bool = False):
-            """The graph ``_infer`` runs (for profiling)."""
-            return self._graphs[single_image][1].graph
-
-        def anchors(self, height: int, width: int) -> tf.Tensor:
-            """``[N, 4]`` anchors for an input size, computed once (the graph's own function)."""
-            from retinaface_tf.ops.anchors import generate_anchors
-
-            key = (int(height), int(width))
-            if key not in self._anchors:
-                if len(self._anchors) >= 64:
-                    self._anchors.clear()
-                a = self.config.anchors
-                self._anchors[key] = generate_anchors(tf.constant(key[0]), tf.constant(key[1]), a.min_sizes,
-                                                      a.steps, a.clip)
-            return self._anchors[key]
-
-        def _infer_cached(self, images, output_scale, score_threshold, iou_threshold):
-            images = tf.convert_to_tensor(images, tf.uint8)
-            shape = images.shape
-            run = self._graphs[shape[0] == 1][0]
-            return run(images, tf.convert_to_tensor(output_scale, tf.float32),
-                       tf.convert_to_tensor(score_threshold, tf.float32),
-                       tf.convert_to_tensor(iou_threshold, tf.float32), self.anchors(shape[1], shape[2]))
-
-        def _infer_anchors_fn(self, images, output_scale, score_threshold, iou_threshold, anchors, *,
-                              single_image: bool = False):
-            from retinaface_tf.ops.nms import face_probability, postprocess
-
-            out = self.model(fast_preprocess(images, channel_order="bgr"), training=False)
-            return postprocess(out["bbox"], face_probability(out["classes"]), out["landmarks"], anchors,
-                               input_size=(tf.shape(images)[1], tf.shape(images)[2]), output_scale=output_scale,
-                               score_threshold=score_threshold, iou_threshold=iou_threshold,
-                               pre_nms_top_k=self.pre_nms_top_k, max_detections=self.max_detections,
-                               variances=self.config.anchors.variances, single_image=single_image)
-
-    return FusedDetector
-
-
-def __getattr__(name):  # FusedDetector imports the Detector lazily (inference imports models)
-    if name == "FusedDetector":
-        return _detector_class()
-    raise AttributeError(name)
-
-
 def litert_network(model, input_size: tuple[int, int], *, batch: int = 1, num_threads: int = 2):
     """``model`` converted to a float32 LiteRT model for a fixed ``[batch, H, W, 3]`` network
     input (BGR minus mean, as the Keras model takes) and run by the LiteRT interpreter with its
     default XNNPACK delegate on ``num_threads`` threads. Returns ``run(x) -> {"bbox", "classes",
     "landmarks"}`` (numpy); the converter folds batch norm itself."""
-    import tempfile
-
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter  # optional extra (tflite), deliberately lazy
 
     h, w = int(input_size[0]), int(input_size[1])
 

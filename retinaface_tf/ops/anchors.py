@@ -79,3 +79,63 @@ def generate_anchors(height, width, min_sizes=AnchorConfig.min_sizes, steps=Anch
     if clip:
         anchors = tf.clip_by_value(anchors, 0.0, 1.0)
     return anchors
+
+
+# ---------------------------------------------------------------------- images padded into a canvas
+# A batch of images of different sizes runs as one canvas (each image at the top-left). An image of
+# ``h x w`` pixels has ``ceil(h / s) x ceil(w / s)`` positions at stride ``s`` (every stride-2
+# convolution of the network, 3x3 with one pixel of padding, gives ``ceil(n / 2)``), so the canvas
+# positions inside that extent are exactly the image's own; the rest must read as the zero padding
+# the image alone would have had.
+
+def region_mask(sizes, height, width, stride: int, dtype=tf.float32):
+    """``[B, height, width, 1]``: 1 at stride-``stride`` positions inside each image's own extent,
+    0 elsewhere. ``sizes [B, 2]`` int ``(h, w)`` of each image in input pixels; graph-safe."""
+    sizes = tf.cast(sizes, tf.int32)
+    extent = (sizes + stride - 1) // stride  # [B, 2]
+    rows = tf.range(height)[None, :] < extent[:, :1]  # [B, H]
+    cols = tf.range(width)[None, :] < extent[:, 1:]  # [B, W]
+    return tf.cast(rows[:, :, None, None] & cols[:, None, :, None], dtype)
+
+
+def anchor_grid(height: int, width: int, min_sizes=AnchorConfig.min_sizes, steps=AnchorConfig.steps) -> dict:
+    """Where each anchor of a ``height x width`` input sits: ``{"step", "row", "col", "size"}``,
+    ``[N]`` int arrays in anchor order (level → row → column → size)."""
+    out = {"step": [], "row": [], "col": [], "size": []}
+    for sizes, step in zip(min_sizes, steps):
+        fh, fw, a = -(-height // step), -(-width // step), len(sizes)
+        row, col, size = np.meshgrid(np.arange(fh), np.arange(fw), np.arange(a), indexing="ij")
+        out["step"].append(np.full(fh * fw * a, step))
+        out["row"].append(row.ravel())
+        out["col"].append(col.ravel())
+        out["size"].append(size.ravel())
+    return {k: np.concatenate(v).astype(np.int64) for k, v in out.items()}
+
+
+def anchors_inside(grid: dict, size) -> np.ndarray:
+    """``[N]`` bool: the canvas anchors of ``grid`` (:func:`anchor_grid`) that exist for an image of
+    ``size`` ``(h, w)`` at the canvas' top-left."""
+    h, w = int(size[0]), int(size[1])
+    step = grid["step"]
+    return (grid["row"] < -(-h // step)) & (grid["col"] < -(-w // step))
+
+
+def reindex_anchors(indices, grid: dict, size, min_sizes=AnchorConfig.min_sizes,
+                    steps=AnchorConfig.steps) -> np.ndarray:
+    """Canvas anchor indices (of ``grid``) → the same anchors' indices for the image of ``size``
+    ``(h, w)`` run alone (``-1`` stays ``-1``)."""
+    indices = np.asarray(indices, np.int64)
+    h, w = int(size[0]), int(size[1])
+    valid = indices >= 0
+    i = np.where(valid, indices, 0)
+    step = grid["step"][i]
+    offset = np.zeros_like(i)
+    width = np.zeros_like(i)
+    per_cell = np.zeros_like(i)
+    count = 0
+    for sizes, s in zip(min_sizes, steps):
+        level = step == s
+        offset[level], width[level], per_cell[level] = count, -(-w // s), len(sizes)
+        count += -(-h // s) * -(-w // s) * len(sizes)
+    out = offset + (grid["row"][i] * width + grid["col"][i]) * per_cell + grid["size"][i]
+    return np.where(valid, out, -1).astype(np.int32)

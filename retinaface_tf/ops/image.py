@@ -80,3 +80,21 @@ def preprocess(images, *, channel_order: str = "bgr", mean=BGR_MEAN):
     if channel_order == "rgb":
         x = tf.reverse(x, axis=[-1])
     return x - tf.constant(mean, tf.float32)
+
+
+def fast_preprocess(images, *, channel_order: str = "bgr", mean=BGR_MEAN):
+    """:func:`preprocess` of ``[B, H, W, 3]`` images with the same numbers, twice as fast on CPU
+    (the Detector's path).
+
+    Subtracting a 3-vector broadcast over ``[B, H, W, 3]`` (``Sub`` or ``BiasAdd`` with 3
+    channels) runs a scalar inner loop over 3 elements; here the image is viewed as ``[B * H,
+    W * 3]`` and the mean tiled to ``W * 3``, a vectorised row ``BiasAdd``. Every element is
+    still ``float(x) + (-m)``, which is ``float(x) - m`` bit for bit."""
+    if channel_order not in ("bgr", "rgb"):
+        raise ValueError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
+    if channel_order == "rgb":
+        images = tf.reverse(images, axis=[-1])
+    shape = tf.shape(images)
+    neg_mean = -tf.constant(mean, tf.float32)
+    rows = tf.cast(tf.reshape(images, tf.stack([-1, shape[2] * 3])), tf.float32)
+    return tf.reshape(tf.nn.bias_add(rows, tf.tile(neg_mean, shape[2:3])), shape)

@@ -142,11 +142,14 @@ def postprocess(box_deltas, face_scores, landmark_deltas, anchors, *, input_size
 
 def detect_from_heads(outputs, *, input_size, output_scale, score_threshold, iou_threshold, pre_nms_top_k: int,
                       max_detections: int, min_sizes=AnchorConfig.min_sizes, steps=AnchorConfig.steps, clip: bool = False,
-                      variances=AnchorConfig.variances, single_image: bool = False):
+                      variances=AnchorConfig.variances, single_image: bool = False, anchors=None):
     """The network's output dict (``bbox``, ``classes`` logits, ``landmarks``) → padded detections:
     anchors for ``input_size`` ``(height, width)``, face probability, then :func:`postprocess`.
-    The one path from head outputs to faces, shared by the Detector and every export."""
-    anchors = generate_anchors(input_size[0], input_size[1], min_sizes, steps, clip)
+    The one path from head outputs to faces, shared by the Detector and every export.
+    ``anchors``: ``[N, 4]`` already generated for ``input_size`` (the Detector caches them per
+    size), else generated here."""
+    if anchors is None:
+        anchors = generate_anchors(input_size[0], input_size[1], min_sizes, steps, clip)
     return postprocess(outputs["bbox"], face_probability(outputs["classes"]), outputs["landmarks"], anchors,
                        input_size=input_size, output_scale=output_scale, score_threshold=score_threshold,
                        iou_threshold=iou_threshold, pre_nms_top_k=pre_nms_top_k, max_detections=max_detections,

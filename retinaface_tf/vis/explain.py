@@ -229,7 +229,7 @@ def explain_face(image_bgr: np.ndarray, *, model, config, face=0, box=None, scor
         image_bgr = cv2.resize(image_bgr, None, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
     h, w = image_bgr.shape[:2]
     if box is None:
-        detections = Detector(model=model, config=config, score_threshold=score_threshold).detect(image_bgr)
+        detections = Detector(model=model, config=config, score_threshold=score_threshold, fused=False).detect(image_bgr)
         index = select_face(detections, face, source=source)
         target_box = detections.boxes[index]
     else:
