@@ -3,6 +3,8 @@ without usable landmarks; measured on real photos."""
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -97,3 +99,59 @@ def test_border_faces_and_faces_without_landmarks():
     assert not forced.from_landmarks.any()
     empty = align_faces(image, np.zeros((0, 4)), np.zeros((0, 5, 2)))
     assert empty.crops.shape == (0, 112, 112, 3)
+
+
+def test_detector_align_and_detect_crops_cli(tmp_path, bundled_model, capsys):
+    """``Detector.align`` / ``Detections.align`` give the crops of ``align_faces``, and
+    ``detect --crops DIR`` writes one PNG per face with its entries in the JSON."""
+    from retinaface_tf.cli import main
+    from retinaface_tf.fileio import bundled_image
+    from retinaface_tf.inference import Detector
+
+    model, config = bundled_model
+    image = cv2.imread(str(bundled_image()))
+    faces, aligned = Detector(model=model, config=config).align(image, size=(96, 112))
+    expected = align_faces(image, faces.boxes, faces.landmarks, size=(96, 112))
+    np.testing.assert_array_equal(aligned.crops, expected.crops)
+    assert aligned.crops.shape == (len(faces), 112, 96, 3) and len(faces) > 10
+
+    photos = tmp_path / "in"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "a.jpg"), image)
+    cv2.imwrite(str(photos / "b.png"), cv2.resize(image, (500, 333)))
+    crops = tmp_path / "crops"
+    assert main(["detect", str(photos), "-o", str(tmp_path / "out"), "--crops", str(crops), "--no-draw"]) == 0
+    report = json.loads((tmp_path / "out" / "detections.json").read_text())
+    n = 0
+    for record in report["images"]:
+        src = cv2.imread(record["image"])
+        for face in record["faces"]:
+            crop = cv2.imread(face["crop"])
+            assert crop.shape == (112, 112, 3) and face["crop_from"] in ("landmarks", "box")
+            m = np.array(face["crop_matrix"])
+            # the crop is cv2.warpAffine with the recorded matrix (rounded to 5 decimals in the JSON)
+            diff = np.abs(crop.astype(int) - cv2.warpAffine(src, m, (112, 112)).astype(int))
+            assert np.mean(diff) < 1.0
+            n += 1
+    assert n == len(list(crops.glob("*.png"))) > 10
+    # a folder that is not empty is refused before any work
+    capsys.readouterr()
+    assert main(["detect", str(photos), "-o", str(tmp_path / "out2"), "--crops", str(crops)]) != 0
+    assert "--crops" in capsys.readouterr().err and not (tmp_path / "out2").exists()
+    with pytest.raises(SystemExit) as exit_info:  # argparse: usage error, exit 2
+        main(["detect", str(photos), "-o", str(tmp_path / "out3"), "--crops", str(tmp_path / "c3"), "--crop-size", "0"])
+    assert exit_info.value.code == 2
+    # a crops folder inside an input folder is allowed (it is new or empty: nothing of it is read)
+    assert main(["detect", str(photos), "-o", str(tmp_path / "out4"), "--crops", str(photos / "crops"), "--no-draw"]) == 0
+    assert len(json.loads((tmp_path / "out4" / "detections.json").read_text())["images"]) == 2
+
+
+def test_crop_size_argument():
+    import argparse
+
+    from retinaface_tf.commands.detect import crop_size_arg
+
+    assert crop_size_arg("112") == (112, 112) and crop_size_arg("96x112") == (96, 112)
+    for bad in ("0", "x", "12x", "5000"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            crop_size_arg(bad)

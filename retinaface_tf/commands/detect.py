@@ -8,6 +8,17 @@ other existing file in its place is an error. Other files in the folder are neve
 folder (an output folder inside an input folder is skipped when that folder is walked), so an
 input is never written to.
 
+``--crops DIR`` writes one aligned face crop per face (PNG, ``NAME_face<k>.png`` under the
+same relative names) into a new or empty folder ``DIR`` (refused otherwise, and when it holds an
+input), and adds ``crop``, ``crop_from`` (``landmarks`` / ``box``) and ``crop_matrix`` (the 2x3
+image → crop transform) to each face in the JSON.
+
+A video file given by name (``clip.mp4``, any container OpenCV reads; folders are walked for
+images only) gives ``OUTPUT/clip.mp4`` (annotated, every frame) and ``OUTPUT/clip.jsonl`` (one
+line per detected frame: ``frame``, ``time_s``, ``faces``), ``--every N`` detecting every N-th
+frame; both are listed in ``annotated_files`` like annotated images. A truncated video keeps the
+frames read before the damage and is reported as a one-line error (exit 1).
+
 ``detections.json`` is rewritten every few seconds while images are processed and always at the
 end, even when the run stops on an error or Ctrl-C: ``"complete": false`` marks a partial one,
 and every image finished by then is in it.
@@ -15,6 +26,7 @@ and every image finished by then is in it.
 
 from __future__ import annotations
 
+import argparse
 import errno
 import hashlib
 import json
@@ -32,6 +44,7 @@ from retinaface_tf.commands import add_model_args
 from retinaface_tf.constants import LANDMARK_NAMES
 from retinaface_tf.errors import ImageError, RetinaFaceError, UsageError
 from retinaface_tf.inference import Detector
+from retinaface_tf.video import annotated_video_name, detect_video, is_video
 from retinaface_tf.vis.draw import draw_detections
 
 REPORT_NAME = "detections.json"
@@ -55,11 +68,109 @@ def add_parser(sub, name, help_text):
     p.add_argument("--max-pixels", type=fileio.max_pixels_arg, default=fileio.DEFAULT_MAX_PIXELS, metavar="N",
                    help=f"refuse images larger than this from their header, before decoding (default "
                         f"{fileio.DEFAULT_MAX_PIXELS // 10**6}M = {fileio.DEFAULT_MAX_PIXELS} pixels; K/M/G suffixes allowed)")
-    p.add_argument("--batch-size", type=int, default=8, help="images of equal size per inference batch (default 8)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="images per inference batch; different sizes are padded into one canvas, detections "
+                        "unchanged (default 8)")
+    p.add_argument("--crops", metavar="DIR", default=None,
+                   help="also write one aligned face crop per face (PNG) into DIR, a new or empty folder")
+    p.add_argument("--crop-size", type=crop_size_arg, default=(112, 112), metavar="W[xH]",
+                   help="aligned crop size: 112 (ArcFace 112x112), 96x112, or a size scaled from them (default 112)")
+    p.add_argument("--every", type=int, default=1, metavar="N",
+                   help="videos: detect every N-th frame (the frames between show the last detections; default 1)")
     p.add_argument("--json", action="store_true", help="print the detections as JSON on stdout")
     p.add_argument("--no-draw", action="store_true", help="do not write annotated images")
     add_model_args(p)
     return p
+
+
+def crop_size_arg(text: str) -> tuple[int, int]:
+    """``112`` → ``(112, 112)``; ``96x112`` → ``(96, 112)`` (width, height)."""
+    parts = text.lower().split("x")
+    try:
+        values = [int(v) for v in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values) < 8 or max(values) > 4096:
+        raise argparse.ArgumentTypeError(f"expected W or WxH with sides 8..4096 (e.g. 112 or 96x112), got {text!r}")
+    return (values[0], values[-1])
+
+
+def _check_folder_holds_no_input(folder: Path, flag: str, what: str, roots, paths) -> str:
+    """``folder`` (given as ``flag``) is a folder or new, and holds no input; returns its name for messages."""
+    shown = _show(folder)
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise UsageError(f"{flag} {shown}: exists and is not a folder; give a new or empty folder")
+    real = os.path.realpath(folder)
+    for path in list(roots) + list(paths):
+        if os.path.lexists(path) and _inside(os.path.realpath(path), real):
+            raise UsageError(f"{_show(path)}: input lies inside the {what} {shown}; detect never writes "
+                             f"where its inputs are: choose another {flag}")
+    return shown
+
+
+def check_crops_folder(crops: Path, roots: list[str], paths: list[str]) -> None:
+    """``--crops`` must be a new or empty folder holding no input (checked before any work)."""
+    shown = _check_folder_holds_no_input(crops, "--crops", "crops folder", roots, paths)
+    if crops.is_dir() and any(True for _ in os.scandir(crops)):
+        raise UsageError(f"--crops {shown}: folder is not empty; give a new or empty folder (nothing was changed)")
+
+
+def write_crops(crops: Path, name: str, image, result, size: tuple[int, int], faces: list[dict]) -> None:
+    """The aligned crops of one image's faces as ``crops/<name stem>_face<k>.png`` (atomic), and
+    their entries in ``faces`` (the image's JSON records, same order)."""
+    aligned = result.align(image, size=size)
+    stem = os.path.splitext(name)[0]
+    for k, (face, crop) in enumerate(zip(faces, aligned.crops)):
+        target = crops / f"{stem}_face{k}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fileio.write_bytes_atomic(target, fileio.encode_image(crop, ".png"))
+        face["crop"] = str(target)
+        face["crop_from"] = "landmarks" if aligned.from_landmarks[k] else "box"
+        face["crop_matrix"] = [[round(float(v), 5) for v in row] for row in aligned.matrices[k]]
+
+
+def _video_output_names(path: str, name: str) -> tuple[str, str]:
+    """``(annotated video, JSON Lines)`` names in the output folder for the video ``path``
+    (``name``: its image-style output name, whose extension is replaced)."""
+    stem = os.path.splitext(name)[0]
+    return annotated_video_name(stem + os.path.splitext(path)[1]), stem + ".jsonl"
+
+
+def _run_video(detector, path: str, out_dir: Path, outputs: tuple[str, str], args, written: dict):
+    """One video → ``(its detections.json record, one-line error or None)``; the written files
+    are added to ``written`` (name → sha256)."""
+    video_name, jsonl_name = outputs
+    annotated = None if args.no_draw else out_dir / video_name
+    bar = tqdm(unit="frame", desc=os.path.basename(path), file=sys.stderr, leave=False)
+    try:
+        summary = detect_video(detector, path, annotated=annotated, jsonl=out_dir / jsonl_name, every=args.every,
+                               on_frame=lambda _: bar.update(1))
+    except RetinaFaceError as exc:
+        return {"image": path, "error": str(exc)}, str(exc)
+    finally:
+        bar.close()
+    record = {"image": path, "video": {"frames": summary.frames_read, "frames_detected": summary.frames_detected,
+                                       "frames_declared": summary.frames_declared, "fps": summary.fps,
+                                       "every": args.every, "faces": summary.faces,
+                                       "jsonl": str(out_dir / jsonl_name)}}
+    for name in ([jsonl_name] + ([] if annotated is None else [video_name])):
+        written[os.path.normpath(name)] = _sha256(out_dir / name)
+    if annotated is not None:
+        record["annotated"] = str(annotated)
+    if summary.error:
+        record["error"] = summary.error
+    return record, summary.error
+
+
+def _try_write(write, where: Path, what: str) -> tuple[str | None, bool]:
+    """Run ``write()``: ``(None, False)`` when it worked, else ``(one-line error, fatal)``; fatal
+    is a failure every later write would share too (disk full, quota, read-only, I/O error)."""
+    try:
+        write()
+    except (OSError, RetinaFaceError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        return f"{_show(where)}: cannot write {what}: {reason}", isinstance(exc, OSError) and exc.errno in _FATAL_WRITE_ERRNOS
+    return None, False
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -141,18 +252,11 @@ def _previous_report(out_dir: Path) -> dict[str, str | None] | None:
 
 
 def check_output(out_dir: Path, roots: list[str], paths: list[str], names: list[str], *,
-                 draw: bool) -> dict[str, str | None]:
+                 draw: bool, always: list[str] = ()) -> dict[str, str | None]:
     """Every check of the output location, before any work (see the module docstring). Returns
     the annotated files earlier detect runs wrote there (name → sha256), kept in the new report."""
 
-    shown = _show(out_dir)
-    if os.path.lexists(out_dir) and not out_dir.is_dir():
-        raise UsageError(f"--output {shown}: exists and is not a folder; give a new or empty folder")
-    out_real = os.path.realpath(out_dir)
-    for path in list(roots) + list(paths):
-        if os.path.lexists(path) and _inside(os.path.realpath(path), out_real):
-            raise UsageError(f"{_show(path)}: input lies inside the output folder {shown}; detect never writes "
-                           "where its inputs are: choose another --output")
+    shown = _check_folder_holds_no_input(out_dir, "--output", "output folder", roots, paths)
     if not out_dir.is_dir():
         return {}
     try:
@@ -164,17 +268,16 @@ def check_output(out_dir: Path, roots: list[str], paths: list[str], names: list[
         raise UsageError(f"--output {shown}: folder is not empty and holds no {REPORT_NAME} from an earlier detect "
                        f"(it holds {_show(entries[0])!r}); give a new or empty folder (nothing was changed)")
     previous = previous or {}
-    if draw:
-        for name in names:
-            target = out_dir / name
-            if not os.path.lexists(target):
-                continue
-            key = os.path.normpath(name)
-            ours = (key in previous and not target.is_symlink() and target.is_file()
-                    and (previous[key] is None or _sha256(target) == previous[key]))
-            if not ours:
-                raise UsageError(f"{_show(target)}: exists and is not an annotated image detect wrote (or was changed "
-                               "since); it would be replaced: give a new or empty --output (nothing was changed)")
+    for name in (list(names) if draw else []) + list(always):
+        target = out_dir / name
+        if not os.path.lexists(target):
+            continue
+        key = os.path.normpath(name)
+        ours = (key in previous and not target.is_symlink() and target.is_file()
+                and (previous[key] is None or _sha256(target) == previous[key]))
+        if not ours:
+            raise UsageError(f"{_show(target)}: exists and is not an annotated image detect wrote (or was changed "
+                           "since); it would be replaced: give a new or empty --output (nothing was changed)")
     return previous
 
 
@@ -190,116 +293,159 @@ def _prepare_output(out_dir: Path) -> None:
         raise UsageError(f"--output {_show(out_dir)}: cannot write there: {exc.strerror}") from None
 
 
-def run(args) -> int:
+class _Report:
+    """``detections.json``: one record per input (``None`` until done), the files detect wrote
+    (name → sha256), written atomically now and then and always at the end."""
+
+    def __init__(self, out_dir: Path, paths: list[str], args, written: dict[str, str | None]):
+        self.path = out_dir / REPORT_NAME
+        self.paths, self.args, self.written = paths, args, written
+        self.records: list[dict | None] = [None] * len(paths)
+        self.text = ""
+        self._last = 0.0
+
+    def save(self, complete: bool = False) -> None:
+        done = [r for r in self.records if r is not None]
+        self.text = json.dumps(
+            {"tool": TOOL, "complete": complete, "images_done": len(done), "images_total": len(self.paths),
+             "threshold": self.args.threshold, "max_size": self.args.max_size,
+             "box_format": "xyxy (pixels, original image)",
+             "landmark_order": list(LANDMARK_NAMES),
+             "annotated_files": dict(sorted(self.written.items())), "images": done},
+            indent=1, ensure_ascii=True)  # ASCII: a file name that is not UTF-8 stays \udcxx, never a crash
+        try:
+            fileio.write_text_atomic(self.path, self.text)
+        except OSError as exc:
+            raise RetinaFaceError(f"{_show(self.path)}: cannot write: {exc.strerror or exc}") from None
+        self._last = time.monotonic()
+
+    def save_now_and_then(self) -> None:
+        if time.monotonic() - self._last >= REPORT_EVERY_S:
+            self.save()
+
+    def stopped(self) -> str:
+        """Save what is done after a failure; the note for the error line."""
+        done = sum(r is not None for r in self.records)
+        try:
+            self.save()
+        except RetinaFaceError as save_exc:
+            return f"and {save_exc}"
+        return f"{done} of {len(self.paths)} images recorded in {_show(self.path)}"
+
+
+def _image_outputs(i: int, image, result, record: dict, report: _Report, names, out_dir: Path, crops, args):
+    """``[(what, where, write)]``: the files one image's detections go to."""
+    outputs = []
+    if crops is not None:
+        outputs.append(("the face crops", crops,
+                        lambda: write_crops(crops, names[i], image, result, args.crop_size, record["faces"])))
+    if not args.no_draw:
+        target = out_dir / names[i]
+
+        def annotate():
+            data = fileio.encode_image(draw_detections(image, result), target.suffix)
+            fileio.write_bytes_atomic(target, data)
+            report.written[os.path.normpath(names[i])] = hashlib.sha256(data).hexdigest()
+            record["annotated"] = str(target)
+        outputs.append(("the annotated image", target, annotate))
+    return outputs
+
+
+def _check_args(args) -> None:
     if not (math.isfinite(args.threshold) and 0 <= args.threshold <= 1):
         raise UsageError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.max_size is not None and args.max_size < 32:
         raise UsageError(f"--max-size must be >= 32, got {args.max_size}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.every < 1:
+        raise UsageError(f"--every must be >= 1, got {args.every}")
+
+
+def run(args) -> int:
+    _check_args(args)
     roots = args.paths or [str(fileio.bundled_image())]
     out_dir = Path(args.output)
-    paths = fileio.expand_image_paths(roots, exclude=[out_dir])
+    crops = Path(args.crops) if args.crops else None
+    paths = fileio.expand_image_paths(roots, exclude=[out_dir] + ([crops] if crops is not None else []))
     if not paths:
         raise UsageError(f"no images found in {', '.join(_show(r) for r in roots)}")
     names = _output_names(paths, roots)
-    previous = check_output(out_dir, roots, paths, names, draw=not args.no_draw)
+    videos = {i: _video_output_names(path, names[i]) for i, path in enumerate(paths) if is_video(path)}
+    image_indices = [i for i in range(len(paths)) if i not in videos]
+    always = [v[1] for v in videos.values()] + ([] if args.no_draw else [v[0] for v in videos.values()])
+    previous = check_output(out_dir, roots, paths, [names[i] for i in image_indices], draw=not args.no_draw,
+                            always=always)
+    if crops is not None:
+        check_crops_folder(crops, roots, paths)
 
     # the model first: bad --weights leave no output folder behind
     detector = Detector(args.weights, args.config, score_threshold=args.threshold, max_size=args.max_size,
                         batch_size=args.batch_size, max_pixels=args.max_pixels)
     _prepare_output(out_dir)
-
-    records: list[dict | None] = [None] * len(paths)
-    written = {n: h for n, h in previous.items() if (out_dir / n).is_file()}
-    report_path = out_dir / REPORT_NAME
-    state = {"last": 0.0, "text": ""}
-
-    def save_report(complete: bool) -> None:
-        done = [r for r in records if r is not None]
-        state["text"] = json.dumps(
-            {"tool": TOOL, "complete": complete, "images_done": len(done), "images_total": len(paths),
-             "threshold": args.threshold, "max_size": args.max_size,
-             "box_format": "xyxy (pixels, original image)",
-             "landmark_order": list(LANDMARK_NAMES),
-             "annotated_files": dict(sorted(written.items())), "images": done},
-            indent=1, ensure_ascii=True)  # ASCII: a file name that is not UTF-8 stays \udcxx, never a crash
-        try:
-            fileio.write_text_atomic(report_path, state["text"])
-        except OSError as exc:
-            raise RetinaFaceError(f"{_show(report_path)}: cannot write: {exc.strerror or exc}") from None
-        state["last"] = time.monotonic()
-
-    save_report(False)  # marks the folder as detect's before any image is written
+    report = _Report(out_dir, paths, args, {n: h for n, h in previous.items() if (out_dir / n).is_file()})
+    report.save()  # marks the folder as detect's before any image is written
     originals: dict[int, object] = {}  # read once: detected, then drawn, then dropped
 
     def load():
-        for i, path in enumerate(paths):
+        for i in image_indices:
             try:
-                originals[i] = fileio.read_image(path, max_pixels=args.max_pixels)
+                originals[i] = fileio.read_image(paths[i], max_pixels=args.max_pixels)
             except RetinaFaceError as exc:
                 yield exc
                 continue
             except MemoryError:
-                yield ImageError(f"{path}: out of memory reading the image")
+                yield ImageError(f"{paths[i]}: out of memory reading the image")
                 continue
             yield originals[i]
 
     failed = 0
-    progress = tqdm(total=len(paths), unit="img", disable=len(paths) < 2, file=sys.stderr)
+    progress = tqdm(total=len(image_indices), unit="img", disable=len(image_indices) < 2, file=sys.stderr)
     try:
-        for i, result in detector.iter_detect(load()):
+        for k, result in detector.iter_detect(load()):
+            i = image_indices[k]
             progress.update(1)
             image = originals.pop(i, None)
             if isinstance(result, Exception):
                 failed += 1
                 progress.write(f"error: {_show(str(result))}", file=sys.stderr)
-                records[i] = {"image": paths[i], "error": str(result)}
+                report.records[i] = {"image": paths[i], "error": str(result)}
                 continue
             record = {"image": paths[i], "width": image.shape[1], "height": image.shape[0],
                       "faces": result.to_list()}
-            if not args.no_draw:
-                target = out_dir / names[i]
-                try:
-                    data = fileio.encode_image(draw_detections(image, result), target.suffix)
-                    fileio.write_bytes_atomic(target, data)
-                except (OSError, RetinaFaceError) as exc:
-                    reason = getattr(exc, "strerror", None) or str(exc)
-                    if isinstance(exc, OSError) and exc.errno in _FATAL_WRITE_ERRNOS:
-                        records[i] = {"image": paths[i], "error": f"{target}: cannot write: {reason}"}
-                        raise RetinaFaceError(f"{_show(target)}: cannot write the annotated image: {reason}; "
-                                              "detect stopped") from None
+            for what, where, write in _image_outputs(i, image, result, record, report, names, out_dir, crops, args):
+                error, fatal = _try_write(write, where, what)
+                if fatal:
+                    report.records[i] = {"image": paths[i], "error": error}
+                    raise RetinaFaceError(f"{error}; detect stopped")
+                if error:
                     failed += 1
-                    record["error"] = f"{target}: cannot write: {reason}"
-                    progress.write(f"error: {_show(target)}: cannot write the annotated image: {reason}",
-                                   file=sys.stderr)
-                else:
-                    written[os.path.normpath(names[i])] = hashlib.sha256(data).hexdigest()
-                    record["annotated"] = str(target)
-            records[i] = record
-            if time.monotonic() - state["last"] >= REPORT_EVERY_S:
-                save_report(False)
+                    record["error"] = error
+                    progress.write(f"error: {error}", file=sys.stderr)
+            report.records[i] = record
+            report.save_now_and_then()
+        for i, outputs in videos.items():
+            report.records[i], error = _run_video(detector, paths[i], out_dir, outputs, args, report.written)
+            if error:
+                failed += 1
+                print(f"error: {_show(error)}", file=sys.stderr)
+            report.save()
     except BaseException as exc:
         progress.leave = False  # the bar is cleared: the error stays the last line
         progress.close()
-        done = sum(r is not None for r in records)
-        try:
-            save_report(False)
-            note = f"{done} of {len(paths)} images recorded in {_show(report_path)}"
-        except RetinaFaceError as save_exc:
-            note = f"and {save_exc}"
+        note = report.stopped()
         if isinstance(exc, RetinaFaceError):
             raise RetinaFaceError(f"{exc} ({note})") from None
         print(f"detect stopped ({type(exc).__name__}); {note}", file=sys.stderr)
         raise
     progress.close()
-    save_report(True)
+    report.save(complete=True)
     if args.json:
-        print(state["text"])
+        print(report.text)
     else:
-        faces = sum(len(r.get("faces", [])) for r in records)
+        faces = sum(len(r.get("faces", [])) + r.get("video", {}).get("faces", 0) for r in report.records)
         print(f"{len(paths) - failed}/{len(paths)} images, {faces} faces (score > {args.threshold}); "
-              f"results in {_show(report_path)}" + ("" if args.no_draw else f" and annotated images in {_show(out_dir)}/"))
+              f"results in {_show(report.path)}" + ("" if args.no_draw else f" and annotated images in {_show(out_dir)}/"))
     if failed:
         print(f"{failed} of {len(paths)} images failed", file=sys.stderr)
     return 1 if failed else 0
