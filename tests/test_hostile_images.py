@@ -586,3 +586,19 @@ def test_output_names_never_clash(tmp_path):
              str(tmp_path / "x" / "a.tif")]
     names = _output_names(paths, [str(folder), str(tmp_path / "a.jpg"), str(tmp_path / "x" / "a.tif")])
     assert names == ["a.jpg", "a_1.jpg", os.path.join("sub", "a.jpg"), "a_2.jpg", "a_3.jpg"]
+
+
+def test_train_max_pixels_flag(tmp_path, capsys):
+    """``train --max-pixels`` lowers (or raises) the header limit for training images, checked
+    before any step; nothing is written."""
+    from synthetic import make_dataset
+
+    label, images = make_dataset(tmp_path / "data", images=2)
+    run = tmp_path / "run"
+    code = main(["train", "--config", "mobilenet025", "--set", "data.image_size=64", "--batch-size", "2",
+                 "--label-file", str(label), "--images", str(images), "--output", str(run), "--max-pixels", "100"])
+    assert code != 0 and not run.exists()
+    err = capsys.readouterr().err
+    assert f"{images / 'im0.jpg'}" in err and "over the limit of 0.0001 megapixels" in err
+    with pytest.raises(SystemExit):
+        main(["train", "--max-pixels", "-5"])

@@ -229,3 +229,26 @@ def test_validation_ap_is_logged_and_picks_best(tmp_path, widerface_dir):
     assert {"val_easy_ap", "val_medium_ap", "val_hard_ap", "learning_rate", "bbox_loss"} <= set(header.split(","))
     assert len(rows) == 2
     assert (tmp_path / "run" / "best.weights.h5").exists() and (tmp_path / "run" / "model.weights.h5").exists()
+
+
+def test_learning_rate_logger_logs_the_rate_of_the_epochs_last_step():
+    """At the end of the epoch before a decay, the optimizer's ``learning_rate`` property already
+    gives the decayed rate (it evaluates the schedule at ``iterations``, the next step); the log
+    must give the rate the epoch's steps used."""
+    from types import SimpleNamespace
+
+    from retinaface_tf.training import LearningRateLogger
+
+    opt = TorchSGD(StepDecay(1.0, steps_per_epoch=2, decay_epochs=(1, 2), decay_factor=0.1), momentum=0.9)
+    var = tf.Variable([1.0])
+    logger = LearningRateLogger()
+    logger.set_model(SimpleNamespace(optimizer=opt))
+    logged = []
+    for epoch in range(3):
+        for _ in range(2):
+            opt.apply_gradients([(tf.constant([0.0]), var)])
+        logs = {}
+        logger.on_epoch_end(epoch, logs)
+        logged.append(logs["learning_rate"])
+    np.testing.assert_allclose(logged, [1.0, 0.1, 0.01], rtol=1e-6)
+    assert float(opt.learning_rate) == pytest.approx(0.01)

@@ -10,8 +10,9 @@ import json
 import pytest
 
 from retinaface_tf.config import Config
-from retinaface_tf.inference import Detector, load_model
+from retinaface_tf.inference import Detector
 from retinaface_tf.models import build_from_config
+from retinaface_tf.models.weights import load_model
 from retinaface_tf.training import load_initial_weights, train
 
 TRAIN_IMAGES = 384
@@ -61,5 +62,7 @@ def test_short_recipe_learns_faces_from_imagenet(widerface_dir, reference_dir, t
     with capsys.disabled():
         print(f"\nWIDER val AP ({VAL_IMAGES} images) untrained / after {EPOCHS} epochs on {TRAIN_IMAGES} train5 images:",
               json.dumps({"untrained": before, "trained": after}))
-    for setting, margin in (("easy", 0.3), ("medium", 0.2)):
+    # measured (2026-11-22, 2-core VM): untrained 0.0002 / 0.0001 / 0.0001, after 8 epochs
+    # 0.459 / 0.290 / 0.058 (easy / medium / hard); hard AP needs more epochs than this test runs
+    for setting, margin in (("easy", 0.3), ("medium", 0.18)):
         assert after[setting] >= before[setting] + margin, (setting, before, after)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from retinaface_tf import fileio
 from retinaface_tf.commands import parse_overrides
 from retinaface_tf.config import Config
 from retinaface_tf.errors import UsageError
@@ -33,6 +34,9 @@ def add_parser(sub, name, help_text):
     p.add_argument("--val-images", help="WIDER val images folder (EVENT/NAME.jpg) for AP during training")
     p.add_argument("--val-ground-truth", help="folder with wider_face_val.mat and wider_{easy,medium,hard}_val.mat")
     p.add_argument("--val-every", type=int, default=0, help="evaluate AP every N epochs (0: never)")
+    p.add_argument("--max-pixels", type=fileio.max_pixels_arg, default=fileio.DEFAULT_MAX_PIXELS, metavar="N",
+                   help=f"refuse training images larger than this, from their header, before any step (default "
+                        f"{fileio.DEFAULT_MAX_PIXELS // 10**6}M; K/M/G suffixes allowed)")
     p.add_argument("--val-max-images", type=int, help="evaluate on the first N val images only")
     p.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
     return p
@@ -65,7 +69,8 @@ def run(args) -> int:
                                      max_images=args.val_max_images)
     history = train(cfg, output_dir=args.output, label_file=args.label_file, images_dir=args.images,
                     tfrecord_pattern=args.tfrecords, weights=args.weights, backbone_weights=args.backbone_weights,
-                    validation=validation, steps_per_epoch=args.steps_per_epoch, verbose=2 if args.quiet else "auto")
+                    validation=validation, steps_per_epoch=args.steps_per_epoch, verbose=2 if args.quiet else "auto",
+                    max_pixels=args.max_pixels)
     last = {k: round(float(v[-1]), 4) for k, v in history.history.items()} if history.history else {}
     print(f"done: {args.output} (last epoch: {last})")
     return 0

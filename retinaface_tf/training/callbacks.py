@@ -145,11 +145,22 @@ class HistoryWriter(keras.callbacks.Callback):
 
 
 class LearningRateLogger(keras.callbacks.Callback):
-    """Puts the epoch's last learning rate into ``logs["learning_rate"]`` (history.csv, TensorBoard)."""
+    """Puts the learning rate of the epoch's last step into ``logs["learning_rate"]``
+    (history.csv, TensorBoard). The optimizer's ``learning_rate`` property evaluates the schedule
+    at ``iterations``, i.e. the *next* step's rate (at a decay epoch already the decayed one), so
+    the schedule is evaluated at ``iterations - 1``."""
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:  # the property evaluates the schedule at the current iteration
-            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        if logs is None:
+            return
+        optimizer = self.model.optimizer
+        schedule = getattr(optimizer, "_learning_rate", None)
+        if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            step = max(int(keras.ops.convert_to_numpy(optimizer.iterations)) - 1, 0)
+            value = schedule(step)
+        else:
+            value = optimizer.learning_rate
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(value))
 
 
 class WeightsCheckpoint(keras.callbacks.Callback):

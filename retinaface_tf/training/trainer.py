@@ -21,6 +21,7 @@ from retinaface_tf.config import Config
 from retinaface_tf.data.pipeline import build_dataset, dataset_kwargs
 from retinaface_tf.data.widerface import check_images, read_annotations
 from retinaface_tf.errors import TrainingError
+from retinaface_tf.fileio import DEFAULT_MAX_PIXELS
 from retinaface_tf.losses import MultiBoxLoss
 from retinaface_tf.models.retinaface import build_from_config
 from retinaface_tf.models.weights import load_initial_weights
@@ -48,7 +49,7 @@ def build_training_model(config: Config, *, steps_per_epoch: int, global_batch: 
 
 
 def _data_source(*, label_file, images_dir, tfrecord_pattern, steps_per_epoch: int | None,
-                 global_batch: int) -> tuple[dict, int, int]:
+                 global_batch: int, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[dict, int, int]:
     """Read and check the training data (a bad label file or a missing image fails here, before
     anything is written). Returns ``(build_dataset source arguments, images, steps per epoch)``:
     the reference's ``ceil(images / batch)`` steps (the dataset repeats, so every step is full)."""
@@ -59,7 +60,8 @@ def _data_source(*, label_file, images_dir, tfrecord_pattern, steps_per_epoch: i
         num_images = len(annotations.images)
         if num_images == 0:
             raise TrainingError(f"{label_file}: dataset is empty (no image with a usable face)")
-        check_images(annotations, images_dir)  # every missing image named, before anything is written
+        # every missing or oversized image named, before anything is written
+        check_images(annotations, images_dir, max_pixels=max_pixels)
         source = {"annotations": annotations, "images_dir": images_dir}
     else:
         if steps_per_epoch is None:
@@ -89,11 +91,13 @@ def _callbacks(log_dir: Path, output_dir: Path, validation: ValidationCallback |
 def train(config: Config, *, output_dir, label_file=None, images_dir=None, tfrecord_pattern=None,
           weights=None, backbone_weights=None, validation: ValidationCallback | None = None,
           steps_per_epoch: int | None = None, verbose: int | str = "auto", extra_callbacks=(),
-          strategy: tf.distribute.Strategy | None = None):
+          strategy: tf.distribute.Strategy | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
     """Train (or resume) a run into ``output_dir``. Every check that can fail runs before the
     first step: config, output folder, labels, images, initial weights. ``validation`` (e.g.
     :class:`retinaface_tf.evaluation.validation.WiderValidation`) adds its values to the logs and
-    chooses what ``best.weights.h5`` follows. Returns the Keras ``History``."""
+    chooses what ``best.weights.h5`` follows. Training images declaring more than ``max_pixels``
+    pixels in their header are refused before any step (``None``: no limit). Returns the Keras
+    ``History``."""
     t = config.train
     output_dir = Path(output_dir)
     strategy = strategy or make_strategy()
@@ -109,7 +113,7 @@ def train(config: Config, *, output_dir, label_file=None, images_dir=None, tfrec
                  "backbone_weights": os.fspath(backbone_weights) if backbone_weights else None}
     source, num_images, steps = _data_source(label_file=label_file, images_dir=images_dir,
                                              tfrecord_pattern=tfrecord_pattern, steps_per_epoch=steps_per_epoch,
-                                             global_batch=global_batch)
+                                             global_batch=global_batch, max_pixels=max_pixels)
     if chief:
         resuming = prepare_output(output_dir, config, data_desc, write=False)
         log_dir = output_dir
