@@ -40,17 +40,18 @@ def main(argv=None) -> int:
 
     import tensorflow as tf
 
+    from retinaface_tf.config import DataConfig
     from retinaface_tf.data.pipeline import build_dataset
 
-    ds = build_dataset(args.label_file, args.images, batch_size=args.batch_size, image_size=args.image_size,
-                       repeat=True, jit_compile=not args.no_jit)
+    ds = build_dataset(args.label_file, args.images, batch_size=args.batch_size,
+                       data=DataConfig(image_size=args.image_size), repeat=True, jit_compile=not args.no_jit)
     it = iter(ds)
     for _ in range(args.warmup):
         next(it)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     positives = 0
     for _ in range(args.batches):
-        _, targets = next(it)
+        _, targets, _ = next(it)  # (images, targets, masks)
         positives += int(tf.math.count_nonzero(targets["classes"]))
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     n = args.batches * args.batch_size
