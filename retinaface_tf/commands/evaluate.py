@@ -161,7 +161,7 @@ def _create_folder(path: Path, flag: str) -> None:
         raise UsageError(f"{flag} {path}: cannot create the folder: {exc.strerror}") from None
 
 
-def run(args) -> int:
+def _check_args(args) -> None:
     if not args.images and not args.predictions:
         raise UsageError("give --images (run the detector) or --predictions (score a prediction folder)")
     if args.predictions and args.save_predictions:
@@ -172,6 +172,59 @@ def run(args) -> int:
         raise UsageError(f"--nms-threshold must be in [0, 1], got {args.nms_threshold}")
     if args.max_detections < 1:
         raise UsageError(f"--max-detections must be >= 1, got {args.max_detections}")
+
+
+def _scored_predictions(args, gt, events) -> tuple[dict, str]:
+    """``--predictions``: the prediction folder's files for the selected images → ``(predictions, mode)``."""
+    expected = None
+    if args.images:
+        expected = list(W.list_images(args.images, gt, events=events))
+    elif args.complete:
+        expected = [k for k in gt.images if events is None or k[0] in events]
+    preds = W.read_predictions(args.predictions, gt, expected=expected)
+    if expected is not None:
+        preds = {k: preds[k] for k in expected}
+    elif events:
+        preds = {k: v for k, v in preds.items() if k[0] in events}
+    if not preds:
+        raise UsageError(f"{args.predictions}: no prediction files for the selected events")
+    return preds, f"predictions from {args.predictions}"
+
+
+def _detected_predictions(args, gt, events, log) -> tuple[dict, str, float]:
+    """``--images``: the detector's predictions → ``(predictions, mode, seconds per image)``."""
+    images = W.list_images(args.images, gt, events=events)
+    if args.complete and len(images) != len(gt):
+        missing = next(k for k in gt.images if k not in images)
+        raise UsageError(f"--complete: {args.images}/{missing[0]}/{missing[1]}.jpg is missing "
+                         f"({len(gt) - len(images)} of {len(gt)} images)")
+    for path in images.values():  # every header before any work: a bad image fails now, not in an hour
+        probe_image(path, max_pixels=args.max_pixels)
+    tta = TestTimeAugmentation(scale=args.scale, flip=args.flip, merge=args.merge,
+                               max_detections=args.max_detections)
+    detector = Detector(args.weights, args.config, score_threshold=args.score_threshold,
+                        iou_threshold=args.nms_threshold, max_detections=args.max_detections,
+                        max_pixels=args.max_pixels)
+    if args.save_predictions:
+        _create_folder(Path(args.save_predictions), "--save-predictions")
+    log(f"detecting faces in {len(images)} images: {tta.describe()}")
+    done = []
+    try:
+        preds, seconds_per_image = predict_images(detector, images, tta=tta, output_dir=args.save_predictions,
+                                                  progress=not args.quiet, max_pixels=args.max_pixels,
+                                                  on_image=lambda key, det: done.append(key))
+    except RetinaFaceError as exc:
+        if not args.save_predictions:
+            raise
+        raise type(exc)(f"{exc} (stopped after {len(done)} of {len(images)} images; their prediction files "
+                        f"in {args.save_predictions} are complete)") from None
+    if args.save_predictions:
+        log(f"predictions written to {args.save_predictions}")
+    return preds, tta.describe(), seconds_per_image
+
+
+def run(args) -> int:
+    _check_args(args)
     events = [e for e in args.events.split(",") if e] if args.events else None
     _check_outputs(args)
 
@@ -184,48 +237,9 @@ def run(args) -> int:
     seconds_per_image = None
     t0 = time.perf_counter()
     if args.predictions:
-        expected = None
-        if args.images:
-            expected = list(W.list_images(args.images, gt, events=events))
-        elif args.complete:
-            expected = [k for k in gt.images if events is None or k[0] in events]
-        preds = W.read_predictions(args.predictions, gt, expected=expected)
-        if expected is not None:
-            preds = {k: preds[k] for k in expected}
-        elif events:
-            preds = {k: v for k, v in preds.items() if k[0] in events}
-        if not preds:
-            raise UsageError(f"{args.predictions}: no prediction files for the selected events")
-        mode = f"predictions from {args.predictions}"
+        preds, mode = _scored_predictions(args, gt, events)
     else:
-        images = W.list_images(args.images, gt, events=events)
-        if args.complete and len(images) != len(gt):
-            missing = next(k for k in gt.images if k not in images)
-            raise UsageError(f"--complete: {args.images}/{missing[0]}/{missing[1]}.jpg is missing "
-                           f"({len(gt) - len(images)} of {len(gt)} images)")
-        for path in images.values():  # every header before any work: a bad image fails now, not in an hour
-            probe_image(path, max_pixels=args.max_pixels)
-        tta = TestTimeAugmentation(scale=args.scale, flip=args.flip, merge=args.merge,
-                                   max_detections=args.max_detections)
-        detector = Detector(args.weights, args.config, score_threshold=args.score_threshold,
-                            iou_threshold=args.nms_threshold, max_detections=args.max_detections,
-                            max_pixels=args.max_pixels)
-        if args.save_predictions:
-            _create_folder(Path(args.save_predictions), "--save-predictions")
-        log(f"detecting faces in {len(images)} images: {tta.describe()}")
-        done = []
-        try:
-            preds, seconds_per_image = predict_images(detector, images, tta=tta, output_dir=args.save_predictions,
-                                                      progress=not args.quiet, max_pixels=args.max_pixels,
-                                                      on_image=lambda key, det: done.append(key))
-        except RetinaFaceError as exc:
-            if not args.save_predictions:
-                raise
-            raise type(exc)(f"{exc} (stopped after {len(done)} of {len(images)} images; their prediction files "
-                            f"in {args.save_predictions} are complete)") from None
-        mode = tta.describe()
-        if args.save_predictions:
-            log(f"predictions written to {args.save_predictions}")
+        preds, mode, seconds_per_image = _detected_predictions(args, gt, events, log)
 
     result = W.evaluate_predictions(preds, gt)
     elapsed = time.perf_counter() - t0
