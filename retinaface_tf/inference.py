@@ -190,9 +190,7 @@ class Detector:
                              autograph=False)
             concrete = fn.get_concrete_function()
             if self.fused:
-                frozen = convert_variables_to_constants_v2(concrete)
-                structure = concrete.structured_outputs
-                self._graphs[single_image] = (lambda *args: tf.nest.pack_sequence_as(structure, frozen(*args)), frozen)
+                self._graphs[single_image] = _frozen(concrete)
             else:
                 self._graphs[single_image] = (concrete, concrete)
         return self._graphs[single_image]
@@ -214,9 +212,7 @@ class Detector:
                     tf.TensorSpec([None, 2], tf.float32), tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.float32),
                     tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None, None], tf.bool)]
             concrete = tf.function(self._padded_graph_fn, input_signature=spec, autograph=False).get_concrete_function()
-            frozen = convert_variables_to_constants_v2(concrete)
-            structure = concrete.structured_outputs
-            self._graphs["padded"] = (lambda *args: tf.nest.pack_sequence_as(structure, frozen(*args)), frozen)
+            self._graphs["padded"] = _frozen(concrete)
         return self._graphs["padded"]
 
     def _grid(self, height: int, width: int) -> dict:
@@ -470,6 +466,14 @@ def pad_to_canvas(images: Sequence[np.ndarray]) -> np.ndarray:
     for b, im in enumerate(images):
         canvas[b, :im.shape[0], :im.shape[1]] = im
     return canvas
+
+
+def _frozen(concrete) -> tuple:
+    """``(call returning the structured outputs, frozen function)``: ``concrete`` with its
+    variables turned into constants (no variable read per weight and call)."""
+    frozen = convert_variables_to_constants_v2(concrete)
+    structure = concrete.structured_outputs
+    return (lambda *args: tf.nest.pack_sequence_as(structure, frozen(*args))), frozen
 
 
 def _is_mobilenet(model) -> bool:

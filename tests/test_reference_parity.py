@@ -18,16 +18,25 @@ def photo(reference_dir):
     return cv2.imread(str(reference_dir / "biubug6_test.jpg"), cv2.IMREAD_COLOR)
 
 
-@pytest.fixture(scope="module")
-def detector(bundled_model):
+@pytest.fixture(scope="module", params=[True, False], ids=["fused", "unfused"])
+def detector(bundled_model, request):
+    """The Detector's default (fused) path and ``fused=False``: both must reproduce the reference."""
     from retinaface_tf.inference import Detector
     model, config = bundled_model
-    return Detector(model=model, config=config, score_threshold=0.02)
+    return Detector(model=model, config=config, score_threshold=0.02, fused=request.param)
+
+
+@pytest.fixture(scope="module", params=["trained", "fused"])
+def network(bundled_model, request):
+    """The converted Keras network, and its inference copy (``fuse_for_inference``)."""
+    from retinaface_tf.models.fused import fuse_for_inference
+    model, _ = bundled_model
+    return model if request.param == "trained" else fuse_for_inference(model)
 
 
 @pytest.mark.parametrize("prefix", ["", "resized640_"])
-def test_raw_outputs_equal_reference(bundled_model, ref, photo, prefix):
-    model, _ = bundled_model
+def test_raw_outputs_equal_reference(network, ref, photo, prefix):
+    model = network
     image = photo if not prefix else cv2.resize(photo, (640, 640), interpolation=cv2.INTER_LINEAR)
     assert image.shape[:2] == ((624, 1024) if not prefix else (640, 640))
     out = model(preprocess(image[None]))
