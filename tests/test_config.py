@@ -51,24 +51,29 @@ def test_bad_config_names_file_and_field(tmp_path, text, needle):
 
 def test_names_resolve_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no configs/ folder here
-    assert Config.names() == ["mobilenet025", "mobilenet025_short", "resnet50"]
+    assert Config.names() == ["mobilenet025", "mobilenet025_short", "mobilenet025_short_plus", "resnet50"]
     short = Config.load("mobilenet025_short")
     assert short.name == "mobilenet025_short" and short.model.backbone == "mobilenet025"
     assert (short.data.image_size, short.train.epochs, short.train.decay_epochs) == (320, 40, (30, 36))
+    assert (short.train.learning_rate, short.train.warmup_epochs) == (1e-3, 0)
+    # our faster recipe is the reference's short recipe with only the learning rate and warm-up changed
+    plus = Config.load("mobilenet025_short_plus")
+    assert (plus.name, plus.train.learning_rate, plus.train.warmup_epochs) == ("mobilenet025_short_plus", 1e-2, 3)
+    assert plus.override({"name": short.name, "train.learning_rate": 1e-3, "train.warmup_epochs": 0}) == short
     assert Config.load("mobilenet025") == Config.preset("mobilenet025")
     assert Config.load("resnet50") == Config.preset("resnet50")
 
 
-@pytest.mark.parametrize("name", ["mobilenet025", "mobilenet025_short", "resnet50"])
+@pytest.mark.parametrize("name", ["mobilenet025", "mobilenet025_short", "mobilenet025_short_plus", "resnet50"])
 def test_packaged_yaml_files_load(name):
     assert Config.from_yaml(REPO / "configs" / f"{name}.yaml") == Config.load(name)
 
 
 @pytest.mark.parametrize("spec, needle", [
     ("mobilenet3", "unknown config 'mobilenet3': not a YAML file or a config name "
-                   "(known: mobilenet025, mobilenet025_short, resnet50)"),
+                   "(known: mobilenet025, mobilenet025_short, mobilenet025_short_plus, resnet50)"),
     ("configs/nope.yaml", "configs/nope.yaml: no such config file (or give a config name: mobilenet025, "
-                          "mobilenet025_short, resnet50)"),
+                          "mobilenet025_short, mobilenet025_short_plus, resnet50)"),
 ])
 def test_unknown_config_lists_the_names(tmp_path, monkeypatch, spec, needle):
     monkeypatch.chdir(tmp_path)
@@ -137,7 +142,7 @@ def test_wheel_ships_configs_and_train_finds_them_outside_the_checkout(tmp_path)
                    check=True, cwd=tmp_path, timeout=600)
     (wheel,) = (tmp_path / "dist").glob("retinaface_tf-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for config in ("mobilenet025", "mobilenet025_short", "resnet50"):
+    for config in ("mobilenet025", "mobilenet025_short", "mobilenet025_short_plus", "resnet50"):
         assert f"retinaface_tf/configs/{config}.yaml" in names, sorted(names)
     subprocess.run([*pip, "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)],
                    check=True, cwd=tmp_path, timeout=600)
