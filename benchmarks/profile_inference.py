@@ -308,8 +308,8 @@ def print_ab(r: dict) -> None:
 
 # ---------------------------------------------------------------------- TFLite int8 vs float32
 # (name, network, quantize, layers kept float in int8: None = the export's INT8_FLOAT_LAYERS).
-# network: "original" (the Keras model as trained), "fused" (fuse_for_tflite: ReLU fused into the
-# SSH branches, nearest 2x upsampling as concatenations, native depthwise, heads apart).
+# network: "original" (the Keras model as trained), "fused" (what export writes: fuse_for_tflite, ReLU fused
+# into the SSH branches, nearest 2x upsampling as concatenations, native depthwise, heads apart, RGB flip folded).
 TFLITE_VARIANTS = (
     ("fp32", "original", "none", None),
     ("fp32 fused", "fused", "none", None),
@@ -330,10 +330,8 @@ def _export_module():
 
 def export_variant(folder: Path, name: str, network: str, quantize: str, keep_float, *, size=(640, 640),
                    score_threshold: float = 0.5, raw: bool = False, models=None) -> Path:
-    """One TFLite export of :data:`TFLITE_VARIANTS` (reused when the file exists). ``fused``: the
-    network from :func:`retinaface_tf.models.fused.fuse_for_tflite`."""
-    import functools
-
+    """One TFLite export of :data:`TFLITE_VARIANTS` (reused when the file exists). ``fused``: what
+    ``export`` writes (``serving.tflite_network``); ``original``: ``export_tflite(..., fuse=False)``."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_tflite import _calibration_images
 
@@ -344,19 +342,10 @@ def export_variant(folder: Path, name: str, network: str, quantize: str, keep_fl
     if path.exists():
         return path
     model, config = models
-    if network == "fused":
-        from retinaface_tf.models.fused import fuse_for_tflite
-
-        model = fuse_for_tflite(model)
     settings = mod.ExportSettings.from_config(config, score_threshold=score_threshold)
-    original = mod.convert_tflite
-    if keep_float is not None:  # export_tflite calls convert_tflite with its default keep_float
-        mod.convert_tflite = functools.partial(original, keep_float=tuple(keep_float))
-    try:
-        mod.export_tflite(model, config, path, settings, input_size=size, quantize=quantize, raw=raw,
-                          calibration_images=_calibration_images(100))
-    finally:
-        mod.convert_tflite = original
+    extra = {} if keep_float is None else {"keep_float": tuple(keep_float)}
+    mod.export_tflite(model, config, path, settings, input_size=size, quantize=quantize, raw=raw,
+                      calibration_images=_calibration_images(100), fuse=network == "fused", **extra)
     return path
 
 

@@ -25,10 +25,11 @@ Ours, per case (the bundled photo resized to the case, ms per image):
 - ``litert network`` (``--litert``): the network as a fixed-size float32 LiteRT model (XNNPACK);
 - at 640x640 batch 1 only, unless ``--no-tflite``: the exported TFLite models end to end (uint8 →
   detections inside the model, threshold 0.5, XNNPACK, 2 threads), float32 and int8, as
-  ``bench_tflite.py`` builds and runs them; and the same two exported from
-  ``fuse_for_tflite(model)`` (``tflite ... fused e2e``: the export graph ``benchmarks/PROFILE.md``
-  proposes). They are exported once before the rounds into ``--tflite-dir`` (default: a
-  temporary folder; existing files there are reused).
+  ``export --format tflite`` writes them (``export_tflite``: the network of
+  ``serving.tflite_network``, fused, the RGB flip folded into the first convolution); and the same
+  two exported from the trained model as it is (``tflite ... unfused e2e``, ``export_tflite(...,
+  fuse=False)``, the graph of earlier versions). They are exported once before the rounds into
+  ``--tflite-dir`` (default: a temporary folder; existing files there are reused).
 
 ``--inter-op N`` runs our side with ``TF_NUM_INTEROP_THREADS=N`` (TensorFlow's default is the
 core count; 1 may suit the mostly sequential batch-1 graph: measure it on the quiet machine).
@@ -58,11 +59,11 @@ sys.path.insert(0, str(BENCH))
 
 CASES = [((640, 640), 1), ((480, 640), 1), ((1080, 1920), 1), ((640, 640), 8)]  # (H, W), batch: bench_inference's
 TARGETS = {"Detector e2e": 3.0, "unfused Detector e2e": 3.0, "tflite fp32 e2e": 3.5, "tflite int8 e2e": 4.5,
-           "tflite fp32 fused e2e": 3.5, "tflite int8 fused e2e": 4.5}
-# (label, quantize, network): "fused" = retinaface_tf.models.fused.fuse_for_tflite(model), the export graph
-# PROFILE.md proposes (ReLU fused into the SSH branches, nearest 2x as concatenations, heads apart)
-TFLITE_VARIANTS = (("fp32", "none", "original"), ("int8", "int8", "original"),
-                   ("fp32 fused", "none", "fused"), ("int8 fused", "int8", "fused"))
+           "tflite fp32 unfused e2e": 3.5, "tflite int8 unfused e2e": 4.5}
+# (label, quantize, fuse): fuse=True is what `export` writes (serving.tflite_network: ReLU fused into the SSH
+# branches, nearest 2x as concatenations, heads apart, RGB flip in the first convolution); False = the trained model
+TFLITE_VARIANTS = (("fp32", "none", True), ("int8", "int8", True),
+                   ("fp32 unfused", "none", False), ("int8 unfused", "int8", False))
 
 
 def case_key(size, batch) -> str:
@@ -93,19 +94,14 @@ def build_tflite(folder: Path) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     paths = tflite_paths(folder)
     model = config = None
-    for label, quantize, network in TFLITE_VARIANTS:
+    for label, quantize, fuse in TFLITE_VARIANTS:
         if paths[label].exists():
             continue
         if model is None:
             model, config = load_model()
-        net = model
-        if network == "fused":
-            from retinaface_tf.models.fused import fuse_for_tflite
-
-            net = fuse_for_tflite(model)
         settings = ExportSettings.from_config(config, score_threshold=0.5)
-        export_tflite(net, config, paths[label], settings, input_size=(640, 640), quantize=quantize,
-                      calibration_images=_calibration_images())
+        export_tflite(model, config, paths[label], settings, input_size=(640, 640), quantize=quantize,
+                      calibration_images=_calibration_images(), fuse=fuse)
     return {k: str(v) for k, v in paths.items()}
 
 

@@ -326,10 +326,15 @@ def tflite_inputs(image_paths):
     return [letterbox(cv2.imread(str(p)), SIZE) for p in image_paths[:2]]
 
 
-def test_tflite_raw_fp32_equals_keras(bundled_model, tmp_path, tflite_inputs):
+@pytest.mark.parametrize("fuse", [True, False])
+def test_tflite_raw_fp32_equals_keras(bundled_model, tmp_path, tflite_inputs, fuse):
+    """The exported network (by default serving.tflite_network's, RGB flip folded into the first
+    convolution; ``fuse=False`` the trained model as it is) gives the Keras model's raw outputs."""
     model, config = bundled_model
-    path = export_tflite(model, config, tmp_path / "raw", ExportSettings(), input_size=SIZE, raw=True)
+    path = export_tflite(model, config, tmp_path / "raw", ExportSettings(), input_size=SIZE, raw=True, fuse=fuse)
     assert path.name == "raw.tflite"
+    info = __import__("yaml").safe_load(path.with_suffix(".yaml").read_text())
+    assert info["network"] == ("retinaface_fused_rgb" if fuse else model.name)
     runner = tflite_runner(path)
     for batch, _ in tflite_inputs:
         out = runner(images=batch)
@@ -373,6 +378,11 @@ def test_tflite_int8_calibrated_through_model_preprocessing(bundled_model, wider
                          calibration_images=calibration)
     assert int8.stat().st_size < 0.5 * fp32.stat().st_size
 
+    # The exported graph is serving.tflite_network's: nothing XNNPACK leaves to the built-in kernels in
+    # the network (no standalone RELU, no nearest resize, no RGB->BGR REVERSE_V2: folded into stage1_0).
+    for path in (fp32, int8):
+        op_names = {op["op_name"] for op in Interpreter(model_path=str(path))._get_ops_details()}
+        assert not op_names & {"RELU", "RESIZE_NEAREST_NEIGHBOR", "REVERSE_V2"}, (path.name, op_names)
     interp = Interpreter(model_path=str(int8))
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
     ops = interp._get_ops_details()
@@ -386,7 +396,7 @@ def test_tflite_int8_calibrated_through_model_preprocessing(bundled_model, wider
     # the calibration images fed through the model's own preprocessing (a /255-scaled
     # calibration would give a range ~100x narrower).
     quantize = next(op for op in ops if op["op_name"] == "QUANTIZE"
-                    and "stage1_5_pw_relu" in tensors[op["inputs"][0]]["name"])
+                    and "stage1_5_pw" in tensors[op["inputs"][0]]["name"])
     scale, zero = tensors[quantize["outputs"][0]]["quantization"]
     lo, hi = scale * (-128 - zero), scale * (127 - zero)
     backbone = model.get_layer("mobilenet025")

@@ -105,6 +105,30 @@ def test_fused_detector_equals_detector(bundled_model, photo, threshold):
     np.testing.assert_allclose(fast.anchors(333, 517).numpy(), generate_anchors_np(333, 517), atol=1e-6)
 
 
+def test_rgb_input_order_folds_the_channel_flip_into_the_first_convolution(bundled_model):
+    """``input_order="rgb"`` (the TFLite export's network) on RGB minus the RGB-ordered mean computes
+    what the model computes on BGR minus the BGR mean: no channel flip anywhere in the graph."""
+    from retinaface_tf.models.fused import fuse_for_tflite
+
+    model, _ = bundled_model
+    rgb = _images(2, 96, 128, seed=5)
+    x_rgb = preprocess(rgb, channel_order="rgb", network_order="rgb")
+    np.testing.assert_array_equal(x_rgb.numpy()[..., ::-1], preprocess(rgb, channel_order="rgb").numpy())
+    np.testing.assert_array_equal(preprocess(rgb[..., ::-1], channel_order="bgr", network_order="rgb").numpy(),
+                                  x_rgb.numpy())
+    fast = fuse_for_tflite(model, input_order="rgb")
+    assert fast.name.endswith("_fused_rgb")
+    np.testing.assert_array_equal(fast.get_layer("stage1_0").get_weights()[0],
+                                  fuse_for_tflite(model).get_layer("stage1_0").get_weights()[0][:, :, ::-1])
+    _assert_outputs_close(fast(x_rgb), model(preprocess(rgb, channel_order="rgb"), training=False))
+    f = tf.function(lambda t: fast(t), input_signature=[tf.TensorSpec([1, 96, 128, 3], tf.float32)])
+    assert "ReverseV2" not in {op.type for op in f.get_concrete_function().graph.get_operations()}
+    with pytest.raises(ValueError, match="input_order must be 'bgr' or 'rgb'"):
+        fuse_for_inference(model, input_order="brg")
+    with pytest.raises(ValueError, match="only the mobilenet025 backbone, not resnet50"):
+        fuse_for_inference(build_retinaface(backbone="resnet50", fpn_channels=32), input_order="rgb")
+
+
 @pytest.mark.parametrize("order", ["bgr", "rgb"])
 def test_fast_preprocess_is_bitwise_preprocess(order):
     for shape in [(1, 640, 640, 3), (3, 33, 17, 3), (2, 1, 1, 3)]:

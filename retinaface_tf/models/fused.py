@@ -299,9 +299,11 @@ def _act(leaky):
 
 
 # ---------------------------------------------------------------------- the fused network
-def _mobilenet(x, w: _Weights, *, leaky: float, depthwise: str, mask=lambda y, stride: y):
+def _mobilenet(x, w: _Weights, *, leaky: float, depthwise: str, mask=lambda y, stride: y, input_order: str = "bgr"):
     act, slope = _act(leaky)
     kernel, bias = w.conv_bn("stage1_0")
+    if input_order == "rgb":  # the channel flip folded into the first convolution: exact
+        kernel = np.ascontiguousarray(kernel[:, :, ::-1, :])
     x = mask(_fused(x, kernel, bias, stride=2, activation=act, slope=slope, name="stage1_0"), 2)
     total = 2
     features = []
@@ -330,7 +332,7 @@ def _slope_of(w: _Weights, name: str) -> float:
 
 
 def fuse_for_inference(model, *, depthwise: str = "grouped", merge_heads: bool = True,
-                       upsample: str = "resize", masked: bool = False) -> keras.Model:
+                       upsample: str = "resize", masked: bool = False, input_order: str = "bgr") -> keras.Model:
     """A new inference-only ``keras.Model`` computing ``model``'s outputs (same input, same
     output dict) with batch norm folded and TensorFlow-fusable op patterns (module docstring).
 
@@ -351,7 +353,14 @@ def fuse_for_inference(model, *, depthwise: str = "grouped", merge_heads: bool =
     (:class:`ValidRegion`; 1x1 convolutions read only their own position, so what feeds them
     alone is left as it is), so inside the extent the outputs equal the image run alone (to
     float rounding). MobileNetV1-0.25 only (another backbone's layers are not rebuilt here).
+
+    ``input_order="rgb"``: the network takes RGB minus the mean in RGB order instead of BGR minus
+    the BGR mean (``preprocess(..., network_order="rgb")``): the first convolution's kernel has its
+    input channels reversed, which removes the channel flip of RGB input (a separate pass over the
+    image; in TFLite a ``REVERSE_V2`` that XNNPACK does not delegate). MobileNetV1-0.25 only.
     """
+    if input_order not in ("bgr", "rgb"):
+        raise ValueError(f"input_order must be 'bgr' or 'rgb', got {input_order!r}")
     if depthwise not in DEPTHWISE_MODES:
         raise ValueError(f"depthwise must be one of {DEPTHWISE_MODES}, got {depthwise!r}")
     if upsample not in ("resize", "concat"):
@@ -361,6 +370,8 @@ def fuse_for_inference(model, *, depthwise: str = "grouped", merge_heads: bool =
     backbone = next((layer for layer in model.layers if isinstance(layer, keras.Model)), None)
     if backbone is None:
         raise ValueError("fuse_for_inference: no backbone sub-model found (not a RetinaFace model?)")
+    if input_order == "rgb" and backbone.name != "mobilenet025":
+        raise ValueError(f"fuse_for_inference(input_order='rgb'): only the mobilenet025 backbone, not {backbone.name}")
     inputs = keras.Input((None, None, 3), name="image", dtype="float32")
     if masked:
         if backbone.name != "mobilenet025":
@@ -374,7 +385,8 @@ def fuse_for_inference(model, *, depthwise: str = "grouped", merge_heads: bool =
         def mask(y, stride):
             return y
     if backbone.name == "mobilenet025":
-        features = _mobilenet(inputs, w, leaky=_slope_of(w, "stage1_0_relu"), depthwise=depthwise, mask=mask)
+        features = _mobilenet(inputs, w, leaky=_slope_of(w, "stage1_0_relu"), depthwise=depthwise, mask=mask,
+                              input_order=input_order)
     else:
         features = backbone(inputs, training=False)
     act, slope = _act(_slope_of(w, "fpn_output1_relu"))
@@ -428,18 +440,19 @@ def fuse_for_inference(model, *, depthwise: str = "grouped", merge_heads: bool =
                            name=f"{layer}_{i}")
                 flat.append(layers.Reshape((-1, size), name=f"{layer}_{i}_flat")(y))
             outputs[key] = layers.Concatenate(axis=1, name=layer, dtype="float32")(flat)
-    name = f"{model.name}_fused" + ("_masked" if masked else "")
+    name = f"{model.name}_fused" + ("_masked" if masked else "") + ("_rgb" if input_order == "rgb" else "")
     return keras.Model([inputs, sizes] if masked else inputs, outputs, name=name)
 
 
-def fuse_for_tflite(model) -> keras.Model:
+def fuse_for_tflite(model, *, input_order: str = "bgr") -> keras.Model:
     """:func:`fuse_for_inference` in the form a TFLite conversion wants: ``DepthwiseConv2dNative``
     (``DEPTHWISE_CONV_2D``), heads apart (a merged head's ``SPLIT_V`` is not delegated by
     XNNPACK), nearest 2x upsampling as concatenations (``RESIZE_NEAREST_NEIGHBOR`` is not
     delegated either). The SSH ReLU fused into the branch convolutions removes the standalone
     ``RELU`` that XNNPACK refuses in int8 models (its output range differs from its input's).
-    Same outputs as ``model`` (to float rounding) at any size."""
-    return fuse_for_inference(model, depthwise="native", merge_heads=False, upsample="concat")
+    Same outputs as ``model`` (to float rounding) at any size; ``input_order`` as in
+    :func:`fuse_for_inference`. What :func:`retinaface_tf.serving.export_tflite` converts."""
+    return fuse_for_inference(model, depthwise="native", merge_heads=False, upsample="concat", input_order=input_order)
 
 
 # ---------------------------------------------------------------------- runtimes

@@ -70,15 +70,22 @@ def decode_window(contents, window):
         lambda: tf.image.crop_to_bounding_box(_decode_other(contents), window[0], window[1], window[2], window[3]))
 
 
-def preprocess(images, *, channel_order: str = "bgr", mean=BGR_MEAN):
+def preprocess(images, *, channel_order: str = "bgr", mean=BGR_MEAN, network_order: str = "bgr"):
     """uint8 (or float 0..255) ``[..., 3]`` images in ``channel_order`` → the network's input:
     float32 BGR minus ``mean`` (the reference's convention, unscaled). Graph-safe; the one
-    conversion used by the data pipeline, the Detector and every export."""
-    if channel_order not in ("bgr", "rgb"):
-        raise ValueError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
+    conversion used by the data pipeline, the Detector and every export.
+
+    ``network_order="rgb"`` is for a network whose first convolution takes RGB (the TFLite
+    export's, :func:`~retinaface_tf.models.fused.fuse_for_tflite` with ``input_order="rgb"``):
+    the output is then RGB minus the mean in RGB order, and RGB images are not flipped at all.
+    ``mean`` is always given in BGR order."""
+    for name, value in (("channel_order", channel_order), ("network_order", network_order)):
+        if value not in ("bgr", "rgb"):
+            raise ValueError(f"{name} must be 'bgr' or 'rgb', got {value!r}")
     x = tf.cast(images, tf.float32)
-    if channel_order == "rgb":
+    if channel_order != network_order:
         x = tf.reverse(x, axis=[-1])
+    mean = tuple(mean) if network_order == "bgr" else tuple(mean)[::-1]
     return x - tf.constant(mean, tf.float32)
 
 

@@ -73,10 +73,13 @@ class ExportModule(tf.Module):
       input_size: ``None`` for any image size (SavedModel), or ``(height, width)`` for a fixed
         batch-1 input (TFLite: static shapes, anchors folded into constants, and the batch-1
         NMS branch of :func:`~retinaface_tf.ops.nms.postprocess`).
+      network_order: the channel order ``model`` takes: ``"bgr"`` (every RetinaFace), or ``"rgb"``
+        for a network built with the channel flip folded into its first convolution
+        (``fuse_for_tflite(model, input_order="rgb")``).
     """
 
     def __init__(self, model, settings: ExportSettings, *, min_sizes, steps, variances, clip: bool = False,
-                 input_size: tuple[int, int] | None = None):
+                 input_size: tuple[int, int] | None = None, network_order: str = "bgr"):
         super().__init__(name="retinaface_export")
         self.model = model
         # Keras 3 variables are not tf.Variables, so tf.Module does not find them through the
@@ -86,11 +89,12 @@ class ExportModule(tf.Module):
         self._anchor_args = dict(min_sizes=tuple(tuple(s) for s in min_sizes), steps=tuple(steps), clip=bool(clip))
         self._variances = tuple(variances)
         self._input_size = None if input_size is None else (int(input_size[0]), int(input_size[1]))
+        self._network_order = network_order
 
     # ------------------------------------------------------------------ graph pieces
     def _network(self, images, channel_order):
         with tf.name_scope(PREPROCESS_SCOPE):
-            x = preprocess(images, channel_order=channel_order)
+            x = preprocess(images, channel_order=channel_order, network_order=self._network_order)
         return self.model(x, training=False)
 
     def _detect(self, images, score_threshold, iou_threshold, *, channel_order: str, single_image: bool = False):
@@ -190,10 +194,11 @@ class ExportModule(tf.Module):
         return {name: sigs[name] for name in SIGNATURES}
 
 
-def build_export_module(model, config, settings: ExportSettings, *, input_size=None) -> ExportModule:
+def build_export_module(model, config, settings: ExportSettings, *, input_size=None,
+                        network_order: str = "bgr") -> ExportModule:
     a = config.anchors
     return ExportModule(model, settings, min_sizes=a.min_sizes, steps=a.steps, variances=a.variances, clip=a.clip,
-                        input_size=input_size)
+                        input_size=input_size, network_order=network_order)
 
 
 def export_info(fmt: str, settings: ExportSettings, **extra) -> dict:

@@ -19,6 +19,7 @@ import yaml
 from retinaface_tf.constants import BGR_MEAN
 from retinaface_tf.errors import ExportError
 from retinaface_tf.fileio import read_image, write_bytes_atomic, write_text_atomic
+from retinaface_tf.models.fused import fuse_for_tflite
 from retinaface_tf.serving.module import (DETECTION_KEYS, POSTPROCESS_SCOPE, PREPROCESS_SCOPE, RAW_KEYS,
                                           ExportSettings, build_export_module, export_info, resolved_config)
 
@@ -131,6 +132,19 @@ def convert_tflite(saved_model_dir: str | os.PathLike, *, quantize: str = "none"
     return converter.convert()
 
 
+def tflite_network(model, config, channel_order: str = "rgb") -> tuple:
+    """What :func:`export_tflite` converts: ``(network, network_order)``.
+
+    :func:`~retinaface_tf.models.fused.fuse_for_tflite` of ``model`` (batch norm folded, the SSH
+    ReLU fused into its branches, nearest 2x upsampling as concatenations: no op that XNNPACK
+    leaves to TFLite's built-in kernels, so the delegated graph is one piece; see
+    ``benchmarks/PROFILE.md``). For MobileNetV1-0.25 and RGB input the channel flip is folded
+    into the first convolution as well (``network_order="rgb"``). Same outputs as ``model`` to
+    float rounding."""
+    order = "rgb" if channel_order == "rgb" and config.model.backbone == "mobilenet025" else "bgr"
+    return fuse_for_tflite(model, input_order=order), order
+
+
 def _head(path: Path, n: int) -> bytes:
     with open(path, "rb") as f:
         return f.read(n)
@@ -153,8 +167,13 @@ def _check_tflite_outputs(output: Path) -> None:
 
 def export_tflite(model, config, output: str | os.PathLike, settings: ExportSettings, *,
                   input_size: tuple[int, int] = (640, 640), quantize: str = "none", raw: bool = False,
-                  calibration_images: Sequence | None = None, calibration_count: int = 100) -> Path:
+                  calibration_images: Sequence | None = None, calibration_count: int = 100,
+                  fuse: bool = True, keep_float: Sequence[str] = INT8_FLOAT_LAYERS) -> Path:
     """Write a TFLite model for a fixed ``input_size`` ``(height, width)`` and batch 1.
+
+    The network converted is :func:`tflite_network` of ``model`` (``fuse=False``: ``model`` as it
+    is, the slower graph of earlier versions, kept for comparison). ``keep_float``: the layers an
+    int8 export leaves in float32 (:data:`INT8_FLOAT_LAYERS`).
 
     Input ``images`` uint8 ``[1, H, W, 3]`` in ``settings.channel_order`` (see
     :func:`letterbox`). Outputs: the detections of the module docstring with ``B = 1`` in
@@ -182,12 +201,14 @@ def export_tflite(model, config, output: str | os.PathLike, settings: ExportSett
     if quantize == "int8":
         rep = calibration_dataset(calibration_images or [], (height, width), channel_order=settings.channel_order,
                                   count=calibration_count)
-    module = build_export_module(model, config, settings, input_size=(height, width))
+    network, order = tflite_network(model, config, settings.channel_order) if fuse else (model, "bgr")
+    module = build_export_module(network, config, settings, input_size=(height, width), network_order=order)
     sigs = module.signatures()
     with tempfile.TemporaryDirectory(prefix=".retinaface-tflite-") as tmp:
         tf.saved_model.save(module, tmp, signatures={"serving_default": sigs["raw" if raw else "serving_default"]})
-        flatbuffer = convert_tflite(tmp, quantize=quantize, representative_dataset=rep)
+        flatbuffer = convert_tflite(tmp, quantize=quantize, representative_dataset=rep, keep_float=keep_float)
     info = export_info("tflite", settings, quantize=quantize, raw=bool(raw), input_size=[height, width],
+                        network=network.name,
                         input={"name": "images", "dtype": "uint8", "shape": [1, height, width, 3]},
                         outputs=list(RAW_KEYS if raw else DETECTION_KEYS),
                         calibration_images=(min(len(calibration_images), calibration_count) if rep else 0),
