@@ -237,3 +237,44 @@ def test_fused_detector_snapshots_weights_unfused_reads_them_live(photo):
     head.set_weights([kernel, bias + np.tile(np.array([0.0, 3.0], np.float32), len(bias) // 2)])
     np.testing.assert_array_equal(fused.detect(image).scores, before_fused)
     assert live.detect(image).scores.max() > before_live.max() + 0.1
+
+
+def test_detector_runs_on_tensorflow_without_onednn(photo, reference_dir, tmp_path):
+    """TensorFlow without oneDNN (``TF_ENABLE_ONEDNN_OPTS=0``; builds without it) refuses a grouped
+    convolution fused with its bias and activation ("Fused conv implementation does not support
+    grouped convolutions"), so there the default fused network takes native depthwise convolutions:
+    same detections as here, one image and a mixed-size batch (the masked network)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from retinaface_tf.models.fused import default_depthwise
+
+    assert default_depthwise() == "grouped"  # this test process runs oneDNN (TensorFlow's x86 default)
+    small = cv2.resize(photo, (photo.shape[1] // 2, photo.shape[0] // 2))
+    cv2.imwrite(str(tmp_path / "small.png"), small)
+    code = (
+        "import json, sys, cv2\n"
+        "from retinaface_tf import Detector\n"
+        "from retinaface_tf.models.fused import default_depthwise\n"
+        "big, small = cv2.imread(sys.argv[1]), cv2.imread(sys.argv[2])\n"
+        "d = Detector(score_threshold=0.5)\n"
+        "dets = [d.detect(big), *d.detect_batch([big, small])]\n"
+        "print(json.dumps({'depthwise': default_depthwise(),\n"
+        "                  'dets': [[x.boxes.tolist(), x.scores.tolist()] for x in dets]}))\n")
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([sys.executable, "-c", code, str(reference_dir / "biubug6_test.jpg"), str(tmp_path / "small.png")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["depthwise"] == "native"
+    here = Detector(score_threshold=0.5)
+    expected = [here.detect(photo), *here.detect_batch([photo, small])]
+    assert len(expected[0]) > 10 and len(expected[2]) > 0
+    for (boxes, scores), e in zip(out["dets"], expected):
+        assert len(scores) == len(e.scores)
+        np.testing.assert_allclose(np.array(scores), e.scores, atol=1e-4)
+        np.testing.assert_allclose(np.array(boxes).reshape(-1, 4), e.boxes, atol=1e-2)

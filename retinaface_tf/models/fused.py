@@ -62,8 +62,24 @@ from retinaface_tf.models.backbones import MOBILENET_STAGES
 from retinaface_tf.models.layers import UpsampleLike
 from retinaface_tf.ops.anchors import region_mask
 
+try:  # whether TensorFlow runs its oneDNN CPU kernels (private, but what TF's own tests use)
+    from tensorflow.python.util._pywrap_util_port import IsMklEnabled as _onednn_enabled
+except ImportError:  # pragma: no cover - another TensorFlow layout: take the portable path
+    def _onednn_enabled() -> bool:
+        return False
+
 ACTIVATIONS = (None, "relu", "leaky_relu")
 DEPTHWISE_MODES = ("grouped", "native")
+
+
+def default_depthwise() -> str:
+    """The depthwise form :func:`fuse_for_inference` uses by default: ``"grouped"`` where
+    TensorFlow runs oneDNN (the default of its x86 builds), whose fused kernel runs a grouped
+    convolution with its bias and leaky ReLU in one pass; ``"native"`` elsewhere
+    (``TF_ENABLE_ONEDNN_OPTS=0``, builds without oneDNN), where TensorFlow's own fused kernel
+    refuses grouped convolutions ("Fused conv implementation does not support grouped
+    convolutions") and the grouped graph would fail at its first call."""
+    return "grouped" if _onednn_enabled() else "native"
 
 
 @keras.saving.register_keras_serializable(package="retinaface_tf")
@@ -331,7 +347,7 @@ def _slope_of(w: _Weights, name: str) -> float:
     raise ValueError(f"fuse_for_inference: {name} is a {type(layer).__name__}, expected ReLU or LeakyReLU")
 
 
-def fuse_for_inference(model, *, depthwise: str = "grouped", merge_heads: bool = True,
+def fuse_for_inference(model, *, depthwise: str | None = None, merge_heads: bool = True,
                        upsample: str = "resize", masked: bool = False, input_order: str = "bgr") -> keras.Model:
     """A new inference-only ``keras.Model`` computing ``model``'s outputs (same input, same
     output dict) with batch norm folded and TensorFlow-fusable op patterns (module docstring).
@@ -341,8 +357,9 @@ def fuse_for_inference(model, *, depthwise: str = "grouped", merge_heads: bool =
     copied (folded) now: later changes to ``model`` do not reach the fused one. Inference only:
     ``training=True`` behaves as inference (no batch statistics).
 
-    ``depthwise``: ``"grouped"`` (fastest in TensorFlow) or ``"native"`` (``DepthwiseConv2dNative``,
-    for TFLite). ``merge_heads``: one 1x1 convolution per level for the three heads.
+    ``depthwise``: ``"grouped"`` (fastest in TensorFlow with oneDNN) or ``"native"``
+    (``DepthwiseConv2dNative``, for TFLite and for TensorFlow without oneDNN); ``None``:
+    :func:`default_depthwise`. ``merge_heads``: one 1x1 convolution per level for the three heads.
     ``upsample``: ``"resize"`` (``ResizeNearestNeighbor``) or ``"concat"``
     (:class:`UpsampleLikeConcat`, for TFLite / XNNPACK at sizes that are multiples of 32).
     For a TFLite export use ``depthwise="native", upsample="concat"``.
@@ -361,6 +378,7 @@ def fuse_for_inference(model, *, depthwise: str = "grouped", merge_heads: bool =
     """
     if input_order not in ("bgr", "rgb"):
         raise ValueError(f"input_order must be 'bgr' or 'rgb', got {input_order!r}")
+    depthwise = default_depthwise() if depthwise is None else depthwise
     if depthwise not in DEPTHWISE_MODES:
         raise ValueError(f"depthwise must be one of {DEPTHWISE_MODES}, got {depthwise!r}")
     if upsample not in ("resize", "concat"):
