@@ -160,6 +160,66 @@ def test_saved_model_in_fresh_process_equals_detector(saved_model, image_paths, 
     assert out["bytes_thresholds4/num_detections"].sum() > 2 * out["bytes4/num_detections"].sum()
 
 
+def _graph_ops(concrete) -> set:
+    """Op types of a concrete function's graph and of every function it calls."""
+    graph_def = concrete.graph.as_graph_def()
+    ops = {node.op for node in graph_def.node}
+    for function in graph_def.library.function:
+        ops |= {node.op for node in function.node_def}
+    return ops
+
+
+def test_saved_model_runs_the_fused_network(loaded):
+    """The export saves ``saved_model_network``: no batch-norm arithmetic, native depthwise (no
+    grouped convolution, which TensorFlow without oneDNN refuses), the RGB flip folded away."""
+    ops = _graph_ops(loaded.signatures["serving_default"])
+    assert "DepthwiseConv2dNative" in ops and "Conv2D" in ops
+    assert not ops & {"ReverseV2", "FusedBatchNormV3", "Rsqrt"}, ops  # the unfused export has ReverseV2 and Rsqrt
+
+
+ONEDNN_OFF = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import tensorflow as tf
+    model = tf.saved_model.load(sys.argv[1])
+    inputs = np.load(sys.argv[2], allow_pickle=False)
+    out = {}
+    for key, value in model.signatures["serving_default"](images=tf.constant(inputs["photo"])).items():
+        out["images/" + key] = value.numpy()
+    for key, value in model.signatures["image_bytes"](image_bytes=tf.constant(inputs["bytes"])).items():
+        out["bytes/" + key] = value.numpy()
+    for key, value in model.signatures["raw"](images=tf.constant(inputs["photo"])).items():
+        out["raw/" + key] = value.numpy()
+    np.savez(sys.argv[3], **out)
+""")
+
+
+def test_saved_model_bgr_runs_without_onednn(bundled_model, image_paths, detectors, tmp_path):
+    """A BGR export (the network takes BGR, the ``image_bytes`` graph flips its RGB decode) loaded
+    by a TensorFlow with oneDNN off (as in builds without it) gives the Detector's detections."""
+    model, config = bundled_model
+    version = export_saved_model(model, config, tmp_path / "bgr", ExportSettings(channel_order="bgr"))
+    info = __import__("yaml").safe_load((version / "assets.extra" / "export.yaml").read_text())
+    assert info["channel_order"] == "bgr" and info["network"].endswith("_fused")
+    photo = image_paths[0]
+    bgr = cv2.imread(str(photo))
+    np.savez(tmp_path / "in.npz", photo=bgr[None], bytes=np.array([photo.read_bytes()], dtype=bytes))
+    env = {**os.environ, "PYTHONPATH": "", "TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([sys.executable, "-c", ONEDNN_OFF, str(version), str(tmp_path / "in.npz"),
+                           str(tmp_path / "out.npz")], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = np.load(tmp_path / "out.npz")
+    expected = detectors[0.5].detect(bgr)
+    for name in ("images", "bytes"):
+        assert_same_detections(*(out[f"{name}/{k}"][0] for k in DETECTION_KEYS), expected)
+    keras_raw = detectors[0.5].model(preprocess(bgr[None], channel_order="bgr"))
+    for key in RAW_KEYS:
+        np.testing.assert_allclose(out[f"raw/{key}"], keras_raw[key].numpy(), atol=1e-4, rtol=0)
+    loaded_bgr = tf.saved_model.load(str(version))
+    assert "ReverseV2" in _graph_ops(loaded_bgr.signatures["image_bytes"])  # RGB decode → BGR network
+    assert "ReverseV2" not in _graph_ops(loaded_bgr.signatures["serving_default"])
+
+
 def test_saved_model_files_and_cli_listing(saved_model):
     from retinaface_tf.config import Config
 
@@ -167,6 +227,7 @@ def test_saved_model_files_and_cli_listing(saved_model):
     assert cfg.postprocess.score_threshold == 0.5 and cfg.postprocess.max_detections == 750
     info = json.loads(json.dumps(__import__("yaml").safe_load((saved_model / "assets.extra" / "export.yaml").read_text())))
     assert info["channel_order"] == "rgb" and sorted(info["signatures"]) == sorted(SIGNATURES)
+    assert info["network"].endswith("_fused_rgb")  # saved_model_network: BN folded, RGB flip in the first conv
     assert info["signatures"]["image_bytes_with_thresholds"]["inputs"] == ["image_bytes", "iou_threshold", "score_threshold"]
     cli = Path(sys.executable).with_name("saved_model_cli")
     if not cli.exists():

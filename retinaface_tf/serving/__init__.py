@@ -41,11 +41,12 @@ its signatures), :mod:`~retinaface_tf.serving.saved_model` (TF Serving folders),
 """
 
 from retinaface_tf.serving.module import (DETECTION_KEYS, RAW_KEYS, SIGNATURES, ExportModule, ExportSettings,
-                                          build_export_module)
-from retinaface_tf.serving.saved_model import export_saved_model, next_version
+                                          build_export_module, network_order)
+from retinaface_tf.serving.saved_model import export_saved_model, next_version, saved_model_network
 from retinaface_tf.serving.tflite import (INT8_FLOAT_LAYERS, QUANTIZE_MODES, calibration_dataset, convert_tflite,
                                           export_tflite, letterbox, tflite_network, tflite_runner)
 
 __all__ = ["DETECTION_KEYS", "INT8_FLOAT_LAYERS", "QUANTIZE_MODES", "RAW_KEYS", "SIGNATURES", "ExportModule",
            "ExportSettings", "build_export_module", "calibration_dataset", "convert_tflite", "export_saved_model",
-           "export_tflite", "letterbox", "next_version", "tflite_network", "tflite_runner"]
+           "export_tflite", "letterbox", "network_order", "next_version", "saved_model_network", "tflite_network",
+           "tflite_runner"]

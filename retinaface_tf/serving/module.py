@@ -75,7 +75,7 @@ class ExportModule(tf.Module):
         NMS branch of :func:`~retinaface_tf.ops.nms.postprocess`).
       network_order: the channel order ``model`` takes: ``"bgr"`` (every RetinaFace), or ``"rgb"``
         for a network built with the channel flip folded into its first convolution
-        (``fuse_for_tflite(model, input_order="rgb")``).
+        (``fuse_for_inference(model, input_order="rgb")``, see :func:`network_order`).
     """
 
     def __init__(self, model, settings: ExportSettings, *, min_sizes, steps, variances, clip: bool = False,
@@ -192,6 +192,13 @@ class ExportModule(tf.Module):
                     image_bytes=image_bytes.get_concrete_function(),
                     image_bytes_with_thresholds=image_bytes_with_thresholds.get_concrete_function())
         return {name: sigs[name] for name in SIGNATURES}
+
+
+def network_order(config, channel_order: str) -> str:
+    """The channel order an export's network takes: ``"rgb"`` (the flip folded into the first
+    convolution, ``fuse_for_inference(input_order="rgb")``) for MobileNetV1-0.25 and RGB input,
+    else ``"bgr"`` (the graph flips RGB input before the network)."""
+    return "rgb" if channel_order == "rgb" and config.model.backbone == "mobilenet025" else "bgr"
 
 
 def build_export_module(model, config, settings: ExportSettings, *, input_size=None,

@@ -21,7 +21,8 @@ from retinaface_tf.errors import ExportError
 from retinaface_tf.fileio import read_image, write_bytes_atomic, write_text_atomic
 from retinaface_tf.models.fused import fuse_for_tflite
 from retinaface_tf.serving.module import (DETECTION_KEYS, POSTPROCESS_SCOPE, PREPROCESS_SCOPE, RAW_KEYS,
-                                          ExportSettings, build_export_module, export_info, resolved_config)
+                                          ExportSettings, build_export_module, export_info, network_order,
+                                          resolved_config)
 
 QUANTIZE_MODES = ("none", "fp16", "dynamic", "int8")
 # Network layers kept in float32 in int8 exports (substrings of their tensor names): the first
@@ -141,7 +142,7 @@ def tflite_network(model, config, channel_order: str = "rgb") -> tuple:
     ``benchmarks/PROFILE.md``). For MobileNetV1-0.25 and RGB input the channel flip is folded
     into the first convolution as well (``network_order="rgb"``). Same outputs as ``model`` to
     float rounding."""
-    order = "rgb" if channel_order == "rgb" and config.model.backbone == "mobilenet025" else "bgr"
+    order = network_order(config, channel_order)
     return fuse_for_tflite(model, input_order=order), order
 
 
