@@ -29,7 +29,11 @@ Ours, per case (the bundled photo resized to the case, ms per image):
   ``serving.tflite_network``, fused, the RGB flip folded into the first convolution); and the same
   two exported from the trained model as it is (``tflite ... unfused e2e``, ``export_tflite(...,
   fuse=False)``, the graph of earlier versions). They are exported once before the rounds into
-  ``--tflite-dir`` (default: a temporary folder; existing files there are reused).
+  ``--tflite-dir`` (default: a temporary folder; existing files there are reused);
+- ``saved_model e2e`` (unless ``--no-tflite``): the TF Serving export as ``export --format
+  saved_model`` writes it (``serving.saved_model_network``), loaded with ``tf.saved_model.load``,
+  its ``serving_default`` signature on uint8 RGB images → detections at 0.5, every case; exported
+  once into ``--tflite-dir``/``saved_model/1`` beside the TFLite files.
 
 ``--inter-op N`` runs our side with ``TF_NUM_INTEROP_THREADS=N`` (TensorFlow's default is the
 core count; 1 may suit the mostly sequential batch-1 graph: measure it on the quiet machine).
@@ -102,6 +106,13 @@ def build_tflite(folder: Path) -> dict:
         settings = ExportSettings.from_config(config, score_threshold=0.5)
         export_tflite(model, config, paths[label], settings, input_size=(640, 640), quantize=quantize,
                       calibration_images=_calibration_images(), fuse=fuse)
+    if not (folder / "saved_model" / "1" / "saved_model.pb").exists():
+        from retinaface_tf.serving import export_saved_model
+
+        if model is None:
+            model, config = load_model()
+        export_saved_model(model, config, folder / "saved_model", ExportSettings.from_config(config, score_threshold=0.5),
+                           version=1)
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -124,6 +135,9 @@ def worker(repeats: int, tflite_dir: str | None, litert: bool, threshold: float 
     nets = {"keras network": tf.function(lambda x: model(x, training=False), reduce_retracing=True),
             "fused network": tf.function(lambda x: fused(x, training=False), reduce_retracing=True)}
     photo = cv2.imread(str(bundled_image()))
+    serving = None
+    if tflite_dir and (Path(tflite_dir) / "saved_model" / "1" / "saved_model.pb").exists():
+        serving = tf.saved_model.load(str(Path(tflite_dir) / "saved_model" / "1")).signatures["serving_default"]
     out = {}
     for (h, w), batch in CASES:
         images = np.stack([cv2.resize(photo, (w, h), interpolation=cv2.INTER_LINEAR)] * batch)
@@ -135,6 +149,9 @@ def worker(repeats: int, tflite_dir: str | None, litert: bool, threshold: float 
         for name, d in (("Detector e2e", det), ("unfused Detector e2e", slow)):
             row[name] = _time(lambda d=d: [t.numpy() for t in d._infer(  # noqa: SLF001
                 images, scale, np.float32(threshold), np.float32(d.iou_threshold)).values()], repeats) / batch
+        if serving is not None:
+            rgb = tf.constant(images[..., ::-1])
+            row["saved_model e2e"] = _time(lambda: [v.numpy() for v in serving(images=rgb).values()], repeats) / batch
         if litert:
             run = litert_network(model, (h, w), batch=batch, num_threads=2)
             xn = x.numpy()
