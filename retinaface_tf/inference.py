@@ -473,7 +473,13 @@ def _frozen(concrete) -> tuple:
     variables turned into constants (no variable read per weight and call)."""
     frozen = convert_variables_to_constants_v2(concrete)
     structure = concrete.structured_outputs
-    return (lambda *args: tf.nest.pack_sequence_as(structure, frozen(*args))), frozen
+    # Called directly, the frozen function (a wrap_function) spends ~1.7 ms of Python per call
+    # binding its arguments, more than a small image's whole graph run. A concrete tf.function
+    # around it, same input signature, calls the same graph as one op for ~0.1 ms (identical
+    # outputs; benchmarks/RESULTS.md).
+    spec = [tf.TensorSpec(t.shape, t.dtype) for t in frozen.inputs]
+    fast = tf.function(lambda *args: frozen(*args), input_signature=spec, autograph=False).get_concrete_function()
+    return (lambda *args: tf.nest.pack_sequence_as(structure, fast(*args))), frozen
 
 
 def _is_mobilenet(model) -> bool:
