@@ -189,6 +189,7 @@ def profile(kind: str, size, batch: int, steps: int, threshold: float, model=Non
     for step in per_step:
         seen = collections.Counter()
         for op, typ, dur in step:
+            op = op.removeprefix("PartitionedCall/")  # the Detector calls its frozen graph through a wrapper
             seen[(op, typ)] += 1
             key = (op, typ, seen[(op, typ)])  # while-loop bodies repeat a name
             mins[key] = min(mins.get(key, float("inf")), dur)
