@@ -61,6 +61,30 @@ def predict_detector(images: dict):
     return preds, 1000 * seconds / max(1, len(images))
 
 
+def evaluate_saved_model(widerface: Path, *, unfused: bool = False, detector: bool = False,
+                         limit: int | None = None) -> dict:
+    """``{name: {"easy", "medium", "hard", "images", ..., "ms"}}`` for the SavedModel as ``export``
+    writes it (``saved_model``), optionally the unfused one and the Detector."""
+    from retinaface_tf.models.weights import load_model
+    from retinaface_tf.serving import ExportSettings, export_saved_model
+
+    gt = load_ground_truth(widerface / "ground_truth")
+    images = list_images(widerface / "val" / "images", gt)
+    if limit:
+        images = dict(list(images.items())[:limit])
+    model, config = load_model()
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, fuse in [("saved_model", True)] + ([("saved_model_unfused", False)] if unfused else []):
+            path = export_saved_model(model, config, Path(tmp) / name, ExportSettings(), fuse=fuse)
+            preds, ms = predict_saved_model(path, images)
+            results[name] = {**evaluate_predictions(preds, gt).to_dict(), "ms": ms}
+    if detector:
+        preds, ms = predict_detector(images)
+        results["detector"] = {**evaluate_predictions(preds, gt).to_dict(), "ms": ms}
+    return results
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--widerface", type=Path, default=REPO.parent / "shared" / "widerface")
@@ -69,24 +93,9 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=None, help="only the first N val images")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
-    from retinaface_tf.models.weights import load_model
-    from retinaface_tf.serving import ExportSettings, export_saved_model
-
-    gt = load_ground_truth(args.widerface / "ground_truth")
-    images = list_images(args.widerface / "val" / "images", gt)
-    if args.limit:
-        images = dict(list(images.items())[:args.limit])
-    model, config = load_model()
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, fuse in [("saved_model", True)] + ([("saved_model_unfused", False)] if args.unfused else []):
-            path = export_saved_model(model, config, Path(tmp) / name, ExportSettings(), fuse=fuse)
-            preds, ms = predict_saved_model(path, images)
-            results[name] = {**evaluate_predictions(preds, gt).to_dict(), "ms": ms}
-    if args.detector:
-        preds, ms = predict_detector(images)
-        results["detector"] = {**evaluate_predictions(preds, gt).to_dict(), "ms": ms}
-    print(f"WIDER val, {len(images)} images at their own size, score > {SCORE}, NMS {IOU}")
+    results = evaluate_saved_model(args.widerface, unfused=args.unfused, detector=args.detector, limit=args.limit)
+    n = next(iter(results.values()))["images"]
+    print(f"WIDER val, {n} images at their own size, score > {SCORE}, NMS {IOU}")
     print(f"{'model':<22} {'easy':>7} {'medium':>7} {'hard':>7} {'ms/img':>7}")
     for name, r in results.items():
         print(f"{name:<22} {100 * r['easy']:7.2f} {100 * r['medium']:7.2f} {100 * r['hard']:7.2f} {r['ms']:7.1f}")

@@ -1,5 +1,6 @@
-"""Slow export checks: int8 vs float32 TFLite AP on the real WIDER val subset, and the fp16 /
-dynamic-range variants against float32 (run with ``pytest -m slow``)."""
+"""Slow export checks: int8 vs float32 TFLite AP on the real WIDER val subset, the SavedModel's AP
+against the Detector's, and the fp16 / dynamic-range variants against float32 (run with
+``pytest -m slow``)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,23 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _eval_script():
-    spec = importlib.util.spec_from_file_location("eval_tflite", REPO / "scripts" / "eval_tflite.py")
+def _eval_script(name: str = "eval_tflite"):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_saved_model_ap_equals_detector(widerface_dir):
+    """The SavedModel as ``export`` writes it (fused network), fed each val image's JPEG bytes
+    through ``image_bytes_with_thresholds``, scores the Detector's WIDER AP on the same images."""
+    results = _eval_script("eval_saved_model").evaluate_saved_model(widerface_dir, detector=True)
+    print({k: {s: round(100 * v[s], 2) for s in ("easy", "medium", "hard")} for k, v in results.items()})
+    served, detector = results["saved_model"], results["detector"]
+    assert served["images"] == detector["images"] == 310
+    assert served["easy"] > 0.9 and served["medium"] > 0.9 and served["hard"] > 0.78
+    for setting in ("easy", "medium", "hard"):
+        assert abs(served[setting] - detector[setting]) <= 1e-4, (setting, served[setting], detector[setting])
 
 
 def test_int8_ap_within_1_5_points_of_fp32(widerface_dir):
