@@ -28,9 +28,6 @@ from retinaface_tf.evaluation.tta import detections_to_rows  # noqa: E402
 from retinaface_tf.evaluation.widerface import evaluate_predictions, list_images, load_ground_truth  # noqa: E402
 
 SCORE, IOU = 0.02, 0.4
-# Rows exactly as `retinaface-tf evaluate` scores them (integer xywh truncated as the reference
-# writes its prediction files), so the Detector's figure here is the evaluate command's.
-_to_wider = detections_to_rows
 
 
 def predict_saved_model(path, images: dict):
@@ -43,7 +40,8 @@ def predict_saved_model(path, images: dict):
         t = time.perf_counter()
         out = signature(image_bytes=data, score_threshold=tf.constant(SCORE), iou_threshold=tf.constant(IOU))
         n = int(out["num_detections"][0])
-        preds[key] = _to_wider(out["detection_boxes"][0, :n].numpy(), out["detection_scores"][0, :n].numpy())
+        # rows as `retinaface-tf evaluate` scores them (integer xywh truncated as the reference writes them)
+        preds[key] = detections_to_rows(out["detection_boxes"][0, :n].numpy(), out["detection_scores"][0, :n].numpy())
         seconds += time.perf_counter() - t
     return preds, 1000 * seconds / max(1, len(images))
 
@@ -57,7 +55,7 @@ def predict_detector(images: dict):
         t = time.perf_counter()
         det = detector.detect(str(image_path))
         seconds += time.perf_counter() - t
-        preds[key] = _to_wider(det.boxes, det.scores)
+        preds[key] = detections_to_rows(det.boxes, det.scores)
     return preds, 1000 * seconds / max(1, len(images))
 
 

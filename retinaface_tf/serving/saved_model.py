@@ -57,11 +57,11 @@ def export_saved_model(model, config, output: str | os.PathLike, settings: Expor
     version = next_version(output) if version is None else int(version)
     if version < 1:
         raise ExportError(f"--version must be >= 1, got {version}")
+    if output.exists() and not output.is_dir():
+        raise ExportError(f"{output}: exists and is not a folder")
     network, order = saved_model_network(model, config, settings.channel_order) if fuse else (model, "bgr")
     module = build_export_module(network, config, settings, network_order=order)
     signatures = module.signatures()
-    if output.exists() and not output.is_dir():
-        raise ExportError(f"{output}: exists and is not a folder")
     target = output / str(version)
     # an existing version folder is replaced only when it is a SavedModel this command wrote
     ours = (target / "saved_model.pb").is_file() and (target / "assets.extra" / "export.yaml").is_file()
