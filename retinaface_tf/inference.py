@@ -24,7 +24,7 @@ from retinaface_tf.config import Config
 from retinaface_tf.constants import BGR_MEAN
 from retinaface_tf.errors import DetectorError, ImageError, RetinaFaceError
 from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, check_max_pixels, read_image, to_bgr_uint8
-from retinaface_tf.models.fused import fuse_for_inference
+from retinaface_tf.models.fused import fuse_for_inference, merged_heads
 from retinaface_tf.models.weights import load_model
 from retinaface_tf.ops.anchors import anchor_grid, anchors_inside, generate_anchors, reindex_anchors
 from retinaface_tf.ops.image import fast_preprocess
@@ -155,6 +155,7 @@ class Detector:
         self.config = config
         self.fused = bool(fused)
         self.network = fuse_for_inference(model) if self.fused and not model.name.endswith("_fused") else model
+        self._forward = merged_heads(self.network) or self.network  # merged heads: split after gathering rows
         post = config.postprocess
         self.score_threshold = score_threshold
         self.iou_threshold = float(post.iou_threshold if iou_threshold is None else iou_threshold)
@@ -164,6 +165,7 @@ class Detector:
         self.batch_size = batch_size
         self.mixed_sizes = bool(mixed_sizes) and self.fused and _is_mobilenet(model)
         self._masked_network = None
+        self._masked_forward = None
         self._grids: dict[tuple[int, int], dict] = {}
         self._anchors: dict[tuple[int, int], tf.Tensor] = {}
         self._graphs: dict[bool, tuple] = {}
@@ -171,7 +173,7 @@ class Detector:
     # ------------------------------------------------------------------ graph
     def _graph_fn(self, images, output_scale, score_threshold, iou_threshold, anchors, *, single_image: bool):
         a = self.config.anchors
-        out = self.network(fast_preprocess(images, channel_order="bgr"), training=False)
+        out = self._forward(fast_preprocess(images, channel_order="bgr"), training=False)
         return detect_from_heads(out, input_size=(tf.shape(images)[1], tf.shape(images)[2]),
                                  output_scale=output_scale, score_threshold=score_threshold,
                                  iou_threshold=iou_threshold, pre_nms_top_k=self.pre_nms_top_k,
@@ -196,7 +198,7 @@ class Detector:
         return self._graphs[single_image]
 
     def _padded_graph_fn(self, images, sizes, output_scale, score_threshold, iou_threshold, anchors, inside):
-        out = self._masked_network([fast_preprocess(images, channel_order="bgr"), sizes], training=False)
+        out = self._masked_forward([fast_preprocess(images, channel_order="bgr"), sizes], training=False)
         scores = tf.where(inside, face_probability(out["classes"]), -1.0)  # anchors outside the image: never kept
         return postprocess(out["bbox"], scores, out["landmarks"], anchors,
                            input_size=(tf.shape(images)[1], tf.shape(images)[2]), output_scale=output_scale,
@@ -208,6 +210,7 @@ class Detector:
         """The frozen graph for batches of different sizes (built on the first such batch)."""
         if "padded" not in self._graphs:
             self._masked_network = fuse_for_inference(self.model, masked=True)
+            self._masked_forward = merged_heads(self._masked_network) or self._masked_network
             spec = [tf.TensorSpec([None, None, None, 3], tf.uint8), tf.TensorSpec([None, 2], tf.int32),
                     tf.TensorSpec([None, 2], tf.float32), tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.float32),
                     tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None, None], tf.bool)]

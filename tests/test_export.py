@@ -171,10 +171,13 @@ def _graph_ops(concrete) -> set:
 
 def test_saved_model_runs_the_fused_network(loaded):
     """The export saves ``saved_model_network``: no batch-norm arithmetic, native depthwise (no
-    grouped convolution, which TensorFlow without oneDNN refuses), the RGB flip folded away."""
+    grouped convolution, which TensorFlow without oneDNN refuses), the RGB flip folded away, and
+    the detection signatures do not split the merged heads of every anchor."""
     ops = _graph_ops(loaded.signatures["serving_default"])
     assert "DepthwiseConv2dNative" in ops and "Conv2D" in ops
     assert not ops & {"ReverseV2", "FusedBatchNormV3", "Rsqrt"}, ops  # the unfused export has ReverseV2 and Rsqrt
+    # detections gather rows of the merged heads before slicing (MergedHeads); raw outputs are split
+    assert "SplitV" not in ops and "SplitV" in _graph_ops(loaded.signatures["raw"])
 
 
 ONEDNN_OFF = textwrap.dedent("""

@@ -136,6 +136,32 @@ def test_detector_calls_its_frozen_graph_through_a_concrete_function(bundled_mod
             np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=name)
 
 
+def test_detector_splits_the_merged_heads_after_gathering_rows(bundled_model, photo, monkeypatch):
+    """The Detector's graphs take the merged heads unsplit (``MergedHeads``): no ``SplitV`` over
+    every anchor, and the detections of a Detector that splits first, bit for bit, for one image,
+    a batch and a batch of mixed sizes (the padded graph)."""
+    import retinaface_tf.inference as inference
+
+    model, config = bundled_model
+    det = Detector(model=model, config=config, score_threshold=0.3)
+    det._padded_graph()  # built now: the padded graph is otherwise built on first use, below
+    monkeypatch.setattr(inference, "merged_heads", lambda network: None)
+    split = Detector(model=model, config=config, score_threshold=0.3)
+    mixed = [photo[:300, :400], cv2.resize(photo, (256, 160))]
+    for name, run in (("one image", lambda d: [d.detect(photo)]),
+                      ("batch", lambda d: d.detect_batch([photo, photo[:, ::-1]])),
+                      ("mixed sizes", lambda d: d.detect_batch(mixed))):
+        ours, theirs = run(det), run(split)
+        assert len(ours[0]) > 0, name
+        for a, b in zip(ours, theirs):
+            for key in ("boxes", "scores", "landmarks", "anchor_indices"):
+                np.testing.assert_array_equal(getattr(a, key), getattr(b, key), err_msg=f"{name}: {key}")
+    for key, (ours, theirs) in {"one image": (det.graph(True), split.graph(True)),
+                                "padded": (det._padded_graph()[1].graph, split._padded_graph()[1].graph)}.items():
+        ops = {op.type for op in ours.get_operations()}
+        assert "SplitV" not in ops and "SplitV" in {op.type for op in theirs.get_operations()}, key
+
+
 def test_rgb_input_order_folds_the_channel_flip_into_the_first_convolution(bundled_model):
     """``input_order="rgb"`` (the TFLite export's network) on RGB minus the RGB-ordered mean computes
     what the model computes on BGR minus the BGR mean: no channel flip anywhere in the graph."""

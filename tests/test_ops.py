@@ -170,3 +170,24 @@ def test_postprocess_equals_decode_then_brute_force_nms(threshold):
         expected_lm = decode_landmarks(lms[b][keep], anchors[keep]).numpy() * np.array([w, h]) * scale
         np.testing.assert_allclose(out["landmarks"][b, :k].numpy(), expected_lm, rtol=1e-5, atol=1e-3)
         assert not out["boxes"][b, k:].numpy().any()
+
+
+def test_postprocess_on_merged_head_columns_equals_split_heads():
+    """Heads given as ``HeadColumns`` of one merged tensor (rows gathered, then sliced) give the
+    detections of the split tensors, bit for bit; the face probability reads the class columns."""
+    from retinaface_tf.ops.nms import HeadColumns, face_probability, postprocess
+
+    rng = np.random.default_rng(5)
+    h, w = 64, 96
+    anchors = tf.constant(generate_anchors_np(h, w))
+    n = anchors.shape[0]
+    merged = tf.constant(rng.normal(0, 1, (2, n, 16)).astype(np.float32) * np.r_[[0.5] * 4, [3.0] * 2, [0.5] * 10])
+    split = dict(zip(("bbox", "classes", "landmarks"), tf.split(merged, [4, 2, 10], axis=-1)))
+    cols = {"bbox": HeadColumns(merged, 0, 4), "classes": HeadColumns(merged, 4, 2), "landmarks": HeadColumns(merged, 6, 10)}
+    np.testing.assert_array_equal(face_probability(cols["classes"]).numpy(), face_probability(split["classes"]).numpy())
+    outs = [postprocess(d["bbox"], face_probability(d["classes"]), d["landmarks"], anchors, input_size=(h, w),
+                        output_scale=tf.ones([2, 2]), score_threshold=0.3, iou_threshold=0.4, pre_nms_top_k=100,
+                        max_detections=20) for d in (split, cols)]
+    assert int(outs[0]["num_detections"][0]) > 0
+    for key in outs[0]:
+        np.testing.assert_array_equal(outs[0][key].numpy(), outs[1][key].numpy(), err_msg=key)

@@ -35,7 +35,10 @@ What changes (see ``benchmarks/PROFILE.md`` for the profile that motivated each 
 - **The three heads of a level as one 1x1 convolution** (``2 x (4 + 2 + 10) = 32`` output
   channels, anchor-major), levels concatenated once and split into bbox / classes / landmarks at
   the end: the level's features are read once instead of three times, 3 convolutions and 3
-  concats instead of 9 and 3 (``merge_heads=False`` keeps them apart).
+  concats instead of 9 and 3 (``merge_heads=False`` keeps them apart). The Detector and the
+  SavedModel's detection signatures skip even that split (:func:`merged_heads`): post-processing
+  gathers the few rows it keeps from the merged tensor and slices those (``SplitV`` of every
+  anchor cost 0.28 ms at 640x480, more than the rest of the post-processing).
 
 ``depthwise="native"`` keeps ``DepthwiseConv2dNative`` (+ an explicit ``Pad`` for stride 2),
 e.g. for a TFLite conversion, where ``DEPTHWISE_CONV_2D`` is the kernel XNNPACK expects;
@@ -61,6 +64,7 @@ from keras import layers
 from retinaface_tf.models.backbones import MOBILENET_STAGES
 from retinaface_tf.models.layers import UpsampleLike
 from retinaface_tf.ops.anchors import region_mask
+from retinaface_tf.ops.nms import HeadColumns
 
 try:  # whether TensorFlow runs its oneDNN CPU kernels (private, but what TF's own tests use)
     from tensorflow.python.util._pywrap_util_port import IsMklEnabled as _onednn_enabled
@@ -460,6 +464,30 @@ def fuse_for_inference(model, *, depthwise: str | None = None, merge_heads: bool
             outputs[key] = layers.Concatenate(axis=1, name=layer, dtype="float32")(flat)
     name = f"{model.name}_fused" + ("_masked" if masked else "") + ("_rgb" if input_order == "rgb" else "")
     return keras.Model([inputs, sizes] if masked else inputs, outputs, name=name)
+
+
+class MergedHeads:
+    """Calls a network of :func:`fuse_for_inference` with merged heads up to the merged heads
+    tensor ``[B, N, C]``, before :class:`SplitHeads`, and returns the output dict with each head
+    as :class:`~retinaface_tf.ops.nms.HeadColumns` of it: post-processing then gathers the few
+    rows it keeps and slices those, instead of splitting every row (the same values). Build it
+    with :func:`merged_heads`."""
+
+    def __init__(self, network, split: SplitHeads):
+        self.heads = keras.Model(network.inputs, split.input, name=f"{network.name}_heads")  # shares the layers
+        starts = np.cumsum((0,) + split.sizes[:-1])
+        self.columns = {name: (int(start), size) for name, start, size in zip(split.names, starts, split.sizes)}
+
+    def __call__(self, inputs, training=False) -> dict:
+        merged = self.heads(inputs, training=training)
+        return {name: HeadColumns(merged, start, size) for name, (start, size) in self.columns.items()}
+
+
+def merged_heads(network) -> MergedHeads | None:
+    """:class:`MergedHeads` of ``network`` if it has merged heads (:func:`fuse_for_inference`'s
+    default), else ``None``."""
+    split = next((layer for layer in network.layers if isinstance(layer, SplitHeads)), None)
+    return None if split is None else MergedHeads(network, split)
 
 
 def fuse_for_tflite(model, *, input_order: str = "bgr") -> keras.Model:

@@ -11,6 +11,8 @@ shifted by one pixel, so the boxes handed to ``tf.image`` NMS are pixel ``yxyx``
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import tensorflow as tf
 
 from retinaface_tf.config import AnchorConfig
@@ -18,9 +20,32 @@ from retinaface_tf.ops.anchors import generate_anchors
 from retinaface_tf.ops.box_coder import decode_boxes, decode_landmarks
 
 
+class HeadColumns(NamedTuple):
+    """Columns ``start : start + size`` of the merged heads tensor ``[B, N, C]`` (one 1x1
+    convolution per level for all three heads, :func:`retinaface_tf.models.fused.merged_heads`),
+    standing for one head's ``[B, N, size]`` output without splitting it out: post-processing
+    gathers its few rows first and slices their columns after (the same values; a ``SplitV`` of
+    every row costs more than the rest of the post-processing at 640x480)."""
+
+    tensor: tf.Tensor
+    start: int
+    size: int
+
+
+def _take(x, indices):
+    """``tf.gather(x, indices, batch_dims=1)`` for a head output or :class:`HeadColumns`."""
+    if isinstance(x, HeadColumns):
+        return tf.gather(x.tensor, indices, batch_dims=1)[..., x.start:x.start + x.size]
+    return tf.gather(x, indices, batch_dims=1)
+
+
 def face_probability(class_logits):
     """``[..., 2]`` (background, face) logits → ``[...]`` face probability. Equals
-    ``softmax(logits)[..., 1]`` (the reference's ``conf[:, 1]``) without normalising over both."""
+    ``softmax(logits)[..., 1]`` (the reference's ``conf[:, 1]``) without normalising over both.
+    ``class_logits`` may be :class:`HeadColumns` of the merged heads."""
+    if isinstance(class_logits, HeadColumns):
+        x, c = class_logits.tensor, class_logits.start
+        return tf.sigmoid(x[..., c + 1] - x[..., c])
     return tf.sigmoid(class_logits[..., 1] - class_logits[..., 0])
 
 
@@ -103,7 +128,8 @@ def postprocess(box_deltas, face_scores, landmark_deltas, anchors, *, input_size
 
     Args:
       box_deltas: ``[B, N, 4]``; face_scores: ``[B, N]`` face probability;
-      landmark_deltas: ``[B, N, 10]``; anchors: ``[N, 4]`` ``rel_center_xywh``.
+      landmark_deltas: ``[B, N, 10]``; anchors: ``[N, 4]`` ``rel_center_xywh``. The deltas may
+        be :class:`HeadColumns` of the merged heads (only the gathered rows are sliced).
       input_size: ``(height, width)`` of the network input (ints or scalar tensors).
       output_scale: ``[B, 2]`` ``(sx, sy)`` multiplying network-input pixels into output pixels
         (``1 / resize`` of each image: detections come back in the original image).
@@ -123,12 +149,12 @@ def postprocess(box_deltas, face_scores, landmark_deltas, anchors, *, input_size
 
     top_scores, top_idx = _top_k(face_scores, pre_nms_top_k, score_threshold)
     top_anchors = tf.gather(anchors, top_idx)  # [B, k, 4]
-    boxes = decode_boxes(tf.gather(box_deltas, top_idx, batch_dims=1), top_anchors, variances)
+    boxes = decode_boxes(_take(box_deltas, top_idx), top_anchors, variances)
     boxes = boxes * tf.tile(to_pixels, [1, 2])[:, None, :]
     selected, num = _nms_sorted(boxes, top_scores, score_threshold=score_threshold, iou_threshold=iou_threshold,
                                 max_detections=max_detections, plus_one_pixel=True, single_image=single_image)
     kept = tf.gather(top_idx, selected, batch_dims=1)  # [B, K] into N
-    landmarks = decode_landmarks(tf.gather(landmark_deltas, kept, batch_dims=1), tf.gather(anchors, kept), variances)
+    landmarks = decode_landmarks(_take(landmark_deltas, kept), tf.gather(anchors, kept), variances)
     valid = tf.range(max_detections)[None, :] < num[:, None]
     validf = tf.cast(valid, tf.float32)
     return {

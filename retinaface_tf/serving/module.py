@@ -13,6 +13,7 @@ from retinaface_tf import __version__
 from retinaface_tf.config import PostprocessConfig
 from retinaface_tf.constants import LANDMARK_NAMES
 from retinaface_tf.errors import ExportError
+from retinaface_tf.models.fused import merged_heads
 from retinaface_tf.ops.image import decode_image, preprocess
 from retinaface_tf.ops.nms import detect_from_heads
 
@@ -85,6 +86,7 @@ class ExportModule(tf.Module):
         # Keras 3 variables are not tf.Variables, so tf.Module does not find them through the
         # model; listing the backing tf.Variables makes the SavedModel save and restore them.
         self._variables = [v.value for v in model.variables]
+        self._forward = merged_heads(model) or model  # detections: merged heads split after gathering rows
         self._settings = settings
         self._anchor_args = dict(min_sizes=tuple(tuple(s) for s in min_sizes), steps=tuple(steps), clip=bool(clip))
         self._variances = tuple(variances)
@@ -92,15 +94,15 @@ class ExportModule(tf.Module):
         self._network_order = network_order
 
     # ------------------------------------------------------------------ graph pieces
-    def _network(self, images, channel_order):
+    def _network(self, images, channel_order, *, forward=None):
         with tf.name_scope(PREPROCESS_SCOPE):
             x = preprocess(images, channel_order=channel_order, network_order=self._network_order)
-        return self.model(x, training=False)
+        return (forward or self.model)(x, training=False)
 
     def _detect(self, images, score_threshold, iou_threshold, *, channel_order: str, single_image: bool = False):
         """uint8 ``[B, H, W, 3]`` → padded detections dict (see the module docstring)."""
         s = self._settings
-        out = self._network(images, channel_order)
+        out = self._network(images, channel_order, forward=self._forward)
         with tf.name_scope(POSTPROCESS_SCOPE):
             if self._input_size is not None:
                 h, w = self._input_size
