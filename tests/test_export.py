@@ -398,7 +398,7 @@ def test_tflite_raw_fp32_equals_keras(bundled_model, tmp_path, tflite_inputs, fu
     path = export_tflite(model, config, tmp_path / "raw", ExportSettings(), input_size=SIZE, raw=True, fuse=fuse)
     assert path.name == "raw.tflite"
     info = __import__("yaml").safe_load(path.with_suffix(".yaml").read_text())
-    assert info["network"] == ("retinaface_fused_rgb" if fuse else model.name)
+    assert info["network"] == ("retinaface_fused_rgb_uint8" if fuse else model.name)
     runner = tflite_runner(path)
     for batch, _ in tflite_inputs:
         out = runner(images=batch)
@@ -444,9 +444,18 @@ def test_tflite_int8_calibrated_through_model_preprocessing(bundled_model, wider
 
     # The exported graph is serving.tflite_network's: nothing XNNPACK leaves to the built-in kernels in
     # the network (no standalone RELU, no nearest resize, no RGB->BGR REVERSE_V2: folded into stage1_0).
+    # The image itself: bordered with the mean colour in uint8 and cast once (MeanBorder), no
+    # subtraction or padding pass over it in float (the mean is folded into stage1_0).
     for path in (fp32, int8):
-        op_names = {op["op_name"] for op in Interpreter(model_path=str(path))._get_ops_details()}
+        interp = Interpreter(model_path=str(path))
+        op_names = {op["op_name"] for op in interp._get_ops_details()}
         assert not op_names & {"RELU", "RESIZE_NEAREST_NEIGHBOR", "REVERSE_V2"}, (path.name, op_names)
+        shapes = {t["index"]: (tuple(t["shape"]), t["dtype"]) for t in interp.get_tensor_details()}
+        on_image = [(op["op_name"], *shapes[op["outputs"][0]]) for op in interp._get_ops_details()
+                    if len(shapes[op["outputs"][0]][0]) == 4 and shapes[op["outputs"][0]][0][-1] == 3]
+        h, w = SIZE
+        assert on_image == [("CONCATENATION", (1, h + 2, w, 3), np.uint8), ("CONCATENATION", (1, h + 2, w + 2, 3), np.uint8),
+                            ("CAST", (1, h + 2, w + 2, 3), np.float32)], (path.name, on_image)
     interp = Interpreter(model_path=str(int8))
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
     ops = interp._get_ops_details()
@@ -467,7 +476,7 @@ def test_tflite_int8_calibrated_through_model_preprocessing(bundled_model, wider
     probe = keras.Model(backbone.input, backbone.get_layer("stage1_5_pw_relu").output)
     acts = np.concatenate([probe(preprocess(r["images"], channel_order="rgb")).numpy().ravel() for r in rep])
     assert abs(lo - acts.min()) < 0.03 * (hi - lo) and abs(hi - acts.max()) < 0.03 * (hi - lo), (lo, hi, acts.min(), acts.max())
-    # Pre- and post-processing stay float32: mean subtraction, decoded boxes (EXP), NMS, outputs.
+    # Post-processing stays float32: decoded boxes (EXP), NMS, outputs.
     for op in ops:
         if op["op_name"] in ("SUB", "EXP", "NON_MAX_SUPPRESSION_V4", "SOFTMAX"):
             assert tensors[op["inputs"][0]]["dtype"] == np.float32, op["op_name"]

@@ -70,6 +70,34 @@ def test_fuse_for_tflite_at_a_fixed_size(bundled_model, h, w):
     _assert_outputs_close(f(x), model(x, training=False))
 
 
+@pytest.mark.parametrize("order", ["bgr", "rgb"])
+def test_uint8_input_folds_the_mean_into_the_first_convolution(bundled_model, order):
+    """``uint8_input=True`` (the TFLite export's network) on the uint8 image computes what the
+    float network computes on the image minus the mean, at even and odd sizes (the border of the
+    mean colour stands for the zero padding of the mean-subtracted image); no subtraction."""
+    from retinaface_tf.models.fused import MeanBorder
+
+    model, _ = bundled_model
+    net = fuse_for_inference(model, input_order=order, uint8_input=True)
+    assert net.name.endswith("_uint8") and net.inputs[0].dtype == "uint8"
+    for h, w in ((96, 128), (97, 131)):
+        images = _images(2, h, w, seed=h)
+        x = preprocess(images, channel_order=order, network_order=order)
+        _assert_outputs_close(net(tf.constant(images)), fuse_for_inference(model, input_order=order)(x))
+    graph = tf.function(lambda t: net(t)).get_concrete_function(tf.TensorSpec([1, None, None, 3], tf.uint8)).graph
+    ops = [op.type for op in graph.get_operations()]
+    assert "Sub" not in ops and ops.count("Cast") == 1, ops
+    border = MeanBorder((104, 117, 123))(tf.constant(_images(1, 3, 4)))
+    assert border.dtype == tf.float32 and border.shape == (1, 5, 6, 3)
+    np.testing.assert_array_equal(border[0, 0].numpy(), np.tile([104, 117, 123], (6, 1)))
+    np.testing.assert_array_equal(border[0, :, -1].numpy(), np.tile([104, 117, 123], (5, 1)))
+    np.testing.assert_array_equal(border[0, 1:-1, 1:-1].numpy(), _images(1, 3, 4)[0])
+    with pytest.raises(ValueError, match="integers"):
+        MeanBorder((104.5, 117, 123))
+    with pytest.raises(ValueError, match="not masked"):
+        fuse_for_inference(model, uint8_input=True, masked=True)
+
+
 def test_upsample_concat_is_bitwise_nearest():
     from retinaface_tf.models.fused import UpsampleLikeConcat
     from retinaface_tf.models.layers import UpsampleLike

@@ -61,6 +61,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
+from retinaface_tf.constants import BGR_MEAN
 from retinaface_tf.models.backbones import MOBILENET_STAGES
 from retinaface_tf.models.layers import UpsampleLike
 from retinaface_tf.ops.anchors import region_mask
@@ -219,6 +220,9 @@ class UpsampleLikeConcat(UpsampleLike):
         return tf.reshape(tf.concat([y, y], axis=2), [b, 2 * h, 2 * w, c])  # rows likewise
 
 
+MEAN_BORDER = "mean_border"  # the name of the MeanBorder layer of a uint8-input network
+
+
 # ---------------------------------------------------------------------- folding
 class ValidRegion(layers.Layer):
     """``x`` with every position outside each image's own extent set to 0 (``inputs = [x,
@@ -240,6 +244,44 @@ class ValidRegion(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "stride": self.stride}
+
+
+@keras.saving.register_keras_serializable(package="retinaface_tf")
+class MeanBorder(layers.Layer):
+    """uint8 ``[B, H, W, 3]`` image → float32 ``[B, H + 2p, W + 2p, 3]``: the image inside a
+    border of ``p`` pixels of the colour ``mean`` (integers, in the image's channel order), cast
+    to float. A convolution with no padding over it, its bias lowered by the kernel applied to
+    ``mean``, computes the convolution with ``p`` pixels of zero padding over ``image - mean``
+    (to float rounding): the mean subtraction folded into the first convolution, so the image is
+    cast once and never has the mean subtracted in a pass of its own. The border is built in
+    uint8 (two concatenations of a quarter of the float bytes)."""
+
+    def __init__(self, mean, pad: int = 1, **kwargs):
+        super().__init__(autocast=False, **kwargs)
+        mean = tuple(float(m) for m in mean)
+        if len(mean) != 3 or not all(m.is_integer() and 0 <= m <= 255 for m in mean):
+            raise ValueError(f"MeanBorder: mean must be 3 integers in 0..255, got {mean}")
+        self.mean = mean
+        self.pad = int(pad)
+
+    def call(self, x):
+        shape = tf.shape(x)
+        p = self.pad
+        colour = tf.constant([int(m) for m in self.mean], tf.uint8)
+        rows = tf.broadcast_to(colour, tf.stack([shape[0], p, shape[2], 3]))
+        x = tf.concat([rows, x, rows], axis=1)
+        cols = tf.broadcast_to(colour, tf.stack([shape[0], shape[1] + 2 * p, p, 3]))
+        return tf.cast(tf.concat([cols, x, cols], axis=2), tf.float32)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        return (b, None if h is None else h + 2 * self.pad, None if w is None else w + 2 * self.pad, c)
+
+    def compute_output_spec(self, x):
+        return keras.KerasTensor(self.compute_output_shape(x.shape), dtype="float32")
+
+    def get_config(self):
+        return {**super().get_config(), "mean": list(self.mean), "pad": self.pad}
 
 
 def _np(variable) -> np.ndarray:
@@ -297,10 +339,11 @@ class _Weights:
         return fold_batch_norm(self.layer(name + conv_suffix), self.layer(name + bn_suffix))
 
 
-def _fused(x, kernel, bias, *, stride=1, activation, slope, depthwise=None, name):
+def _fused(x, kernel, bias, *, stride=1, activation, slope, depthwise=None, name, padding=None):
     k = kernel.shape[0]
     filters = bias.shape[0]
-    layer = FusedConv(filters, k, strides=stride, padding="symmetric" if k > 1 else "valid", activation=activation,
+    padding = padding or ("symmetric" if k > 1 else "valid")
+    layer = FusedConv(filters, k, strides=stride, padding=padding, activation=activation,
                       negative_slope=slope, depthwise=depthwise, name=name)
     y = layer(x)
     if depthwise == "grouped":
@@ -319,12 +362,18 @@ def _act(leaky):
 
 
 # ---------------------------------------------------------------------- the fused network
-def _mobilenet(x, w: _Weights, *, leaky: float, depthwise: str, mask=lambda y, stride: y, input_order: str = "bgr"):
+def _mobilenet(x, w: _Weights, *, leaky: float, depthwise: str, mask=lambda y, stride: y, input_order: str = "bgr",
+               mean=None):
     act, slope = _act(leaky)
     kernel, bias = w.conv_bn("stage1_0")
     if input_order == "rgb":  # the channel flip folded into the first convolution: exact
         kernel = np.ascontiguousarray(kernel[:, :, ::-1, :])
-    x = mask(_fused(x, kernel, bias, stride=2, activation=act, slope=slope, name="stage1_0"), 2)
+    if mean is None:
+        x = _fused(x, kernel, bias, stride=2, activation=act, slope=slope, name="stage1_0")
+    else:  # x: the image with a border of the mean colour (MeanBorder); the mean's share in the bias
+        bias = (bias.astype(np.float64) - np.einsum("hwio,i->o", kernel.astype(np.float64), mean)).astype(np.float32)
+        x = _fused(x, kernel, bias, stride=2, activation=act, slope=slope, name="stage1_0", padding="valid")
+    x = mask(x, 2)
     total = 2
     features = []
     for stage, blocks in MOBILENET_STAGES.items():
@@ -352,7 +401,8 @@ def _slope_of(w: _Weights, name: str) -> float:
 
 
 def fuse_for_inference(model, *, depthwise: str | None = None, merge_heads: bool = True,
-                       upsample: str = "resize", masked: bool = False, input_order: str = "bgr") -> keras.Model:
+                       upsample: str = "resize", masked: bool = False, input_order: str = "bgr",
+                       uint8_input: bool = False) -> keras.Model:
     """A new inference-only ``keras.Model`` computing ``model``'s outputs (same input, same
     output dict) with batch norm folded and TensorFlow-fusable op patterns (module docstring).
 
@@ -379,6 +429,13 @@ def fuse_for_inference(model, *, depthwise: str | None = None, merge_heads: bool
     the BGR mean (``preprocess(..., network_order="rgb")``): the first convolution's kernel has its
     input channels reversed, which removes the channel flip of RGB input (a separate pass over the
     image; in TFLite a ``REVERSE_V2`` that XNNPACK does not delegate). MobileNetV1-0.25 only.
+
+    ``uint8_input=True``: the network takes the uint8 image itself (in ``input_order``), not the
+    float image minus the mean: :class:`MeanBorder` pads it with the mean colour and casts it, and
+    the first convolution (no padding of its own) carries the mean in its bias. One pass over the
+    image (the cast) instead of a cast and a subtraction; the same outputs to float rounding (the
+    first convolution sums raw pixels, then subtracts the mean's share). MobileNetV1-0.25 only, not
+    with ``masked``.
     """
     if input_order not in ("bgr", "rgb"):
         raise ValueError(f"input_order must be 'bgr' or 'rgb', got {input_order!r}")
@@ -394,7 +451,12 @@ def fuse_for_inference(model, *, depthwise: str | None = None, merge_heads: bool
         raise ValueError("fuse_for_inference: no backbone sub-model found (not a RetinaFace model?)")
     if input_order == "rgb" and backbone.name != "mobilenet025":
         raise ValueError(f"fuse_for_inference(input_order='rgb'): only the mobilenet025 backbone, not {backbone.name}")
-    inputs = keras.Input((None, None, 3), name="image", dtype="float32")
+    if uint8_input and (masked or backbone.name != "mobilenet025"):
+        raise ValueError("fuse_for_inference(uint8_input=True): only the mobilenet025 backbone, not masked")
+    inputs = keras.Input((None, None, 3), name="image", dtype="uint8" if uint8_input else "float32")
+    mean = None
+    if uint8_input:
+        mean = np.asarray(BGR_MEAN if input_order == "bgr" else BGR_MEAN[::-1], np.float64)
     if masked:
         if backbone.name != "mobilenet025":
             raise ValueError(f"fuse_for_inference(masked=True): only the mobilenet025 backbone, not {backbone.name}")
@@ -407,8 +469,9 @@ def fuse_for_inference(model, *, depthwise: str | None = None, merge_heads: bool
         def mask(y, stride):
             return y
     if backbone.name == "mobilenet025":
-        features = _mobilenet(inputs, w, leaky=_slope_of(w, "stage1_0_relu"), depthwise=depthwise, mask=mask,
-                              input_order=input_order)
+        x = inputs if mean is None else MeanBorder(mean, pad=1, name=MEAN_BORDER)(inputs)
+        features = _mobilenet(x, w, leaky=_slope_of(w, "stage1_0_relu"), depthwise=depthwise, mask=mask,
+                              input_order=input_order, mean=mean)
     else:
         features = backbone(inputs, training=False)
     act, slope = _act(_slope_of(w, "fpn_output1_relu"))
@@ -462,7 +525,8 @@ def fuse_for_inference(model, *, depthwise: str | None = None, merge_heads: bool
                            name=f"{layer}_{i}")
                 flat.append(layers.Reshape((-1, size), name=f"{layer}_{i}_flat")(y))
             outputs[key] = layers.Concatenate(axis=1, name=layer, dtype="float32")(flat)
-    name = f"{model.name}_fused" + ("_masked" if masked else "") + ("_rgb" if input_order == "rgb" else "")
+    name = (f"{model.name}_fused" + ("_masked" if masked else "") + ("_rgb" if input_order == "rgb" else "")
+            + ("_uint8" if uint8_input else ""))
     return keras.Model([inputs, sizes] if masked else inputs, outputs, name=name)
 
 
@@ -490,15 +554,17 @@ def merged_heads(network) -> MergedHeads | None:
     return None if split is None else MergedHeads(network, split)
 
 
-def fuse_for_tflite(model, *, input_order: str = "bgr") -> keras.Model:
+def fuse_for_tflite(model, *, input_order: str = "bgr", uint8_input: bool = False) -> keras.Model:
     """:func:`fuse_for_inference` in the form a TFLite conversion wants: ``DepthwiseConv2dNative``
     (``DEPTHWISE_CONV_2D``), heads apart (a merged head's ``SPLIT_V`` is not delegated by
     XNNPACK), nearest 2x upsampling as concatenations (``RESIZE_NEAREST_NEIGHBOR`` is not
     delegated either). The SSH ReLU fused into the branch convolutions removes the standalone
     ``RELU`` that XNNPACK refuses in int8 models (its output range differs from its input's).
     Same outputs as ``model`` (to float rounding) at any size; ``input_order`` as in
-    :func:`fuse_for_inference`. What :func:`retinaface_tf.serving.export_tflite` converts."""
-    return fuse_for_inference(model, depthwise="native", merge_heads=False, upsample="concat", input_order=input_order)
+    :func:`fuse_for_inference`, and so is ``uint8_input``. What
+    :func:`retinaface_tf.serving.export_tflite` converts."""
+    return fuse_for_inference(model, depthwise="native", merge_heads=False, upsample="concat", input_order=input_order,
+                              uint8_input=uint8_input)
 
 
 # ---------------------------------------------------------------------- runtimes

@@ -92,11 +92,15 @@ class ExportModule(tf.Module):
         self._variances = tuple(variances)
         self._input_size = None if input_size is None else (int(input_size[0]), int(input_size[1]))
         self._network_order = network_order
+        self._uint8_network = model.inputs[0].dtype == "uint8"  # fuse_for_inference(uint8_input=True)
 
     # ------------------------------------------------------------------ graph pieces
     def _network(self, images, channel_order, *, forward=None):
         with tf.name_scope(PREPROCESS_SCOPE):
-            x = preprocess(images, channel_order=channel_order, network_order=self._network_order)
+            if self._uint8_network:  # the network casts and folds the mean itself (MeanBorder)
+                x = images if channel_order == self._network_order else tf.reverse(images, axis=[-1])
+            else:
+                x = preprocess(images, channel_order=channel_order, network_order=self._network_order)
         return (forward or self.model)(x, training=False)
 
     def _detect(self, images, score_threshold, iou_threshold, *, channel_order: str, single_image: bool = False):
