@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     else:
         old._forward = old.network  # the network's output dict: SplitV of the merged heads in the graph
         variants = {"split (before)": old, "gather first (now)": new}
-    print(f"{'case':<16}" + "".join(f"{k:>18}" for k in variants) + "   outputs")
+    print(f"{'case':<16}" + "".join(f"{k:>22}" for k in variants) + "   outputs")
     for h, w, b in CASES:
         images = (np.random.RandomState(0).rand(b, h, w, 3) * 255).astype(np.uint8)
         scale = np.ones((b, 2), np.float32)
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
                 t = time.perf_counter()
                 run(d)
                 best[k] = min(best[k], (time.perf_counter() - t) * 1000 / b)
-        print(f"{f'{w}x{h} b{b}':<16}" + "".join(f"{best[k]:>18.2f}" for k in variants)
+        print(f"{f'{w}x{h} b{b}':<16}" + "".join(f"{best[k]:>22.2f}" for k in variants)
               + ("   identical" if same else "   DIFFERENT"))
     return 0
 
