@@ -181,7 +181,7 @@ def test_postprocess_on_merged_head_columns_equals_split_heads():
     h, w = 64, 96
     anchors = tf.constant(generate_anchors_np(h, w))
     n = anchors.shape[0]
-    merged = tf.constant(rng.normal(0, 1, (2, n, 16)).astype(np.float32) * np.r_[[0.5] * 4, [3.0] * 2, [0.5] * 10])
+    merged = tf.constant((rng.normal(0, 1, (2, n, 16)) * np.r_[[0.5] * 4, [3.0] * 2, [0.5] * 10]).astype(np.float32))
     split = dict(zip(("bbox", "classes", "landmarks"), tf.split(merged, [4, 2, 10], axis=-1)))
     cols = {"bbox": HeadColumns(merged, 0, 4), "classes": HeadColumns(merged, 4, 2), "landmarks": HeadColumns(merged, 6, 10)}
     np.testing.assert_array_equal(face_probability(cols["classes"]).numpy(), face_probability(split["classes"]).numpy())
