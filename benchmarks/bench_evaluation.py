@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -28,19 +27,12 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from machine import describe  # noqa: E402
+
 SHARED = Path(os.environ.get("RETINAFACE_SHARED", REPO.parent / "shared"))
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def synthesise_predictions(gt, out_dir: Path, *, boxes_per_image: int = 300, seed: int = 0) -> int:
@@ -131,7 +123,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
-    out = {"machine": f"{os.cpu_count()}-core, {_cpu()}"}
+    out = {"machine": describe()}
     if args.part in ("scoring", "all"):
         out["scoring"] = bench_scoring(args.ground_truth, args.boxes_per_image)
     if args.part in ("tta", "all"):

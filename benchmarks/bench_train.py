@@ -26,7 +26,7 @@ import tensorflow as tf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_inference import cpu_name  # noqa: E402
+from machine import cpu_name  # noqa: E402
 from retinaface_tf.config import Config  # noqa: E402
 from retinaface_tf.data.pipeline import build_dataset, dataset_kwargs  # noqa: E402
 from retinaface_tf.training import build_training_model, make_strategy  # noqa: E402

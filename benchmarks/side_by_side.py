@@ -38,6 +38,11 @@ Ours, per case (the bundled photo resized to the case, ms per image):
 ``--inter-op N`` runs our side with ``TF_NUM_INTEROP_THREADS=N`` (TensorFlow's default is the
 core count; 1 may suit the mostly sequential batch-1 graph: measure it on the quiet machine).
 
+Each side's log line and the JSON ``history`` give the CPU that *other* processes used while it
+ran (``/proc/stat``'s busy time minus the side's own, in cores) and the time the hypervisor
+stole; the table is flagged when either passed 0.1 core during any side. The machine's CPU and
+vector extensions head the table: the ratios differ between CPUs (RESULTS.md, runs L and M).
+
 Targets (the issue): Detector e2e >= 3x the reference network in every case; TFLite float32 e2e
 >= 3.5x and int8 >= 4.5x at 640x640.
 """
@@ -47,6 +52,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -61,7 +67,10 @@ SHARED = Path(os.environ.get("RETINAFACE_SHARED", REPO.parent / "shared"))
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
+from machine import describe  # noqa: E402
+
 CASES = [((640, 640), 1), ((480, 640), 1), ((1080, 1920), 1), ((640, 640), 8)]  # (H, W), batch: bench_inference's
+OTHERS_LIMIT = 0.1  # cores used by other processes (or stolen) during one side before the result is flagged
 TARGETS = {"Detector e2e": 3.0, "unfused Detector e2e": 3.0, "tflite fp32 e2e": 3.5, "tflite int8 e2e": 4.5,
            "tflite fp32 unfused e2e": 3.5, "tflite int8 unfused e2e": 4.5}
 # (label, quantize, fuse): fuse=True is what `export` writes (serving.tflite_network: ReLU fused into the SSH
@@ -168,6 +177,25 @@ def worker(repeats: int, tflite_dir: str | None, litert: bool, threshold: float 
 
 
 # ---------------------------------------------------------------------- driver
+def cpu_seconds() -> tuple[float, float, float]:
+    """(machine busy, machine steal, our finished children) CPU seconds so far.
+
+    Busy is every core's user + nice + system + irq + softirq time from ``/proc/stat``; steal is
+    time the hypervisor gave our virtual cores to someone else. Between two readings around one
+    side's run, busy minus the children's own CPU time is what *other* processes used: the
+    load average cannot tell that apart from the benchmark's own two threads.
+    """
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return float("nan"), float("nan"), float("nan")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    hz = os.sysconf("SC_CLK_TCK")
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (user + nice + system + irq + softirq) / hz, steal / hz, ru.ru_utime + ru.ru_stime
+
+
 def run_reference(python: str, peer: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(peer / "torchvision_shim"))
     cmd = [python, str(peer / "bench_reference.py"), str(peer / "Pytorch_Retinaface"), "--what", "infer"]
@@ -212,11 +240,19 @@ def side_by_side(rounds: int, repeats: int, python: str, peer: Path, tflite_dir:
         for side in order:
             t = time.perf_counter()
             load = os.getloadavg()[0]
+            busy0, steal0, own0 = cpu_seconds()
             res = (run_reference(python, peer) if side == "reference"
                    else run_ours(repeats, tflite_dir, litert, inter_op))
+            busy1, steal1, own1 = cpu_seconds()
+            wall = time.perf_counter() - t
+            # cores' worth of CPU that other processes (and the hypervisor) took during this side
+            others = max(0.0, (busy1 - busy0) - (own1 - own0)) / wall
+            steal = (steal1 - steal0) / wall
             _best(ref_best if side == "reference" else ours_best, res)
-            history.append({"round": r + 1, "side": side, "load_average_1m": round(load, 2), "result": res})
-            log(f"round {r + 1}/{rounds}: {side} done in {time.perf_counter() - t:.0f} s (load average {load:.2f})")
+            history.append({"round": r + 1, "side": side, "load_average_1m": round(load, 2),
+                            "other_cores": round(others, 3), "steal_cores": round(steal, 3), "result": res})
+            log(f"round {r + 1}/{rounds}: {side} done in {wall:.0f} s (other processes {others:.2f} cores, "
+                f"steal {steal:.2f}; load average {load:.2f})")
     table = []
     for (h, w), batch in CASES:
         key = case_key((h, w), batch)
@@ -228,17 +264,19 @@ def side_by_side(rounds: int, repeats: int, python: str, peer: Path, tflite_dir:
                           "reference_ms": round(ref_ms, 2) if ref_ms else None,
                           "ratio": round(ratio, 2) if ratio else None, "target": target,
                           "met": (ratio >= target) if (ratio and target) else None})
-    return {"rounds": rounds, "repeats": repeats, "inter_op": inter_op, "reference": ref_best, "ours": ours_best,
+    return {"machine": describe(), "rounds": rounds, "repeats": repeats, "inter_op": inter_op, "reference": ref_best, "ours": ours_best,
             "table": table, "history": history}
 
 
 def print_table(result: dict) -> None:
     print(f"\nbest of {result['rounds']} alternating rounds, ms per image (reference: PyTorch network, random "
-          "weights, 2 threads); ratio = reference / ours")
-    busiest = max(h["load_average_1m"] for h in result["history"])
-    if busiest > 1.5:
-        print(f"WARNING: the 1-minute load average reached {busiest:.1f} during the rounds: something else was "
-              "running, the ratios are not a comparison (PyTorch degrades far more than TensorFlow under load)")
+          f"weights, 2 threads); ratio = reference / ours\nmachine: {result['machine']}")
+    others = max(h["other_cores"] for h in result["history"])
+    steal = max(h["steal_cores"] for h in result["history"])
+    print(f"busiest side: other processes used {others:.2f} cores, the hypervisor stole {steal:.2f}")
+    if others > OTHERS_LIMIT or steal > OTHERS_LIMIT:
+        print(f"WARNING: more than {OTHERS_LIMIT} of a core went elsewhere during a side: the ratios are not a "
+              "clean comparison (PyTorch degrades far more than TensorFlow under load)")
     print(f"{'case':<16}{'variant':<22}{'ours ms':>9}{'ref ms':>9}{'ratio':>8}{'target':>8}  met")
     for row in result["table"]:
         target = f"{row['target']:.1f}x" if row["target"] else ""
@@ -286,7 +324,7 @@ def main(argv=None) -> int:
     else:
         print_table(result)
         print("\nJSON:")
-        print(json.dumps({k: result[k] for k in ("reference", "ours", "table")}))
+        print(json.dumps({k: result[k] for k in ("machine", "reference", "ours", "table")}))
     return 0
 
 
