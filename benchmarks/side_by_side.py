@@ -264,7 +264,8 @@ def side_by_side(rounds: int, repeats: int, python: str, peer: Path, tflite_dir:
                           "reference_ms": round(ref_ms, 2) if ref_ms else None,
                           "ratio": round(ratio, 2) if ratio else None, "target": target,
                           "met": (ratio >= target) if (ratio and target) else None})
-    return {"machine": describe(), "rounds": rounds, "repeats": repeats, "inter_op": inter_op, "reference": ref_best, "ours": ours_best,
+    return {"machine": describe(), "rounds": rounds, "repeats": repeats, "inter_op": inter_op,
+            "reference": ref_best, "ours": ours_best,
             "table": table, "history": history}
 
 
