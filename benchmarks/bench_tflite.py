@@ -22,7 +22,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -45,7 +44,9 @@ def _calibration_images(count: int = 32) -> list:
 
 # Timing runs in a fresh process that imports LiteRT only: in the exporting process TensorFlow's
 # own thread pool, just busy with conversion and calibration, competed with XNNPACK's threads for
-# the two cores (fp32 medians of 17-22 ms there against 13 ms here, and order-dependent).
+# the two cores (fp32 medians of 17-22 ms there against 13 ms here, and order-dependent). The child
+# opens the interpreters itself, as serving.tflite_runner does, because importing retinaface_tf
+# would import TensorFlow into it.
 _CHILD = """
 import json, statistics, sys, time
 import numpy as np
@@ -88,7 +89,7 @@ def tflite_rows(repeats: int = 50, *, input_size: tuple[int, int] = (640, 640), 
     import cv2
     import numpy as np
 
-    from retinaface_tf.serving import ExportSettings, export_tflite, letterbox, tflite_runner
+    from retinaface_tf.serving import ExportSettings, export_tflite, letterbox
     from retinaface_tf.fileio import bundled_image
     from retinaface_tf.models.weights import load_model
 
