@@ -23,6 +23,9 @@ Ours, per case (the bundled photo resized to the case, ms per image):
 - ``fused network``: the network of ``retinaface_tf.models.fused.fuse_for_inference``;
   ``unfused Detector e2e``: ``Detector(fused=False)``, the trained Keras network in the same graph;
 - ``litert network`` (``--litert``): the network as a fixed-size float32 LiteRT model (XNNPACK);
+  ``Detector e2e litert`` (``--litert``): ``Detector(runtime="litert", litert_threads=2)``, uint8
+  pixels → detections at 0.5 with the network run by LiteRT (converted once for every size),
+  timed last in each case;
 - at 640x640 batch 1 only, unless ``--no-tflite``: the exported TFLite models end to end (uint8 →
   detections inside the model, threshold 0.5, XNNPACK, 2 threads), float32 and int8, as
   ``export --format tflite`` writes them (``export_tflite``: the network of
@@ -71,7 +74,8 @@ from machine import describe  # noqa: E402
 
 CASES = [((640, 640), 1), ((480, 640), 1), ((1080, 1920), 1), ((640, 640), 8)]  # (H, W), batch: bench_inference's
 OTHERS_LIMIT = 0.1  # cores used by other processes (or stolen) during one side before the result is flagged
-TARGETS = {"Detector e2e": 3.0, "unfused Detector e2e": 3.0, "tflite fp32 e2e": 3.5, "tflite int8 e2e": 4.5,
+TARGETS = {"Detector e2e": 3.0, "unfused Detector e2e": 3.0, "Detector e2e litert": 3.0, "tflite fp32 e2e": 3.5,
+           "tflite int8 e2e": 4.5,
            "tflite fp32 unfused e2e": 3.5, "tflite int8 unfused e2e": 4.5}
 # (label, quantize, fuse): fuse=True is what `export` writes (serving.tflite_network: ReLU fused into the SSH
 # branches, nearest 2x as concatenations, heads apart, RGB flip in the first convolution); False = the trained model
@@ -141,6 +145,8 @@ def worker(repeats: int, tflite_dir: str | None, litert: bool, threshold: float 
     fused = fuse_for_inference(model)
     det = Detector(model=model, config=config, score_threshold=threshold)
     slow = Detector(model=model, config=config, score_threshold=threshold, fused=False)
+    lite = Detector(model=model, config=config, score_threshold=threshold, runtime="litert",
+                    litert_threads=2) if litert else None
     nets = {"keras network": tf.function(lambda x: model(x, training=False), reduce_retracing=True),
             "fused network": tf.function(lambda x: fused(x, training=False), reduce_retracing=True)}
     photo = cv2.imread(str(bundled_image()))
@@ -165,6 +171,8 @@ def worker(repeats: int, tflite_dir: str | None, litert: bool, threshold: float 
             run = litert_network(model, (h, w), batch=batch, num_threads=2)
             xn = x.numpy()
             row["litert network"] = _time(lambda: run(xn), repeats) / batch
+            row["Detector e2e litert"] = _time(lambda: [t.numpy() for t in lite._infer(  # noqa: SLF001
+                images, scale, np.float32(threshold), np.float32(lite.iou_threshold)).values()], repeats) / batch
         out[case_key((h, w), batch)] = row
     if tflite_dir:
         _, _, letterbox, tflite_runner = _export_api()

@@ -24,7 +24,7 @@ from retinaface_tf.config import Config
 from retinaface_tf.constants import BGR_MEAN
 from retinaface_tf.errors import DetectorError, ImageError, RetinaFaceError
 from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, check_max_pixels, read_image, to_bgr_uint8
-from retinaface_tf.models.fused import fuse_for_inference, merged_heads
+from retinaface_tf.models.fused import LiteRTNetwork, fuse_for_inference, merged_heads
 from retinaface_tf.models.weights import load_model
 from retinaface_tf.ops.anchors import anchor_grid, anchors_inside, generate_anchors, reindex_anchors
 from retinaface_tf.ops.image import fast_preprocess
@@ -119,6 +119,15 @@ class Detector:
         rounding, about twice as fast on CPU) in a frozen graph: its weights are a **snapshot**
         of ``model`` taken here. ``fused=False`` runs ``model`` itself, reading its variables at
         every call (what validation during training needs).
+      runtime: what runs the detection. ``"tf"`` (default): TensorFlow (oneDNN on CPU, or the
+        GPU). ``"litert"``: the fused network with the same decode and NMS converted here, once
+        (~5 s), to a float32 LiteRT model for any input size
+        (:class:`~retinaface_tf.models.fused.LiteRTNetwork`), run by XNNPACK on
+        ``litert_threads`` threads (default: the cores this process may use), one image per
+        call. Same detections to float rounding. Faster than ``"tf"`` on some CPUs, slower on
+        others: measure on yours (``benchmarks/RESULTS.md``). Needs the ``tflite`` extra
+        (``ai-edge-litert``) and ``fused=True``; images of different sizes are not padded into
+        one batch (``mixed_sizes`` is off).
 
     The graph also subtracts the mean as one vectorised row ``BiasAdd``
     (:func:`retinaface_tf.ops.image.fast_preprocess`, bit for bit the same), builds the anchors
@@ -132,7 +141,7 @@ class Detector:
                  iou_threshold: float | None = None, pre_nms_top_k: int | None = None,
                  max_detections: int | None = None, max_size: int | None = None, batch_size: int = 8,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, model=None, fused: bool = True,
-                 mixed_sizes: bool = True):
+                 mixed_sizes: bool = True, runtime: str = "tf", litert_threads: int | None = None):
         score_threshold = check_fraction("score_threshold", score_threshold)
         if iou_threshold is not None:
             iou_threshold = check_fraction("iou_threshold", iou_threshold)
@@ -143,6 +152,12 @@ class Detector:
         if max_size is not None:
             max_size = _positive_int("max_size", max_size)
         batch_size = _positive_int("batch_size", batch_size)
+        if runtime not in RUNTIMES:
+            raise DetectorError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        if runtime == "litert" and not fused:
+            raise DetectorError("runtime='litert' runs the fused network: it cannot be combined with fused=False")
+        if litert_threads is not None:
+            litert_threads = _positive_int("litert_threads", litert_threads)
         try:
             self.max_pixels = check_max_pixels(max_pixels)
         except RetinaFaceError as exc:
@@ -154,6 +169,9 @@ class Detector:
         self.model = model
         self.config = config
         self.fused = bool(fused)
+        self.runtime = runtime
+        if runtime == "litert" and model.name.endswith("_fused"):
+            raise DetectorError("runtime='litert' converts the trained model: pass it, not an already fused network")
         self.network = fuse_for_inference(model) if self.fused and not model.name.endswith("_fused") else model
         self._forward = merged_heads(self.network) or self.network  # merged heads: split after gathering rows
         post = config.postprocess
@@ -163,12 +181,20 @@ class Detector:
         self.max_detections = int(post.max_detections if max_detections is None else max_detections)
         self.max_size = max_size
         self.batch_size = batch_size
-        self.mixed_sizes = bool(mixed_sizes) and self.fused and _is_mobilenet(model)
+        self.mixed_sizes = bool(mixed_sizes) and self.fused and _is_mobilenet(model) and runtime == "tf"
         self._masked_network = None
         self._masked_forward = None
         self._grids: dict[tuple[int, int], dict] = {}
         self._anchors: dict[tuple[int, int], tf.Tensor] = {}
         self._graphs: dict[bool, tuple] = {}
+        self._litert = None
+        if runtime == "litert":
+            try:
+                self._litert = LiteRTNetwork(model, num_threads=litert_threads, postprocess={
+                    "pre_nms_top_k": self.pre_nms_top_k, "max_detections": self.max_detections,
+                    "variances": config.anchors.variances})
+            except ImportError as exc:
+                raise DetectorError(str(exc)) from None
 
     # ------------------------------------------------------------------ graph
     def _graph_fn(self, images, output_scale, score_threshold, iou_threshold, anchors, *, single_image: bool):
@@ -245,6 +271,13 @@ class Detector:
 
     def _infer(self, images, output_scale, score_threshold, iou_threshold) -> dict:
         """uint8 ``[B, H, W, 3]`` BGR → the padded detections of :func:`~retinaface_tf.ops.nms.postprocess`."""
+        if self._litert is not None:  # decode and NMS inside the LiteRT model, one image per call
+            images = np.asarray(images, np.uint8)
+            anchors = self.anchors(images.shape[1], images.shape[2]).numpy()
+            scales = np.asarray(output_scale, np.float32).reshape(-1, 2)
+            outs = [self._litert.detect(images[b:b + 1], anchors, scales[b:b + 1], score_threshold, iou_threshold)
+                    for b in range(images.shape[0])]
+            return {key: np.concatenate([o[key] for o in outs]) for key in outs[0]}
         images = tf.convert_to_tensor(images, tf.uint8)
         call = self._graph(images.shape[0] == 1)[0]
         return call(images, tf.convert_to_tensor(output_scale, tf.float32),
@@ -408,7 +441,8 @@ class Detector:
     def _flush(self, pending, score_threshold):
         try:
             dets = self._run([(im, s) for _, im, s, _ in pending], score_threshold)
-        except (tf.errors.OpError, MemoryError) as exc:
+        # RuntimeError: what the LiteRT interpreter raises when it cannot run a batch
+        except (tf.errors.OpError, MemoryError, RuntimeError) as exc:
             if len(pending) > 1:  # one image may be the cause (memory): run them one by one
                 for item in pending:
                     yield from self._flush([item], score_threshold)
@@ -427,7 +461,7 @@ class Detector:
             out = self._infer(np.stack([im for im, _ in batch]), scales, thr, np.float32(self.iou_threshold))
         else:
             out = self._infer_padded([im for im, _ in batch], scales, thr)
-        boxes, scores, lms, anchors, num = (out[key].numpy() for key in ("boxes", "scores", "landmarks",
+        boxes, scores, lms, anchors, num = (np.asarray(out[key]) for key in ("boxes", "scores", "landmarks",
                                                                          "anchor_indices", "num_detections"))
         if len(set(sizes)) > 1:
             grid = self._grid(*pad_canvas_size(sizes))
@@ -448,6 +482,7 @@ class Detector:
                     tf.constant(inside))
 
 
+RUNTIMES = ("tf", "litert")
 STRIDE = 32  # the coarsest feature stride: canvas sides are rounded up to a multiple of it
 HELD_PIXELS = 200_000_000  # mixed sizes: the look-ahead also stops at this many held pixels
 

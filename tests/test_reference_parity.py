@@ -18,12 +18,14 @@ def photo(reference_dir):
     return cv2.imread(str(reference_dir / "biubug6_test.jpg"), cv2.IMREAD_COLOR)
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["fused", "unfused"])
+@pytest.fixture(scope="module", params=["fused", "unfused", "litert"])
 def detector(bundled_model, request):
-    """The Detector's default (fused) path and ``fused=False``: both must reproduce the reference."""
+    """The Detector's default (fused) path, ``fused=False`` and ``runtime="litert"``: all must
+    reproduce the reference."""
     from retinaface_tf.inference import Detector
     model, config = bundled_model
-    return Detector(model=model, config=config, score_threshold=0.02, fused=request.param)
+    return Detector(model=model, config=config, score_threshold=0.02, fused=request.param != "unfused",
+                    runtime="litert" if request.param == "litert" else "tf")
 
 
 @pytest.fixture(scope="module", params=["trained", "fused"])
@@ -43,6 +45,29 @@ def test_raw_outputs_equal_reference(network, ref, photo, prefix):
     np.testing.assert_allclose(out["bbox"][0].numpy(), ref[prefix + "loc"], atol=1e-4, rtol=0)
     np.testing.assert_allclose(tf.nn.softmax(out["classes"][0]).numpy(), ref[prefix + "conf"], atol=1e-4, rtol=0)
     np.testing.assert_allclose(out["landmarks"][0].numpy(), ref[prefix + "landms"], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("prefix", ["", "resized640_"])
+def test_litert_raw_outputs_equal_reference(bundled_model, ref, photo, prefix):
+    """``Detector(runtime="litert")``'s network: the uint8 image in, the reference's outputs out."""
+    from retinaface_tf.models.fused import LiteRTNetwork
+    net = _litert_network(bundled_model)
+    assert isinstance(net, LiteRTNetwork)
+    image = photo if not prefix else cv2.resize(photo, (640, 640), interpolation=cv2.INTER_LINEAR)
+    out = net(image[None])
+    np.testing.assert_allclose(out["bbox"][0], ref[prefix + "loc"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(tf.nn.softmax(out["classes"][0]).numpy(), ref[prefix + "conf"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(out["landmarks"][0], ref[prefix + "landms"], atol=1e-4, rtol=0)
+
+
+_LITERT = {}
+
+
+def _litert_network(bundled_model):
+    from retinaface_tf.models.fused import LiteRTNetwork
+    if "net" not in _LITERT:
+        _LITERT["net"] = LiteRTNetwork(bundled_model[0], num_threads=2)
+    return _LITERT["net"]
 
 
 @pytest.mark.parametrize("prefix", ["", "resized640_"])

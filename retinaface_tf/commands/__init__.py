@@ -15,6 +15,14 @@ def add_model_args(parser) -> None:
                              "(default: the config saved with the weights)")
 
 
+def add_runtime_arg(parser) -> None:
+    """``--runtime``, shared by the commands that run a :class:`~retinaface_tf.inference.Detector`."""
+    parser.add_argument("--runtime", choices=("tf", "litert"), default="tf",
+                        help="what runs the network: tf (TensorFlow, default) or litert (converted once to a "
+                             "float32 LiteRT model run by XNNPACK, ~5 s at start; needs the tflite extra; "
+                             "faster on some CPUs, measure on yours)")
+
+
 def parse_overrides(items) -> dict:
     """``--set KEY=VALUE`` items → ``{KEY: VALUE}`` for :meth:`Config.override` (values are YAML)."""
     out = {}

@@ -40,7 +40,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from retinaface_tf import fileio
-from retinaface_tf.commands import add_model_args
+from retinaface_tf.commands import add_model_args, add_runtime_arg
 from retinaface_tf.constants import LANDMARK_NAMES
 from retinaface_tf.errors import ImageError, RetinaFaceError, UsageError
 from retinaface_tf.inference import Detector
@@ -80,6 +80,7 @@ def add_parser(sub, name, help_text):
     p.add_argument("--json", action="store_true", help="print the detections as JSON on stdout")
     p.add_argument("--no-draw", action="store_true", help="do not write annotated images")
     add_model_args(p)
+    add_runtime_arg(p)
     return p
 
 
@@ -381,7 +382,7 @@ def run(args) -> int:
 
     # the model first: bad --weights leave no output folder behind
     detector = Detector(args.weights, args.config, score_threshold=args.threshold, max_size=args.max_size,
-                        batch_size=args.batch_size, max_pixels=args.max_pixels)
+                        batch_size=args.batch_size, max_pixels=args.max_pixels, runtime=args.runtime)
     _prepare_output(out_dir)
     report = _Report(out_dir, paths, args, {n: h for n, h in previous.items() if (out_dir / n).is_file()})
     report.save()  # marks the folder as detect's before any image is written

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from retinaface_tf.commands import add_model_args
+from retinaface_tf.commands import add_model_args, add_runtime_arg
 from retinaface_tf.errors import RetinaFaceError, UsageError
 from retinaface_tf.evaluation import widerface as W
 from retinaface_tf.evaluation.tta import TestTimeAugmentation, predict_images
@@ -68,6 +68,7 @@ def add_parser(sub, name, help_text):
     p.add_argument("--json", action="store_true", help="print the APs (and counts) as JSON on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     add_model_args(p)
+    add_runtime_arg(p)
     return p
 
 
@@ -204,7 +205,7 @@ def _detected_predictions(args, gt, events, log) -> tuple[dict, str, float]:
                                max_detections=args.max_detections)
     detector = Detector(args.weights, args.config, score_threshold=args.score_threshold,
                         iou_threshold=args.nms_threshold, max_detections=args.max_detections,
-                        max_pixels=args.max_pixels)
+                        max_pixels=args.max_pixels, runtime=args.runtime)
     if args.save_predictions:
         _create_folder(Path(args.save_predictions), "--save-predictions")
     log(f"detecting faces in {len(images)} images: {tta.describe()}")
