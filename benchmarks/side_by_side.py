@@ -171,7 +171,7 @@ def worker(repeats: int, tflite_dir: str | None, litert: bool, threshold: float 
             run = litert_network(model, (h, w), batch=batch, num_threads=2)
             xn = x.numpy()
             row["litert network"] = _time(lambda: run(xn), repeats) / batch
-            row["Detector e2e litert"] = _time(lambda: [t.numpy() for t in lite._infer(  # noqa: SLF001
+            row["Detector e2e litert"] = _time(lambda: [np.asarray(t) for t in lite._infer(  # noqa: SLF001
                 images, scale, np.float32(threshold), np.float32(lite.iou_threshold)).values()], repeats) / batch
         out[case_key((h, w), batch)] = row
     if tflite_dir:
