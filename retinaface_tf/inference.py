@@ -121,7 +121,7 @@ class Detector:
         every call (what validation during training needs).
       runtime: what runs the detection. ``"tf"`` (default): TensorFlow (oneDNN on CPU, or the
         GPU). ``"litert"``: the fused network with the same decode and NMS converted here, once
-        (~5 s), to a float32 LiteRT model for any input size
+        (5-10 s), to a float32 LiteRT model for any input size
         (:class:`~retinaface_tf.models.fused.LiteRTNetwork`), run by XNNPACK on
         ``litert_threads`` threads (default: the cores this process may use), one image per
         call. Same detections to float rounding. Faster than ``"tf"`` on some CPUs, slower on
@@ -462,7 +462,7 @@ class Detector:
         else:
             out = self._infer_padded([im for im, _ in batch], scales, thr)
         boxes, scores, lms, anchors, num = (np.asarray(out[key]) for key in ("boxes", "scores", "landmarks",
-                                                                         "anchor_indices", "num_detections"))
+                                                                             "anchor_indices", "num_detections"))
         if len(set(sizes)) > 1:
             grid = self._grid(*pad_canvas_size(sizes))
             a = self.config.anchors

@@ -73,6 +73,25 @@ def test_litert_batches_and_bad_items(detectors, photo):
         _assert_same_detections(want[i], got[i])
 
 
+def test_a_batch_litert_cannot_run_is_one_line_and_the_rest_go_on(detectors, photo, monkeypatch):
+    """LiteRT raises RuntimeError (e.g. it cannot allocate a huge input): that image gets a
+    one-line DetectorError naming it, the other images are still detected."""
+    _, lite = detectors
+    real = lite._litert.detect  # noqa: SLF001
+
+    def failing(image, *args):
+        if image.shape[1:3] == (333, 517):
+            raise RuntimeError("tensorflow/lite/kernels/conv.cc:1 failed to allocate\nsecond line")
+        return real(image, *args)
+
+    monkeypatch.setattr(lite._litert, "detect", failing)  # noqa: SLF001
+    small = cv2.resize(photo, (517, 333))
+    got = dict(lite.iter_detect([photo, small, photo], score_threshold=0.5))
+    assert isinstance(got[1], DetectorError)
+    assert str(got[1]) == "image 1: detection failed: RuntimeError: tensorflow/lite/kernels/conv.cc:1 failed to allocate"
+    assert len(got[0]) == len(got[2]) > 20
+
+
 @pytest.mark.parametrize("kwargs, needle", [
     ({"runtime": "onnx"}, "runtime must be one of tf, litert, got 'onnx'"),
     ({"runtime": "litert", "fused": False}, "cannot be combined with fused=False"),
