@@ -12,6 +12,7 @@ import pytest
 
 from retinaface_tf.cli import main
 from retinaface_tf.errors import DetectorError, RetinaFaceError
+from retinaface_tf.fileio import bundled_image
 from retinaface_tf.inference import Detector
 from retinaface_tf.models import build_retinaface, preprocess
 from retinaface_tf.models.fused import LITERT_MISSING, LiteRTNetwork
@@ -20,8 +21,8 @@ ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def photo(reference_dir):
-    return cv2.imread(str(reference_dir / "biubug6_test.jpg"), cv2.IMREAD_COLOR)
+def photo():
+    return cv2.imread(str(bundled_image()), cv2.IMREAD_COLOR)  # the package's own photo: no shared data needed
 
 
 @pytest.fixture(scope="module")
