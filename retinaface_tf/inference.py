@@ -24,7 +24,7 @@ from retinaface_tf.config import Config
 from retinaface_tf.constants import BGR_MEAN
 from retinaface_tf.errors import DetectorError, ImageError, RetinaFaceError
 from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, check_max_pixels, read_image, to_bgr_uint8
-from retinaface_tf.models.fused import LiteRTNetwork, fuse_for_inference, merged_heads
+from retinaface_tf.models.fused import LiteRTNetwork, fuse_for_inference, is_mobilenet, merged_heads
 from retinaface_tf.models.weights import load_model
 from retinaface_tf.ops.anchors import anchor_grid, anchors_inside, generate_anchors, reindex_anchors
 from retinaface_tf.ops.image import fast_preprocess
@@ -181,14 +181,16 @@ class Detector:
         self.max_detections = int(post.max_detections if max_detections is None else max_detections)
         self.max_size = max_size
         self.batch_size = batch_size
-        self.mixed_sizes = bool(mixed_sizes) and self.fused and _is_mobilenet(model) and runtime == "tf"
+        self.mixed_sizes = bool(mixed_sizes) and self.fused and is_mobilenet(model) and runtime == "tf"
         self._masked_network = None
         self._masked_forward = None
         self._grids: dict[tuple[int, int], dict] = {}
         self._anchors: dict[tuple[int, int], tf.Tensor] = {}
         self._graphs: dict[bool, tuple] = {}
         self._litert = None
+        self._run_errors = (tf.errors.OpError, MemoryError)  # a batch that cannot run: per image, then its error
         if runtime == "litert":
+            self._run_errors += (RuntimeError,)  # what the LiteRT interpreter raises
             try:
                 self._litert = LiteRTNetwork(model, num_threads=litert_threads, postprocess={
                     "pre_nms_top_k": self.pre_nms_top_k, "max_detections": self.max_detections,
@@ -441,8 +443,7 @@ class Detector:
     def _flush(self, pending, score_threshold):
         try:
             dets = self._run([(im, s) for _, im, s, _ in pending], score_threshold)
-        # RuntimeError: what the LiteRT interpreter raises when it cannot run a batch
-        except (tf.errors.OpError, MemoryError, RuntimeError) as exc:
+        except self._run_errors as exc:
             if len(pending) > 1:  # one image may be the cause (memory): run them one by one
                 for item in pending:
                     yield from self._flush([item], score_threshold)
@@ -518,12 +519,6 @@ def _frozen(concrete) -> tuple:
     spec = [tf.TensorSpec(t.shape, t.dtype) for t in frozen.inputs]
     fast = tf.function(lambda *args: frozen(*args), input_signature=spec, autograph=False).get_concrete_function()
     return (lambda *args: tf.nest.pack_sequence_as(structure, fast(*args))), frozen
-
-
-def _is_mobilenet(model) -> bool:
-    """Whether ``model`` is a trained RetinaFace on MobileNetV1-0.25 (the backbone the masked
-    network rebuilds; an already fused network has no backbone sub-model)."""
-    return any(layer.name == "mobilenet025" for layer in model.layers)
 
 
 def _label(image, index: int) -> str:

@@ -19,7 +19,7 @@ def add_runtime_arg(parser) -> None:
     """``--runtime``, shared by the commands that run a :class:`~retinaface_tf.inference.Detector`."""
     parser.add_argument("--runtime", choices=("tf", "litert"), default="tf",
                         help="what runs the network: tf (TensorFlow, default) or litert (converted once to a "
-                             "float32 LiteRT model run by XNNPACK, ~5 s at start; needs the tflite extra; "
+                             "float32 LiteRT model run by XNNPACK, 5-10 s at start; needs the tflite extra; "
                              "faster on some CPUs, measure on yours)")
 
 

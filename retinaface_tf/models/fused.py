@@ -70,7 +70,7 @@ from retinaface_tf.models.backbones import MOBILENET_STAGES
 from retinaface_tf.models.layers import UpsampleLike
 from retinaface_tf.ops.anchors import region_mask
 from retinaface_tf.ops.image import fast_preprocess
-from retinaface_tf.ops.nms import HeadColumns, face_probability, postprocess as run_postprocess
+from retinaface_tf.ops.nms import HeadColumns, detect_from_heads
 
 try:  # whether TensorFlow runs its oneDNN CPU kernels (private, but what TF's own tests use)
     from tensorflow.python.util._pywrap_util_port import IsMklEnabled as _onednn_enabled
@@ -573,6 +573,25 @@ def fuse_for_tflite(model, *, input_order: str = "bgr", uint8_input: bool = Fals
 
 
 # ---------------------------------------------------------------------- runtimes
+class _NetworkModule(tf.Module):
+    """A ``tf.Module`` holding a Keras network for saving: Keras 3 variables are not
+    ``tf.Module``-tracked, so their backing ``tf.Variable``s are listed, or the SavedModel the
+    converter reads would hold no weights."""
+
+    def __init__(self, network):
+        super().__init__()
+        self.network = network
+        self._variables = [v.value for v in network.variables]
+
+
+def _litert_flatbuffer(module: tf.Module, signatures: dict) -> bytes:
+    """``module`` saved with ``signatures`` (name → concrete function) and converted to a float32
+    LiteRT flatbuffer holding those signatures."""
+    with tempfile.TemporaryDirectory(prefix=".retinaface-litert-") as tmp:
+        tf.saved_model.save(module, tmp, signatures=signatures)
+        return tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(signatures)).convert()
+
+
 def litert_network(model, input_size: tuple[int, int], *, batch: int = 1, num_threads: int = 2):
     """``model`` converted to a float32 LiteRT model for a fixed ``[batch, H, W, 3]`` network
     input (BGR minus mean, as the Keras model takes) and run by the LiteRT interpreter with its
@@ -582,21 +601,14 @@ def litert_network(model, input_size: tuple[int, int], *, batch: int = 1, num_th
 
     h, w = int(input_size[0]), int(input_size[1])
 
-    class _Net(tf.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-            self._variables = [v.value for v in model.variables]
-
+    class _Net(_NetworkModule):
         @tf.function(input_signature=[tf.TensorSpec([batch, h, w, 3], tf.float32, name="image")])
         def serve(self, image):
-            out = self.model(image, training=False)
+            out = self.network(image, training=False)
             return {key: out[key] for key in ("bbox", "classes", "landmarks")}
 
-    module = _Net()
-    with tempfile.TemporaryDirectory(prefix=".retinaface-litert-") as tmp:
-        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve.get_concrete_function()})
-        flatbuffer = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serving_default"]).convert()
+    module = _Net(model)
+    flatbuffer = _litert_flatbuffer(module, {"serving_default": module.serve.get_concrete_function()})
     interpreter = Interpreter(model_content=flatbuffer, num_threads=num_threads)
     runner = interpreter.get_signature_runner("serving_default")
 
@@ -609,6 +621,13 @@ def litert_network(model, input_size: tuple[int, int], *, batch: int = 1, num_th
 
 LITERT_MISSING = "the LiteRT runtime needs the ai-edge-litert package: pip install 'retinaface-tf[tflite]'"
 HEAD_KEYS = ("bbox", "classes", "landmarks")
+
+
+def is_mobilenet(model) -> bool:
+    """Whether ``model`` is a trained RetinaFace on MobileNetV1-0.25 (the backbone rebuilt fused,
+    the only one with a masked or uint8-input network; an already fused network has no backbone
+    sub-model)."""
+    return any(layer.name == "mobilenet025" for layer in model.layers)
 
 
 def _cores() -> int:
@@ -645,7 +664,7 @@ class LiteRTNetwork:
         except ImportError:
             raise ImportError(LITERT_MISSING) from None
         self.num_threads = _cores() if num_threads is None else int(num_threads)
-        uint8 = any(layer.name == "mobilenet025" for layer in model.layers)
+        uint8 = is_mobilenet(model)
         network = fuse_for_tflite(model, input_order="bgr", uint8_input=uint8)
         post = dict(postprocess) if postprocess is not None else None
 
@@ -654,19 +673,13 @@ class LiteRTNetwork:
             return {key: out[key] for key in HEAD_KEYS}
 
         def detect(image, anchors, output_scale, score_threshold, iou_threshold):
-            out = forward(image)
-            return run_postprocess(out["bbox"], face_probability(out["classes"]), out["landmarks"], anchors,
-                                   input_size=(tf.shape(image)[1], tf.shape(image)[2]), output_scale=output_scale,
-                                   score_threshold=score_threshold, iou_threshold=iou_threshold, single_image=True,
-                                   **post)
+            return detect_from_heads(forward(image), input_size=(tf.shape(image)[1], tf.shape(image)[2]),
+                                     output_scale=output_scale, score_threshold=score_threshold,
+                                     iou_threshold=iou_threshold, single_image=True, anchors=anchors, **post)
 
-        class _Serve(tf.Module):
+        class _Serve(_NetworkModule):
             def __init__(self):
-                super().__init__()
-                self.network = network
-                # Keras 3 variables are not tf.Module-tracked: list their backing tf.Variables,
-                # or the SavedModel the converter reads would hold no weights.
-                self._variables = [v.value for v in network.variables]
+                super().__init__(network)
                 if post is not None:  # saving traces every tf.function attribute: only when wanted
                     self.detect = tf.function(detect, autograph=False, input_signature=[
                         tf.TensorSpec([1, None, None, 3], tf.uint8, name="image"),
@@ -684,10 +697,7 @@ class LiteRTNetwork:
         signatures = {"heads": module.heads.get_concrete_function()}
         if post is not None:
             signatures["detect"] = module.detect.get_concrete_function()
-        with tempfile.TemporaryDirectory(prefix=".retinaface-litert-") as tmp:
-            tf.saved_model.save(module, tmp, signatures=signatures)
-            self.flatbuffer = tf.lite.TFLiteConverter.from_saved_model(
-                tmp, signature_keys=list(signatures)).convert()
+        self.flatbuffer = _litert_flatbuffer(module, signatures)
         self._interpreter = Interpreter(model_content=self.flatbuffer, num_threads=self.num_threads)
         self._runners = {key: self._interpreter.get_signature_runner(key) for key in signatures}
         self._lock = threading.Lock()
