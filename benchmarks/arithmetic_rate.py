@@ -31,13 +31,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from side_by_side import CASES, SHARED, case_key, cpu_seconds, run_reference  # noqa: E402
+from side_by_side import CASES, SHARED, alternate, case_key, run_reference  # noqa: E402
 
 NEEDED = (3.0, 3.5)
 
@@ -68,10 +67,10 @@ def worker(repeats: int) -> dict:
     import tensorflow as tf
 
     from bench_inference import _time
-    from retinaface_tf.inference import Detector
     from retinaface_tf.models.fused import LiteRTNetwork, fuse_for_inference
+    from retinaface_tf.models.weights import load_model
 
-    model = Detector(runtime="tf").model
+    model, _ = load_model()
     fused = fuse_for_inference(model)
     nets = {threads: LiteRTNetwork(model, num_threads=threads) for threads in (2, 1)}
     rng = np.random.RandomState(0)
@@ -84,8 +83,7 @@ def worker(repeats: int) -> dict:
         out[case_key((h, w), batch)] = row
     a, b = tf.random.normal([2048, 2048]), tf.random.normal([2048, 2048])
     matmul = tf.function(lambda a, b: tf.matmul(a, b))
-    best = min(_time(lambda: matmul(a, b).numpy(), 3) for _ in range(3)) / 1000.0
-    out["matmul_gflops"] = 2 * 2048 ** 3 / best / 1e9
+    out["matmul_ms"] = min(_time(lambda: matmul(a, b).numpy(), 3) for _ in range(3))
     return out
 
 
@@ -98,37 +96,14 @@ def run_worker(repeats: int) -> dict:
 
 
 def measure(rounds: int, repeats: int, python: str, peer: Path, log=print) -> dict:
-    ref: dict = {}
-    ours: dict = {}
-    history = []
-    for r in range(rounds):
-        for side in (("reference", "ours") if r % 2 == 0 else ("ours", "reference")):
-            t = time.perf_counter()
-            busy0, _, own0 = cpu_seconds()
-            res = run_reference(python, peer) if side == "reference" else run_worker(repeats)
-            busy1, _, own1 = cpu_seconds()
-            wall = time.perf_counter() - t
-            others = max(0.0, (busy1 - busy0) - (own1 - own0)) / wall
-            history.append({"round": r + 1, "side": side, "other_cores": round(others, 3), "result": res})
-            log(f"round {r + 1}/{rounds}: {side} done in {wall:.0f} s (other processes {others:.2f} cores)")
-            if side == "reference":
-                for key, ms in res.items():
-                    ref[key] = min(ref.get(key, float("inf")), ms)
-            else:
-                for key, row in res.items():
-                    if isinstance(row, dict):
-                        slot = ours.setdefault(key, {})
-                        for k, v in row.items():
-                            slot[k] = v if k == "gmac" else min(slot.get(k, float("inf")), v)
-                    else:  # the matmul rate: keep the highest
-                        ours[key] = max(ours.get(key, 0.0), row)
+    ref, ours, history = alternate(rounds, lambda: run_reference(python, peer), lambda: run_worker(repeats), log)
     table = []
-    peak = ours["matmul_gflops"]
+    peak = 2 * 2048 ** 3 / ours["matmul_ms"] / 1e6
     for (h, w), batch in CASES:
         key = case_key((h, w), batch)
         row, ref_ms = ours[key], ref.get(key)
         gflop = 2 * row["gmac"]
-        entry = {"case": f"{w}x{h} b{batch}", "gflop": round(gflop, 3), "reference_ms": ref_ms,
+        entry = {"case": f"{w}x{h} b{batch}", "gflop": round(gflop, 3), "reference_ms": round(ref_ms, 2) if ref_ms else None,
                  "reference_gflops": round(gflop / ref_ms * 1e3, 1) if ref_ms else None,
                  "matmul_gflops": round(peak, 1),
                  "litert_2t_ms": round(row["litert_2t_ms"], 2),

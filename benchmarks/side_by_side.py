@@ -238,8 +238,11 @@ def _best(acc: dict, new: dict) -> None:
             acc[case] = min(acc.get(case, float("inf")), row)
 
 
-def side_by_side(rounds: int, repeats: int, python: str, peer: Path, tflite_dir: str | None, litert: bool,
-                 log=print, inter_op: int | None = None) -> dict:
+def alternate(rounds: int, reference, ours, log=print) -> tuple[dict, dict, list]:
+    """``rounds`` rounds of ``reference()`` and ``ours()`` (each returns ``{case: ms}`` or ``{case:
+    {variant: ms}}``), one after the other, the reference first in odd rounds and ours first in
+    even ones. Returns each side's best (lowest) figure per key and the history: per side and
+    round, the load average, the cores other processes and the hypervisor took, and the result."""
     ref_best: dict = {}
     ours_best: dict = {}
     history = []
@@ -249,8 +252,7 @@ def side_by_side(rounds: int, repeats: int, python: str, peer: Path, tflite_dir:
             t = time.perf_counter()
             load = os.getloadavg()[0]
             busy0, steal0, own0 = cpu_seconds()
-            res = (run_reference(python, peer) if side == "reference"
-                   else run_ours(repeats, tflite_dir, litert, inter_op))
+            res = reference() if side == "reference" else ours()
             busy1, steal1, own1 = cpu_seconds()
             wall = time.perf_counter() - t
             # cores' worth of CPU that other processes (and the hypervisor) took during this side
@@ -261,6 +263,13 @@ def side_by_side(rounds: int, repeats: int, python: str, peer: Path, tflite_dir:
                             "other_cores": round(others, 3), "steal_cores": round(steal, 3), "result": res})
             log(f"round {r + 1}/{rounds}: {side} done in {wall:.0f} s (other processes {others:.2f} cores, "
                 f"steal {steal:.2f}; load average {load:.2f})")
+    return ref_best, ours_best, history
+
+
+def side_by_side(rounds: int, repeats: int, python: str, peer: Path, tflite_dir: str | None, litert: bool,
+                 log=print, inter_op: int | None = None) -> dict:
+    ref_best, ours_best, history = alternate(rounds, lambda: run_reference(python, peer),
+                                             lambda: run_ours(repeats, tflite_dir, litert, inter_op), log)
     table = []
     for (h, w), batch in CASES:
         key = case_key((h, w), batch)
