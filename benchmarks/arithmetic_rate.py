@@ -53,7 +53,8 @@ def network_macs(network, size) -> int:
     convs = [layer for layer in network.layers if isinstance(layer, FusedConv)]
     probe = keras.Model(network.inputs, [layer.output for layer in convs])
     dtype = network.inputs[0].dtype
-    outs = probe(np.zeros((1, *size, 3), dtype=dtype), training=False)
+    outs = probe([np.zeros((1, *size, 3), dtype=dtype)], training=False)
+    outs = outs if isinstance(outs, (list, tuple)) else [outs]  # one convolution: one tensor
     total = 0
     for layer, out in zip(convs, outs):
         _, h, w, c = out.shape
@@ -81,10 +82,19 @@ def worker(repeats: int) -> dict:
         for threads, net in nets.items():
             row[f"litert_{threads}t_ms"] = _time(lambda: net(image), repeats)
         out[case_key((h, w), batch)] = row
+    out["matmul_ms"] = matmul_ms()
+    return out
+
+
+def matmul_ms() -> float:
+    """Best ms of a 2048^3 float32 ``tf.matmul`` (oneDNN, all cores): the scale for every rate."""
+    import tensorflow as tf
+
+    from bench_inference import _time
+
     a, b = tf.random.normal([2048, 2048]), tf.random.normal([2048, 2048])
     matmul = tf.function(lambda a, b: tf.matmul(a, b))
-    out["matmul_ms"] = min(_time(lambda: matmul(a, b).numpy(), 3) for _ in range(3))
-    return out
+    return min(_time(lambda: matmul(a, b).numpy(), 3) for _ in range(3))
 
 
 def run_worker(repeats: int) -> dict:
