@@ -26,40 +26,20 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-import tempfile
-import time
+from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from profile_litert import best_invoke  # noqa: E402
+
 
 def _convert(module, name) -> bytes:
-    import tensorflow as tf
+    """``module``'s tf.function ``name`` as a float32 LiteRT flatbuffer (its signature: ``run``)."""
+    from retinaface_tf.models.fused import _litert_flatbuffer
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tf.saved_model.save(module, tmp, signatures={"run": getattr(module, name).get_concrete_function()})
-        return tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["run"]).convert()
-
-
-def _race(flatbuffers: dict, x, rounds: int) -> tuple[dict, dict]:
-    """Best seconds of ``invoke()`` (the input set beforehand, not timed) and the output of each
-    single-input, single-output flatbuffer on ``x``."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreters = {}
-    for k, fb in flatbuffers.items():
-        interpreter = Interpreter(model_content=fb, num_threads=2)
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
-        interpreters[k] = interpreter
-    best = dict.fromkeys(interpreters, float("inf"))
-    for _ in range(rounds):
-        for k, interpreter in interpreters.items():
-            for _ in range(10):
-                start = time.perf_counter()
-                interpreter.invoke()
-                best[k] = min(best[k], time.perf_counter() - start)
-    outputs = {k: it.get_tensor(it.get_output_details()[0]["index"]) for k, it in interpreters.items()}
-    return best, outputs
+    return _litert_flatbuffer(module, {"run": getattr(module, name).get_concrete_function()})
 
 
 G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])  # F(2x2, 3x3)'s kernel transform
@@ -122,7 +102,8 @@ def winograd(size: int, cout: int, rounds: int) -> dict:
 
     probe = Probe()
     x = rng.standard_normal((1, size, size, cin)).astype(np.float32)
-    best, out = _race({k: _convert(probe, k) for k in ("direct", "wino")}, x, rounds)
+    best, out = best_invoke({k: _convert(probe, k) for k in ("direct", "wino")}, x, rounds, repeats=10)
+    out = {k: next(iter(v.values())) for k, v in out.items()}  # one output each
     macs = size * size * 9 * cin * cout
     return {"size": size, "cin": cin, "cout": cout, "direct_ms": best["direct"] * 1e3, "winograd_ms": best["wino"] * 1e3,
             "direct_gflops": 2 * macs / best["direct"] / 1e9,
@@ -136,7 +117,7 @@ def winograd_network(size, layers: list[str], rounds: int) -> dict:
     import keras
     import tensorflow as tf
 
-    from retinaface_tf.models.fused import FusedConv, _litert_flatbuffer, _NetworkModule, fuse_for_tflite
+    from retinaface_tf.models.fused import FusedConv, _NetworkModule, fuse_for_tflite
     from retinaface_tf.models.weights import load_model
 
     model, _ = load_model()
@@ -170,15 +151,9 @@ def winograd_network(size, layers: list[str], rounds: int) -> dict:
     for key, net in (("direct", network), ("winograd", winograd_net)):
         module = _NetworkModule(net)
         module.run = tf.function(_call(net), input_signature=[tf.TensorSpec([1, h, w, 3], tf.uint8, name="x")])
-        flatbuffers[key] = _litert_flatbuffer(module, {"run": module.run.get_concrete_function()})
+        flatbuffers[key] = _convert(module, "run")
     x = np.random.RandomState(0).randint(0, 256, (1, h, w, 3)).astype(np.uint8)
-    best, _ = _race(flatbuffers, x, rounds)
-    outputs = {}
-    for key, fb in flatbuffers.items():
-        from ai_edge_litert.interpreter import Interpreter
-
-        runner = Interpreter(model_content=fb, num_threads=2).get_signature_runner("run")
-        outputs[key] = runner(x=x)
+    best, outputs = best_invoke(flatbuffers, x, rounds, repeats=10)
     diff = max(float(np.abs(outputs["direct"][k] - outputs["winograd"][k]).max()) for k in outputs["direct"])
     return {"size": f"{h}x{w}", "layers": layers, "direct_ms": best["direct"] * 1e3,
             "winograd_ms": best["winograd"] * 1e3, "max_abs_diff": diff}
@@ -211,7 +186,8 @@ def dequantize(size, rounds: int) -> dict:
     model.subgraphs[0].tensors[op.inputs[0]].quantization = quant
     deq = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
     x = np.random.default_rng(0).integers(0, 256, (1, h, w, 3), dtype=np.uint8)
-    best, out = _race({"cast": cast, "dequantize": deq}, x, rounds)
+    best, out = best_invoke({"cast": cast, "dequantize": deq}, x, rounds, repeats=10)
+    out = {k: next(iter(v.values())) for k, v in out.items()}  # one output each
     return {"size": f"{h}x{w}", "cast_ms": best["cast"] * 1e3, "dequantize_ms": best["dequantize"] * 1e3,
             "equal": bool(np.array_equal(out["cast"], out["dequantize"]))}
 

@@ -40,27 +40,54 @@ SECTIONS = (
 )
 
 
+def best_invoke(flatbuffers: dict, image, rounds: int, repeats: int) -> tuple[dict, dict]:
+    """Each float32 LiteRT flatbuffer (one signature, one input) on ``image``, 2 threads: its best
+    seconds of ``invoke()`` over ``rounds`` x ``repeats`` calls, all flatbuffers alternating by
+    round (setting the input and reading the outputs are not timed), and its outputs (output
+    name -> array)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreters, outputs = {}, {}
+    for key, flatbuffer in flatbuffers.items():
+        interpreter = Interpreter(model_content=flatbuffer, num_threads=2)
+        interpreter.allocate_tensors()
+        (name,) = interpreter.get_signature_list()
+        runner = interpreter.get_signature_runner(name)  # only for its tensors' names and indices
+        (arg,) = runner.get_input_details().values()
+        returned = {out: d["index"] for out, d in runner.get_output_details().items()}
+        del runner  # it holds views into the interpreter, which invoke() refuses
+        interpreter.set_tensor(arg["index"], image)  # every invoke() below reuses it
+        interpreter.invoke()
+        outputs[key] = {out: interpreter.get_tensor(index) for out, index in returned.items()}
+        interpreters[key] = interpreter
+    best = dict.fromkeys(interpreters, float("inf"))
+    for _ in range(rounds):
+        for key, interpreter in interpreters.items():
+            for _ in range(repeats):
+                start = time.perf_counter()
+                interpreter.invoke()
+                best[key] = min(best[key], time.perf_counter() - start)
+    return best, outputs
+
+
 def _prefixes(network, size):
-    """One float32 LiteRT interpreter (2 threads) per section: the network from its uint8 image
-    input up to that section's output, converted for a fixed ``[1, H, W, 3]`` input."""
+    """Per section, the network from its uint8 image input up to that section's output as a
+    float32 LiteRT flatbuffer for a fixed ``[1, H, W, 3]`` input, and its multiply-accumulates."""
     import keras
     import tensorflow as tf
-    from ai_edge_litert.interpreter import Interpreter
 
     from arithmetic_rate import network_macs
     from retinaface_tf.models.fused import _litert_flatbuffer, _NetworkModule
 
     h, w = size
-    out = []
+    out = {}
     for name, ends in SECTIONS:
         outputs = network.outputs if ends is None else [network.get_layer(end).output for end in ends]
         prefix = keras.Model(network.inputs, outputs)
         module = _NetworkModule(prefix)
         module.serve = tf.function(_call(prefix), input_signature=[tf.TensorSpec([1, h, w, 3], tf.uint8)])
         flatbuffer = _litert_flatbuffer(module, {"serving_default": module.serve.get_concrete_function()})
-        interpreter = Interpreter(model_content=flatbuffer, num_threads=2)
-        interpreter.allocate_tensors()
-        out.append((name, interpreter, network_macs(prefix, size)))
+        out[name] = (flatbuffer, network_macs(prefix, size))
     return out
 
 
@@ -81,20 +108,12 @@ def profile(sizes, rounds: int, repeats: int) -> dict:
     for size in sizes:
         prefixes = _prefixes(network, size)
         image = np.random.RandomState(0).randint(0, 256, (1, *size, 3)).astype(np.uint8)
-        best = [float("inf")] * len(prefixes)
-        for _ in range(rounds):
-            for i, (_, interpreter, _) in enumerate(prefixes):
-                index = interpreter.get_input_details()[0]["index"]
-                for _ in range(repeats):
-                    interpreter.set_tensor(index, image)
-                    start = time.perf_counter()
-                    interpreter.invoke()
-                    best[i] = min(best[i], time.perf_counter() - start)
+        best, _ = best_invoke({name: fb for name, (fb, _) in prefixes.items()}, image, rounds, repeats)
         rows, prev_ms, prev_mac = [], 0.0, 0
-        for (name, _, macs), seconds in zip(prefixes, best):
-            ms, gmac = seconds * 1e3 - prev_ms, (macs - prev_mac) / 1e9
+        for name, (_, macs) in prefixes.items():
+            ms, gmac = best[name] * 1e3 - prev_ms, (macs - prev_mac) / 1e9
             rows.append({"section": name, "ms": ms, "gmac": gmac, "gflops": 2 * gmac / ms * 1e3 if ms > 0 else None})
-            prev_ms, prev_mac = seconds * 1e3, macs
+            prev_ms, prev_mac = best[name] * 1e3, macs
         stage1 = rows[:2]
         rest = rows[2:]
         rest_rate = 2 * sum(r["gmac"] for r in rest) / sum(r["ms"] for r in rest) * 1e3
