@@ -189,12 +189,13 @@ def test_maps_concentrated_on_explained_face(largest, detections, photo, kind):
         assert near > 0.3 * heat.sum()
 
 
-def test_explain_cli_writes_pngs_of_photo_size(reference_dir, tmp_path, capsys):
+@pytest.mark.parametrize("given", [True, False], ids=["image", "default-image"])
+def test_explain_cli_writes_pngs_of_photo_size(reference_dir, tmp_path, capsys, given):
     import cv2
 
     from retinaface_tf.cli import main
-    image = reference_dir / "biubug6_test.jpg"
-    rc = main(["explain", str(image), "--face", "2", "--smooth-samples", "1", "--max-size", "512",
+    image = [str(reference_dir / "biubug6_test.jpg")] if given else []  # default: the bundled copy of that photo
+    rc = main(["explain", *image, "--face", "2", "--smooth-samples", "1", "--max-size", "512",
                "--output", str(tmp_path / "out")])
     assert rc == 0
     names = sorted(p.name for p in (tmp_path / "out").iterdir())

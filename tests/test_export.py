@@ -46,10 +46,17 @@ def detectors(bundled_model):
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory, bundled_model):
-    """Exported through the CLI (defaults: RGB, score 0.5, IoU 0.4, K 750)."""
-    out = tmp_path_factory.mktemp("serving") / "retinaface"
-    assert main(["export", "--format", "saved_model", "--output", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["1"]
+    """Exported through the CLI on its defaults alone (SavedModel into ./exported/retinaface; RGB, score 0.5,
+    IoU 0.4, K 750), from another working folder."""
+    work = tmp_path_factory.mktemp("serving")
+    before = os.getcwd()
+    os.chdir(work)
+    try:
+        assert main(["export"]) == 0
+    finally:
+        os.chdir(before)
+    out = work / "exported" / "retinaface"
+    assert sorted(p.name for p in work.iterdir()) == ["exported"] and sorted(p.name for p in out.iterdir()) == ["1"]
     return out / "1"
 
 
@@ -526,6 +533,13 @@ def test_cli_errors_are_one_line(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.tflite").exists()
+
+
+def test_default_output_names():
+    from retinaface_tf.commands.export import default_output
+    assert default_output("saved_model") == Path("exported/retinaface")
+    assert default_output("tflite") == Path("exported/retinaface_fp32_640x640.tflite")
+    assert default_output("tflite", "int8", (480, 640), raw=True) == Path("exported/retinaface_int8_640x480_raw.tflite")
 
 
 def test_parse_size():

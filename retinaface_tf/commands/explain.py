@@ -7,7 +7,7 @@ from pathlib import Path
 
 from retinaface_tf.commands import add_model_args
 from retinaface_tf.errors import UsageError
-from retinaface_tf.fileio import read_image
+from retinaface_tf.fileio import bundled_image, read_image
 from retinaface_tf.models.weights import load_model
 from retinaface_tf.vis.draw import overlay
 from retinaface_tf.vis.explain import explain_face
@@ -40,7 +40,8 @@ def add_parser(sub, name, help_text):
     p = sub.add_parser(name, help=help_text, description=help_text + ". Writes IMAGE-STEM_faceN_saliency.png "
                        "(SmoothGrad) and IMAGE-STEM_faceN_gradcampp.png (Grad-CAM++ at the SSH output of the face's "
                        "pyramid level), both the size of the photo.")
-    p.add_argument("image", metavar="IMAGE", help="photo to explain")
+    p.add_argument("image", metavar="IMAGE", nargs="?", default=None,
+                   help="photo to explain (default: the bundled demo photo)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--face", type=_face, default=0, metavar="N",
                        help="which detection: 0 = highest score (the order `detect` lists faces in), or 'largest' "
@@ -78,6 +79,8 @@ def run(args) -> int:
     if args.box is not None and not (args.box[2] > args.box[0] and args.box[3] > args.box[1]):
         raise UsageError(f"--box must be x1,y1,x2,y2 with x2 > x1 and y2 > y1, got {','.join(f'{v:g}' for v in args.box)}")
 
+    if args.image is None:
+        args.image = str(bundled_image())
     image = read_image(args.image)  # a bad file fails before the model loads
     model, config = load_model(args.weights, args.config)
     e = explain_face(image, model=model, config=config, face=args.face, box=args.box,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from retinaface_tf.commands import add_model_args
 from retinaface_tf.errors import UsageError
@@ -22,12 +23,23 @@ def parse_size(text: str) -> tuple[int, int]:
     return height, width
 
 
+def default_output(fmt: str, quantize: str = "none", size: tuple[int, int] = (640, 640), raw: bool = False) -> Path:
+    """Where ``export`` writes without ``--output``: ``exported/retinaface`` (SavedModel folder) or
+    ``exported/retinaface_<fp32|fp16|dynamic|int8>_<W>x<H>[_raw].tflite``, relative to the working folder."""
+
+    if fmt == "saved_model":
+        return Path("exported") / "retinaface"
+    kind = "fp32" if quantize == "none" else quantize
+    return Path("exported") / f"retinaface_{kind}_{size[1]}x{size[0]}{'_raw' if raw else ''}.tflite"
+
+
 def add_parser(sub, name, help_text):
     p = sub.add_parser(name, help=help_text, description=help_text)
-    p.add_argument("--format", required=True, choices=("saved_model", "tflite"),
-                   help="saved_model: TF Serving model folder OUTPUT/<version>/; tflite: one .tflite file")
-    p.add_argument("--output", "-o", required=True,
-                   help="saved_model: model folder (e.g. saved_models/retinaface); tflite: file (.tflite added if missing)")
+    p.add_argument("--format", default="saved_model", choices=("saved_model", "tflite"),
+                   help="saved_model (default): TF Serving model folder OUTPUT/<version>/; tflite: one .tflite file")
+    p.add_argument("--output", "-o", default=None,
+                   help="saved_model: model folder (default exported/retinaface); tflite: file (.tflite added if "
+                        "missing; default exported/retinaface_<fp32|fp16|dynamic|int8>_<W>x<H>[_raw].tflite)")
     add_model_args(p)
     g = p.add_argument_group("detection settings baked into the export")
     g.add_argument("--channel-order", choices=("rgb", "bgr"), default="rgb",
@@ -74,16 +86,17 @@ def run(args) -> int:
         if not calibration:
             raise UsageError(f"no images found in {', '.join(args.calibration_images)}")
 
+    output = args.output if args.output is not None else default_output(args.format, args.quantize, size, args.raw)
     model, config = load_model(args.weights, args.config)
     settings = ExportSettings.from_config(config, channel_order=args.channel_order, score_threshold=args.score_threshold,
                                           iou_threshold=args.iou_threshold, pre_nms_top_k=args.pre_nms_top_k,
                                           max_detections=args.max_detections)
     if args.format == "saved_model":
-        path = export_saved_model(model, config, args.output, settings, version=args.version)
+        path = export_saved_model(model, config, output, settings, version=args.version)
         print(f"wrote {path} (signatures serving_default, with_thresholds, image_bytes, "
               f"image_bytes_with_thresholds, raw; K = {settings.max_detections})")
     else:
-        path = export_tflite(model, config, args.output, settings, input_size=size, quantize=args.quantize,
+        path = export_tflite(model, config, output, settings, input_size=size, quantize=args.quantize,
                              raw=args.raw, calibration_images=calibration, calibration_count=args.calibration_count)
         what = "head outputs" if args.raw else f"detections, K = {settings.max_detections}"
         print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {args.quantize}, input uint8 "
