@@ -49,12 +49,9 @@ def saved_model(tmp_path_factory, bundled_model):
     """Exported through the CLI on its defaults alone (SavedModel into ./exported/retinaface; RGB, score 0.5,
     IoU 0.4, K 750), from another working folder."""
     work = tmp_path_factory.mktemp("serving")
-    before = os.getcwd()
-    os.chdir(work)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
         assert main(["export"]) == 0
-    finally:
-        os.chdir(before)
     out = work / "exported" / "retinaface"
     assert sorted(p.name for p in work.iterdir()) == ["exported"] and sorted(p.name for p in out.iterdir()) == ["1"]
     return out / "1"

@@ -79,19 +79,18 @@ def run(args) -> int:
     if args.box is not None and not (args.box[2] > args.box[0] and args.box[3] > args.box[1]):
         raise UsageError(f"--box must be x1,y1,x2,y2 with x2 > x1 and y2 > y1, got {','.join(f'{v:g}' for v in args.box)}")
 
-    if args.image is None:
-        args.image = str(bundled_image())
-    image = read_image(args.image)  # a bad file fails before the model loads
+    source = args.image or str(bundled_image())  # as `detect` does without paths
+    image = read_image(source)  # a bad file fails before the model loads
     model, config = load_model(args.weights, args.config)
     e = explain_face(image, model=model, config=config, face=args.face, box=args.box,
                      score_threshold=args.threshold, target=args.target, smooth_samples=args.smooth_samples,
-                     smooth_noise=args.smooth_noise, seed=args.seed, max_size=args.max_size, source=args.image)
+                     smooth_noise=args.smooth_noise, seed=args.seed, max_size=args.max_size, source=source)
     a = config.anchors
     label = f"face {e.face_index}" if e.face_index >= 0 else "box"
     anchor = (f"anchor {e.anchor.index} (level {e.anchor.level + 1}, stride {a.steps[e.anchor.level]}, "
               f"{int(round(e.anchor.anchor_xyxy[2] - e.anchor.anchor_xyxy[0]))}px)")
     short = f"{label}, score {e.score:.3f}, level {e.anchor.level + 1}"
-    stem = Path(args.image).stem
+    stem = Path(source).stem
     name = f"face{e.face_index}" if e.face_index >= 0 else "box"
     out = Path(args.output)
     written = []
