@@ -3,6 +3,7 @@
     python benchmarks/float32_probes.py winograd [--size 80] [--cout 64] [--rounds 8]
     python benchmarks/float32_probes.py winograd-network [--sizes 640x640,480x640,1080x1920] [--layers fpn_merge1]
     python benchmarks/float32_probes.py dequantize [--sizes 640x640,1080x1920] [--rounds 8]
+    python benchmarks/float32_probes.py compiled-model [--sizes 640x640,480x640,1080x1920] [--rounds 10]
 
 ``winograd``: a 3x3 stride-1 convolution (``--size`` square map, 64 input channels, ``--cout``
 output channels; 80 / 64 is ``fpn_merge1`` at 640x640, 24 % of the network's arithmetic) as
@@ -16,6 +17,12 @@ size, against the same network with ``--layers`` (default ``fpn_merge1``) in tha
 
 ``dequantize``: the image's uint8 -> float32 ``CAST`` (LiteRT's built-in kernel; XNNPACK does not
 take it) against a ``DEQUANTIZE`` with scale 1 and zero point 0 (XNNPACK's), same values.
+
+``compiled-model``: the LiteRT network of ``Detector(runtime="litert")``, converted at a fixed
+size, run by the ``Interpreter`` (what the runtime and the exports use) against LiteRT's
+``CompiledModel`` API on its CPU accelerator: with its default XNNPACK flags, with XNNPACK's
+Slinky flag (``0x100``, tiles consecutive operators) added to the default ``0x3``, and with
+YNNPACK, whose failure to build is reported when the wheel does not have it.
 
 All: LiteRT, 2 threads, fixed shapes, the two variants alternating, best of ``--rounds`` x 10
 ``invoke()`` calls each (setting the input and reading the output are not timed).
@@ -192,6 +199,68 @@ def dequantize(size, rounds: int) -> dict:
             "equal": bool(np.array_equal(out["cast"], out["dequantize"]))}
 
 
+XNNPACK_DEFAULT_FLAGS = 0x3  # QS8 | QU8 (TfLiteXNNPackDelegateOptionsDefault)
+XNNPACK_FLAG_SLINKY = 0x100
+
+
+def compiled_model(size, rounds: int) -> dict:
+    """Interpreter against CompiledModel variants on the fixed-size LiteRT network (best ms, and
+    each variant's largest difference from the Interpreter's outputs, or why it did not build)."""
+    import time
+
+    import tensorflow as tf
+    from ai_edge_litert.compiled_model import CompiledModel
+    from ai_edge_litert.cpu_options import CpuOptions
+    from ai_edge_litert.options import Options
+
+    from retinaface_tf.models.fused import _NetworkModule, fuse_for_tflite
+    from retinaface_tf.models.weights import load_model
+
+    model, _ = load_model()
+    network = fuse_for_tflite(model, uint8_input=True)
+    h, w = size
+    module = _NetworkModule(network)
+    module.run = tf.function(_call(network), input_signature=[tf.TensorSpec([1, h, w, 3], tf.uint8, name="x")])
+    flatbuffer = _convert(module, "run")
+    x = np.random.RandomState(0).randint(0, 256, (1, h, w, 3)).astype(np.uint8)
+    _, outputs = best_invoke({"interpreter": flatbuffer}, x, 1, repeats=1)
+    reference = outputs["interpreter"]
+
+    variants = {"default flags": CpuOptions(num_threads=2),
+                "slinky flag": CpuOptions(num_threads=2, xnnpack_flags=XNNPACK_DEFAULT_FLAGS | XNNPACK_FLAG_SLINKY),
+                "ynnpack": CpuOptions(num_threads=2, enable_ynnpack=True)}
+    runs, result = {}, {"size": f"{h}x{w}", "failed": {}, "max_abs_diff": {}}
+    for key, cpu in variants.items():
+        try:
+            cm = CompiledModel.from_buffer(flatbuffer, options=Options(cpu_options=cpu))
+            inputs, outs = cm.create_input_buffers(0), cm.create_output_buffers(0)
+        except RuntimeError as error:
+            result["failed"][key] = str(error).splitlines()[0]
+            continue
+        inputs[0].write(x)
+        cm.run_by_index(0, inputs, outs)
+        names = cm.get_signature_by_index(0)["outputs"]
+        diff = 0.0
+        for name, buffer in zip(names, outs):
+            want = reference[name]
+            got = buffer.read(want.size, want.dtype).reshape(want.shape)
+            diff = max(diff, float(np.abs(got - want).max()))
+        result["max_abs_diff"][key] = diff
+        runs[key] = (lambda cm=cm, i=inputs, o=outs: cm.run_by_index(0, i, o))
+    best_interp, _ = best_invoke({"interpreter": flatbuffer}, x, 1, repeats=1)  # warm
+    best = dict.fromkeys(["interpreter", *runs], float("inf"))
+    for _ in range(rounds):
+        t, _ = best_invoke({"interpreter": flatbuffer}, x, 1, repeats=10)
+        best["interpreter"] = min(best["interpreter"], t["interpreter"])
+        for key, run in runs.items():
+            for _ in range(10):
+                start = time.perf_counter()
+                run()
+                best[key] = min(best[key], time.perf_counter() - start)
+    result["best_ms"] = {k: v * 1e3 for k, v in best.items()}
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="probe", required=True)
@@ -206,6 +275,9 @@ def main(argv=None) -> int:
     p = sub.add_parser("dequantize")
     p.add_argument("--sizes", default="640x640,1080x1920", help="H x W, comma-separated")
     p.add_argument("--rounds", type=int, default=8)
+    p = sub.add_parser("compiled-model")
+    p.add_argument("--sizes", default="640x640,480x640,1080x1920", help="H x W, comma-separated")
+    p.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args(argv)
     if args.probe == "winograd":
         if args.size % 2:
@@ -219,6 +291,14 @@ def main(argv=None) -> int:
             r = winograd_network(tuple(int(v) for v in s.lower().split("x")), args.layers.split(","), args.rounds)
             print(f"{r['size']}: network {r['direct_ms']:.2f} ms, with {','.join(r['layers'])} in Winograd form "
                   f"{r['winograd_ms']:.2f} ms; max |diff| of the heads {r['max_abs_diff']:.2e}")
+    elif args.probe == "compiled-model":
+        for s in args.sizes.split(","):
+            r = compiled_model(tuple(int(v) for v in s.lower().split("x")), args.rounds)
+            times = ", ".join(f"{k} {v:.2f} ms" for k, v in r["best_ms"].items())
+            diffs = ", ".join(f"{k} {v:.1e}" for k, v in r["max_abs_diff"].items())
+            print(f"{r['size']}: {times}; max |diff| from the Interpreter: {diffs}")
+            for k, why in r["failed"].items():
+                print(f"  {k}: did not build: {why}")
     else:
         for s in args.sizes.split(","):
             r = dequantize(tuple(int(v) for v in s.lower().split("x")), args.rounds)
