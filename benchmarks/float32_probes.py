@@ -4,6 +4,7 @@
     python benchmarks/float32_probes.py winograd-network [--sizes 640x640,480x640,1080x1920] [--layers fpn_merge1]
     python benchmarks/float32_probes.py dequantize [--sizes 640x640,1080x1920] [--rounds 8]
     python benchmarks/float32_probes.py compiled-model [--sizes 640x640,480x640,1080x1920] [--rounds 10]
+    python benchmarks/float32_probes.py fixed-shape [--sizes 640x640,480x640,1080x1920] [--rounds 12]
 
 ``winograd``: a 3x3 stride-1 convolution (``--size`` square map, 64 input channels, ``--cout``
 output channels; 80 / 64 is ``fpn_merge1`` at 640x640, 24 % of the network's arithmetic) as
@@ -23,6 +24,10 @@ size, run by the ``Interpreter`` (what the runtime and the exports use) against 
 ``CompiledModel`` API on its CPU accelerator: with its default XNNPACK flags, with XNNPACK's
 Slinky flag (``0x100``, tiles consecutive operators) added to the default ``0x3``, and with
 YNNPACK, whose failure to build is reported when the wheel does not have it.
+
+``fixed-shape``: the ``heads`` model of ``Detector(runtime="litert")`` (one conversion for every
+size, resized to ``--sizes``) against the same network converted at that fixed size, the
+conversion a per-size cache would need.
 
 All: LiteRT, 2 threads, fixed shapes, the two variants alternating, best of ``--rounds`` x 10
 ``invoke()`` calls each (setting the input and reading the output are not timed).
@@ -261,6 +266,46 @@ def compiled_model(size, rounds: int) -> dict:
     return result
 
 
+def fixed_shape(size, rounds: int) -> dict:
+    """The any-size LiteRT network (resized to ``size``) against a fixed-size conversion."""
+    import time
+
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    from retinaface_tf.models.fused import LiteRTNetwork, _NetworkModule, fuse_for_tflite
+    from retinaface_tf.models.weights import load_model
+
+    model, _ = load_model()
+    h, w = size
+    network = fuse_for_tflite(model, input_order="bgr", uint8_input=True)
+    module = _NetworkModule(network)
+    module.run = tf.function(_call(network), input_signature=[tf.TensorSpec([1, h, w, 3], tf.uint8, name="x")])
+    flatbuffers = {"any size": LiteRTNetwork(model, num_threads=2).flatbuffer, "fixed": _convert(module, "run")}
+    x = np.random.RandomState(0).randint(0, 256, (1, h, w, 3)).astype(np.uint8)
+    interpreters, outputs = {}, {}
+    for key, flatbuffer in flatbuffers.items():
+        interpreter = Interpreter(model_content=flatbuffer, num_threads=2)
+        (arg,) = interpreter.get_input_details()
+        interpreter.resize_tensor_input(arg["index"], [1, h, w, 3])
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(arg["index"], x)
+        interpreter.invoke()
+        outputs[key] = sorted((interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()),
+                              key=lambda a: a.shape[-1])  # the heads by their last axis (2, 4, 10)
+        interpreters[key] = interpreter
+    best = dict.fromkeys(interpreters, float("inf"))
+    for _ in range(rounds):
+        for key, interpreter in interpreters.items():
+            for _ in range(10):
+                start = time.perf_counter()
+                interpreter.invoke()
+                best[key] = min(best[key], time.perf_counter() - start)
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(*outputs.values()))
+    return {"size": f"{h}x{w}", "any_size_ms": best["any size"] * 1e3, "fixed_ms": best["fixed"] * 1e3,
+            "max_abs_diff": diff}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="probe", required=True)
@@ -278,6 +323,9 @@ def main(argv=None) -> int:
     p = sub.add_parser("compiled-model")
     p.add_argument("--sizes", default="640x640,480x640,1080x1920", help="H x W, comma-separated")
     p.add_argument("--rounds", type=int, default=10)
+    p = sub.add_parser("fixed-shape")
+    p.add_argument("--sizes", default="640x640,480x640,1080x1920", help="H x W, comma-separated")
+    p.add_argument("--rounds", type=int, default=12)
     args = parser.parse_args(argv)
     if args.probe == "winograd":
         if args.size % 2:
@@ -299,6 +347,11 @@ def main(argv=None) -> int:
             print(f"{r['size']}: {times}; max |diff| from the Interpreter: {diffs}")
             for k, why in r["failed"].items():
                 print(f"  {k}: did not build: {why}")
+    elif args.probe == "fixed-shape":
+        for s in args.sizes.split(","):
+            r = fixed_shape(tuple(int(v) for v in s.lower().split("x")), args.rounds)
+            print(f"{r['size']}: any-size network {r['any_size_ms']:.2f} ms, converted at this size "
+                  f"{r['fixed_ms']:.2f} ms; max |diff| {r['max_abs_diff']:.1e}")
     else:
         for s in args.sizes.split(","):
             r = dequantize(tuple(int(v) for v in s.lower().split("x")), args.rounds)
