@@ -252,7 +252,6 @@ def compiled_model(size, rounds: int) -> dict:
             diff = max(diff, float(np.abs(got - want).max()))
         result["max_abs_diff"][key] = diff
         runs[key] = (lambda cm=cm, i=inputs, o=outs: cm.run_by_index(0, i, o))
-    best_interp, _ = best_invoke({"interpreter": flatbuffer}, x, 1, repeats=1)  # warm
     best = dict.fromkeys(["interpreter", *runs], float("inf"))
     for _ in range(rounds):
         t, _ = best_invoke({"interpreter": flatbuffer}, x, 1, repeats=10)
