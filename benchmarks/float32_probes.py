@@ -29,8 +29,9 @@ YNNPACK, whose failure to build is reported when the wheel does not have it.
 size, resized to ``--sizes``) against the same network converted at that fixed size, the
 conversion a per-size cache would need.
 
-All: LiteRT, 2 threads, fixed shapes, the two variants alternating, best of ``--rounds`` x 10
-``invoke()`` calls each (setting the input and reading the output are not timed).
+All: LiteRT, 2 threads, fixed shapes (but the any-size network of ``fixed-shape``), the
+variants alternating, best of ``--rounds`` x 10 ``invoke()`` calls each (setting the input and
+reading the output are not timed).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from profile_litert import best_invoke  # noqa: E402
+from profile_litert import best_invoke, interpreter_run, race  # noqa: E402
 
 
 def _convert(module, name) -> bytes:
@@ -129,7 +130,7 @@ def winograd_network(size, layers: list[str], rounds: int) -> dict:
     import keras
     import tensorflow as tf
 
-    from retinaface_tf.models.fused import FusedConv, _NetworkModule, fuse_for_tflite
+    from retinaface_tf.models.fused import FusedConv, fuse_for_tflite
     from retinaface_tf.models.weights import load_model
 
     model, _ = load_model()
@@ -159,11 +160,7 @@ def winograd_network(size, layers: list[str], rounds: int) -> dict:
     winograd_net = keras.models.clone_model(network, clone_function=clone)
     winograd_net.set_weights(network.get_weights())
     h, w = size
-    flatbuffers = {}
-    for key, net in (("direct", network), ("winograd", winograd_net)):
-        module = _NetworkModule(net)
-        module.run = tf.function(_call(net), input_signature=[tf.TensorSpec([1, h, w, 3], tf.uint8, name="x")])
-        flatbuffers[key] = _convert(module, "run")
+    flatbuffers = {"direct": _fixed_size(network, size), "winograd": _fixed_size(winograd_net, size)}
     x = np.random.RandomState(0).randint(0, 256, (1, h, w, 3)).astype(np.uint8)
     best, outputs = best_invoke(flatbuffers, x, rounds, repeats=10)
     diff = max(float(np.abs(outputs["direct"][k] - outputs["winograd"][k]).max()) for k in outputs["direct"])
@@ -171,8 +168,17 @@ def winograd_network(size, layers: list[str], rounds: int) -> dict:
             "winograd_ms": best["winograd"] * 1e3, "max_abs_diff": diff}
 
 
-def _call(net):
-    return lambda x: net(x, training=False)
+def _fixed_size(network, size) -> bytes:
+    """``network`` (uint8 image in, as ``fuse_for_tflite(..., uint8_input=True)`` builds it) as a
+    float32 LiteRT flatbuffer for one ``[1, H, W, 3]`` image of ``size = (H, W)``."""
+    import tensorflow as tf
+
+    from retinaface_tf.models.fused import _NetworkModule
+
+    module = _NetworkModule(network)
+    module.run = tf.function(lambda x: network(x, training=False),
+                             input_signature=[tf.TensorSpec([1, *size, 3], tf.uint8, name="x")])
+    return _convert(module, "run")
 
 
 def dequantize(size, rounds: int) -> dict:
@@ -211,30 +217,22 @@ XNNPACK_FLAG_SLINKY = 0x100
 def compiled_model(size, rounds: int) -> dict:
     """Interpreter against CompiledModel variants on the fixed-size LiteRT network (best ms, and
     each variant's largest difference from the Interpreter's outputs, or why it did not build)."""
-    import time
-
-    import tensorflow as tf
     from ai_edge_litert.compiled_model import CompiledModel
     from ai_edge_litert.cpu_options import CpuOptions
     from ai_edge_litert.options import Options
 
-    from retinaface_tf.models.fused import _NetworkModule, fuse_for_tflite
+    from retinaface_tf.models.fused import fuse_for_tflite
     from retinaface_tf.models.weights import load_model
 
     model, _ = load_model()
-    network = fuse_for_tflite(model, uint8_input=True)
-    h, w = size
-    module = _NetworkModule(network)
-    module.run = tf.function(_call(network), input_signature=[tf.TensorSpec([1, h, w, 3], tf.uint8, name="x")])
-    flatbuffer = _convert(module, "run")
-    x = np.random.RandomState(0).randint(0, 256, (1, h, w, 3)).astype(np.uint8)
-    _, outputs = best_invoke({"interpreter": flatbuffer}, x, 1, repeats=1)
-    reference = outputs["interpreter"]
+    flatbuffer = _fixed_size(fuse_for_tflite(model, uint8_input=True), size)
+    x = np.random.RandomState(0).randint(0, 256, (1, *size, 3)).astype(np.uint8)
+    runs, result = {}, {"size": "{}x{}".format(*size), "failed": {}, "max_abs_diff": {}}
+    runs["interpreter"], reference = interpreter_run(flatbuffer, x)
 
     variants = {"default flags": CpuOptions(num_threads=2),
                 "slinky flag": CpuOptions(num_threads=2, xnnpack_flags=XNNPACK_DEFAULT_FLAGS | XNNPACK_FLAG_SLINKY),
                 "ynnpack": CpuOptions(num_threads=2, enable_ynnpack=True)}
-    runs, result = {}, {"size": f"{h}x{w}", "failed": {}, "max_abs_diff": {}}
     for key, cpu in variants.items():
         try:
             cm = CompiledModel.from_buffer(flatbuffer, options=Options(cpu_options=cpu))
@@ -252,56 +250,23 @@ def compiled_model(size, rounds: int) -> dict:
             diff = max(diff, float(np.abs(got - want).max()))
         result["max_abs_diff"][key] = diff
         runs[key] = (lambda cm=cm, i=inputs, o=outs: cm.run_by_index(0, i, o))
-    best = dict.fromkeys(["interpreter", *runs], float("inf"))
-    for _ in range(rounds):
-        t, _ = best_invoke({"interpreter": flatbuffer}, x, 1, repeats=10)
-        best["interpreter"] = min(best["interpreter"], t["interpreter"])
-        for key, run in runs.items():
-            for _ in range(10):
-                start = time.perf_counter()
-                run()
-                best[key] = min(best[key], time.perf_counter() - start)
-    result["best_ms"] = {k: v * 1e3 for k, v in best.items()}
+    result["best_ms"] = {k: v * 1e3 for k, v in race(runs, rounds, repeats=10).items()}
     return result
 
 
 def fixed_shape(size, rounds: int) -> dict:
     """The any-size LiteRT network (resized to ``size``) against a fixed-size conversion."""
-    import time
-
-    import tensorflow as tf
-    from ai_edge_litert.interpreter import Interpreter
-
-    from retinaface_tf.models.fused import LiteRTNetwork, _NetworkModule, fuse_for_tflite
+    from retinaface_tf.models.fused import LiteRTNetwork, fuse_for_tflite
     from retinaface_tf.models.weights import load_model
 
     model, _ = load_model()
-    h, w = size
-    network = fuse_for_tflite(model, input_order="bgr", uint8_input=True)
-    module = _NetworkModule(network)
-    module.run = tf.function(_call(network), input_signature=[tf.TensorSpec([1, h, w, 3], tf.uint8, name="x")])
-    flatbuffers = {"any size": LiteRTNetwork(model, num_threads=2).flatbuffer, "fixed": _convert(module, "run")}
-    x = np.random.RandomState(0).randint(0, 256, (1, h, w, 3)).astype(np.uint8)
-    interpreters, outputs = {}, {}
-    for key, flatbuffer in flatbuffers.items():
-        interpreter = Interpreter(model_content=flatbuffer, num_threads=2)
-        (arg,) = interpreter.get_input_details()
-        interpreter.resize_tensor_input(arg["index"], [1, h, w, 3])
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(arg["index"], x)
-        interpreter.invoke()
-        outputs[key] = sorted((interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()),
-                              key=lambda a: a.shape[-1])  # the heads by their last axis (2, 4, 10)
-        interpreters[key] = interpreter
-    best = dict.fromkeys(interpreters, float("inf"))
-    for _ in range(rounds):
-        for key, interpreter in interpreters.items():
-            for _ in range(10):
-                start = time.perf_counter()
-                interpreter.invoke()
-                best[key] = min(best[key], time.perf_counter() - start)
-    diff = max(float(np.abs(a - b).max()) for a, b in zip(*outputs.values()))
-    return {"size": f"{h}x{w}", "any_size_ms": best["any size"] * 1e3, "fixed_ms": best["fixed"] * 1e3,
+    flatbuffers = {"any size": LiteRTNetwork(model, num_threads=2).flatbuffer,
+                   "fixed": _fixed_size(fuse_for_tflite(model, input_order="bgr", uint8_input=True), size)}
+    x = np.random.RandomState(0).randint(0, 256, (1, *size, 3)).astype(np.uint8)
+    best, outputs = best_invoke(flatbuffers, x, rounds, repeats=10)
+    any_size, fixed = outputs["any size"], outputs["fixed"]
+    diff = max(float(np.abs(any_size[k] - fixed[k]).max()) for k in any_size)
+    return {"size": "{}x{}".format(*size), "any_size_ms": best["any size"] * 1e3, "fixed_ms": best["fixed"] * 1e3,
             "max_abs_diff": diff}
 
 

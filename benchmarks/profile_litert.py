@@ -40,34 +40,47 @@ SECTIONS = (
 )
 
 
+def interpreter_run(flatbuffer: bytes, image):
+    """A float32 LiteRT flatbuffer (one signature, one input) ready on ``image``, 2 threads (an
+    any-size input is resized to ``image``'s shape): its ``invoke`` and its outputs (output name
+    -> array) from a first call."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=flatbuffer, num_threads=2)
+    (name,) = interpreter.get_signature_list()
+    runner = interpreter.get_signature_runner(name)  # only for its tensors' names and indices
+    (arg,) = runner.get_input_details().values()
+    returned = {out: d["index"] for out, d in runner.get_output_details().items()}
+    del runner  # it holds views into the interpreter, which invoke() refuses
+    interpreter.resize_tensor_input(arg["index"], list(image.shape))  # a no-op at a fixed size
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(arg["index"], image)  # every invoke() below reuses it
+    interpreter.invoke()
+    return interpreter.invoke, {out: interpreter.get_tensor(index) for out, index in returned.items()}
+
+
+def race(runs: dict, rounds: int, repeats: int) -> dict:
+    """Each zero-argument callable's best seconds over ``rounds`` x ``repeats`` calls, all of them
+    alternating by round."""
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(rounds):
+        for key, run in runs.items():
+            for _ in range(repeats):
+                start = time.perf_counter()
+                run()
+                best[key] = min(best[key], time.perf_counter() - start)
+    return best
+
+
 def best_invoke(flatbuffers: dict, image, rounds: int, repeats: int) -> tuple[dict, dict]:
     """Each float32 LiteRT flatbuffer (one signature, one input) on ``image``, 2 threads: its best
     seconds of ``invoke()`` over ``rounds`` x ``repeats`` calls, all flatbuffers alternating by
     round (setting the input and reading the outputs are not timed), and its outputs (output
     name -> array)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreters, outputs = {}, {}
+    runs, outputs = {}, {}
     for key, flatbuffer in flatbuffers.items():
-        interpreter = Interpreter(model_content=flatbuffer, num_threads=2)
-        interpreter.allocate_tensors()
-        (name,) = interpreter.get_signature_list()
-        runner = interpreter.get_signature_runner(name)  # only for its tensors' names and indices
-        (arg,) = runner.get_input_details().values()
-        returned = {out: d["index"] for out, d in runner.get_output_details().items()}
-        del runner  # it holds views into the interpreter, which invoke() refuses
-        interpreter.set_tensor(arg["index"], image)  # every invoke() below reuses it
-        interpreter.invoke()
-        outputs[key] = {out: interpreter.get_tensor(index) for out, index in returned.items()}
-        interpreters[key] = interpreter
-    best = dict.fromkeys(interpreters, float("inf"))
-    for _ in range(rounds):
-        for key, interpreter in interpreters.items():
-            for _ in range(repeats):
-                start = time.perf_counter()
-                interpreter.invoke()
-                best[key] = min(best[key], time.perf_counter() - start)
-    return best, outputs
+        runs[key], outputs[key] = interpreter_run(flatbuffer, image)
+    return race(runs, rounds, repeats), outputs
 
 
 def _prefixes(network, size):
