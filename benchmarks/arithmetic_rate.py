@@ -14,7 +14,7 @@ never two at once; each side keeps its best per case, as ``side_by_side.py`` doe
   counted from the fused network's layers (``2 FLOP per MAC``; nothing else in the network is
   arithmetic of that order); the float32 rate of a 2048^3 ``tf.matmul`` (oneDNN, both cores:
   the practical peak); and our fastest float32 engine, the LiteRT network of
-  ``Detector(runtime="litert")`` (``models.fused.LiteRTNetwork``'s ``heads``, XNNPACK, one
+  ``Detector(runtime="litert")`` (``runtimes.litert.LiteRTNetwork``'s ``heads``, XNNPACK, one
   image per call as the Detector runs it), on 2 threads and on 1 thread (median of
   ``--repeats`` after 2 warm-up calls).
 
@@ -68,7 +68,8 @@ def worker(repeats: int) -> dict:
     import tensorflow as tf
 
     from bench_inference import _time
-    from retinaface_tf.models.fused import LiteRTNetwork, fuse_for_inference
+    from retinaface_tf.models.fused import fuse_for_inference
+    from retinaface_tf.runtimes.litert import LiteRTNetwork
     from retinaface_tf.models.weights import load_model
 
     model, _ = load_model()

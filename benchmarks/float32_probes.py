@@ -50,7 +50,7 @@ from profile_litert import best_invoke, interpreter_run, race  # noqa: E402
 
 def _convert(module, name) -> bytes:
     """``module``'s tf.function ``name`` as a float32 LiteRT flatbuffer (its signature: ``run``)."""
-    from retinaface_tf.models.fused import _litert_flatbuffer
+    from retinaface_tf.runtimes.litert import _litert_flatbuffer
 
     return _litert_flatbuffer(module, {"run": getattr(module, name).get_concrete_function()})
 
@@ -173,7 +173,7 @@ def _fixed_size(network, size) -> bytes:
     float32 LiteRT flatbuffer for one ``[1, H, W, 3]`` image of ``size = (H, W)``."""
     import tensorflow as tf
 
-    from retinaface_tf.models.fused import _NetworkModule
+    from retinaface_tf.runtimes.litert import _NetworkModule
 
     module = _NetworkModule(network)
     module.run = tf.function(lambda x: network(x, training=False),
@@ -256,7 +256,8 @@ def compiled_model(size, rounds: int) -> dict:
 
 def fixed_shape(size, rounds: int) -> dict:
     """The any-size LiteRT network (resized to ``size``) against a fixed-size conversion."""
-    from retinaface_tf.models.fused import LiteRTNetwork, fuse_for_tflite
+    from retinaface_tf.models.fused import fuse_for_tflite
+    from retinaface_tf.runtimes.litert import LiteRTNetwork
     from retinaface_tf.models.weights import load_model
 
     model, _ = load_model()

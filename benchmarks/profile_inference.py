@@ -270,7 +270,8 @@ def ab(fns: dict, rounds: int, per: int = 1) -> dict:
 def ab_variants(size, batch: int, rounds: int, threshold: float, litert: bool = True) -> dict:
     from retinaface_tf.models.weights import load_model
     from retinaface_tf.models import preprocess
-    from retinaface_tf.models.fused import fuse_for_inference, litert_network
+    from retinaface_tf.models.fused import fuse_for_inference
+    from retinaface_tf.runtimes.litert import litert_network
 
     model, config = load_model()
     images = make_images(size, batch)

@@ -90,7 +90,7 @@ def _prefixes(network, size):
     import tensorflow as tf
 
     from arithmetic_rate import network_macs
-    from retinaface_tf.models.fused import _litert_flatbuffer, _NetworkModule
+    from retinaface_tf.runtimes.litert import _litert_flatbuffer, _NetworkModule
 
     h, w = size
     out = {}

@@ -138,7 +138,8 @@ def worker(repeats: int, tflite_dir: str | None, litert: bool, threshold: float 
     from retinaface_tf.fileio import bundled_image
     from retinaface_tf.inference import Detector
     from retinaface_tf.models import preprocess
-    from retinaface_tf.models.fused import fuse_for_inference, litert_network
+    from retinaface_tf.models.fused import fuse_for_inference
+    from retinaface_tf.runtimes.litert import litert_network
     from retinaface_tf.models.weights import load_model
 
     model, config = load_model()

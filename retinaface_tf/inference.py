@@ -24,7 +24,8 @@ from retinaface_tf.config import Config
 from retinaface_tf.constants import BGR_MEAN
 from retinaface_tf.errors import DetectorError, ImageError, RetinaFaceError
 from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, check_max_pixels, read_image, to_bgr_uint8
-from retinaface_tf.models.fused import LiteRTNetwork, fuse_for_inference, is_mobilenet, merged_heads
+from retinaface_tf.models.fused import fuse_for_inference, is_mobilenet, merged_heads
+from retinaface_tf.runtimes.litert import LiteRTNetwork
 from retinaface_tf.models.weights import load_model
 from retinaface_tf.ops.anchors import anchor_grid, anchors_inside, generate_anchors, reindex_anchors
 from retinaface_tf.ops.image import fast_preprocess
@@ -122,7 +123,7 @@ class Detector:
       runtime: what runs the detection. ``"tf"`` (default): TensorFlow (oneDNN on CPU, or the
         GPU). ``"litert"``: the fused network with the same decode and NMS converted here, once
         (5-10 s), to a float32 LiteRT model for any input size
-        (:class:`~retinaface_tf.models.fused.LiteRTNetwork`), run by XNNPACK on
+        (:class:`~retinaface_tf.runtimes.litert.LiteRTNetwork`), run by XNNPACK on
         ``litert_threads`` threads (default: the cores this process may use), one image per
         call. Same detections to float rounding. Faster than ``"tf"`` on some CPUs, slower on
         others: measure on yours (``benchmarks/RESULTS.md``). Needs the ``tflite`` extra

@@ -28,6 +28,7 @@ LAYERS = (
     ("config",),
     ("ops", "convert", "alignment"),  # alignment: numpy + OpenCV only
     ("models",),
+    ("runtimes",),  # how the network is run (LiteRT, ...): above its definition, below inference
     ("data",),
     ("losses",),
     ("training",),

@@ -290,7 +290,7 @@ def test_fused_model_saves_and_loads(fused, tmp_path):
 
 
 def test_litert_network_equals_keras(bundled_model):
-    from retinaface_tf.models.fused import litert_network
+    from retinaface_tf.runtimes.litert import litert_network
 
     model, _ = bundled_model
     run = litert_network(model, (96, 128), batch=1, num_threads=2)

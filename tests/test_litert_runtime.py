@@ -15,7 +15,7 @@ from retinaface_tf.errors import DetectorError, RetinaFaceError
 from retinaface_tf.fileio import bundled_image
 from retinaface_tf.inference import Detector
 from retinaface_tf.models import build_retinaface, preprocess
-from retinaface_tf.models.fused import LITERT_MISSING, LiteRTNetwork
+from retinaface_tf.runtimes.litert import LITERT_MISSING, LiteRTNetwork
 
 ATOL = 1e-4
 

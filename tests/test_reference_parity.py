@@ -50,7 +50,7 @@ def test_raw_outputs_equal_reference(network, ref, photo, prefix):
 @pytest.mark.parametrize("prefix", ["", "resized640_"])
 def test_litert_raw_outputs_equal_reference(bundled_model, ref, photo, prefix):
     """``Detector(runtime="litert")``'s network: the uint8 image in, the reference's outputs out."""
-    from retinaface_tf.models.fused import LiteRTNetwork
+    from retinaface_tf.runtimes.litert import LiteRTNetwork
     net = _litert_network(bundled_model)
     assert isinstance(net, LiteRTNetwork)
     image = photo if not prefix else cv2.resize(photo, (640, 640), interpolation=cv2.INTER_LINEAR)
@@ -64,7 +64,7 @@ _LITERT = {}
 
 
 def _litert_network(bundled_model):
-    from retinaface_tf.models.fused import LiteRTNetwork
+    from retinaface_tf.runtimes.litert import LiteRTNetwork
     if "net" not in _LITERT:
         _LITERT["net"] = LiteRTNetwork(bundled_model[0], num_threads=2)
     return _LITERT["net"]
