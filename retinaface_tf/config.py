@@ -42,7 +42,7 @@ class AnchorConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = "mobilenet025"  # "mobilenet025" | "resnet50"
+    backbone: str = "mobilenet025"  # one of BACKBONES (retinaface_tf.models.backbones)
     fpn_channels: int = 64
     # LeakyReLU slope in FPN / SSH: the reference uses 0.1 when channels <= 64, else 0 (ReLU).
     fpn_leaky: float = 0.1
@@ -111,18 +111,15 @@ class Config:
     # ------------------------------------------------------------------ construction
     @staticmethod
     def preset(name: str) -> "Config":
-        """The reference presets: ``mobilenet025`` (cfg_mnet) and ``resnet50`` (cfg_re50)."""
-        if name == "mobilenet025":
-            cfg = Config()
-        elif name == "resnet50":
-            cfg = Config(
-                name="resnet50",
-                model=ModelConfig(backbone="resnet50", fpn_channels=256, fpn_leaky=0.0),
-                data=DataConfig(image_size=840),
-                train=TrainConfig(batch_size=24, epochs=100, decay_epochs=(70, 90)),
-            )
-        else:
+        """A preset: one per backbone, each its source's recipe (:data:`PRESETS`):
+        ``mobilenet025`` (biubug6 cfg_mnet), ``resnet50`` (biubug6 cfg_re50), ``mobilenet050``,
+        ``mobilenet100``, ``mobilenetv2``, ``resnet18``, ``resnet34`` (yakhyo/retinaface-pytorch's
+        configs: FPN and SSH at 128 channels with ReLU)."""
+        if name not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+        changes = _PRESET_CHANGES[name]
+        cfg = Config(name=name, model=ModelConfig(backbone=name, **changes.get("model", {})),
+                     data=DataConfig(**changes.get("data", {})), train=TrainConfig(**changes.get("train", {})))
         cfg.validate()
         return cfg
 
@@ -315,8 +312,21 @@ class Config:
         need(0 <= t.seed < 2**32, "train.seed", "must be in [0, 2**32)", t.seed)
 
 
-PRESETS = ("mobilenet025", "resnet50")
-BACKBONES = ("mobilenet025", "resnet50")
+# One preset per backbone: what differs from the defaults (cfg_mnet). FPN / SSH use LeakyReLU 0.1
+# at <= 64 channels, else ReLU (both sources' rule).
+_YAKHYO_128 = {"fpn_channels": 128, "fpn_leaky": 0.0}
+_PRESET_CHANGES = {
+    "mobilenet025": {},
+    "mobilenet050": {"model": _YAKHYO_128},
+    "mobilenet100": {"model": _YAKHYO_128},
+    "mobilenetv2": {"model": _YAKHYO_128},
+    "resnet18": {"model": _YAKHYO_128, "train": {"epochs": 150, "decay_epochs": (70, 90)}},
+    "resnet34": {"model": _YAKHYO_128, "train": {"epochs": 100, "decay_epochs": (70, 90)}},
+    "resnet50": {"model": {"fpn_channels": 256, "fpn_leaky": 0.0}, "data": {"image_size": 840},
+                 "train": {"batch_size": 24, "epochs": 100, "decay_epochs": (70, 90)}},
+}
+BACKBONES = tuple(_PRESET_CHANGES)
+PRESETS = BACKBONES
 # Fields renamed since configs were first saved: the old dotted name is still read (a run's or
 # model's saved config.yaml keeps loading), as the new field. ``rgb_mean`` always held BGR values.
 RENAMED_FIELDS = {"data.rgb_mean": "data.bgr_mean"}

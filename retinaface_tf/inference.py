@@ -24,7 +24,7 @@ from retinaface_tf.config import Config
 from retinaface_tf.constants import BGR_MEAN
 from retinaface_tf.errors import DetectorError, ImageError, RetinaFaceError
 from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, check_max_pixels, read_image, to_bgr_uint8
-from retinaface_tf.models.fused import fuse_for_inference, is_mobilenet, merged_heads
+from retinaface_tf.models.fused import fuse_for_inference, merged_heads
 from retinaface_tf.runtimes.litert import LiteRTNetwork
 from retinaface_tf.models.weights import load_model
 from retinaface_tf.ops.anchors import anchor_grid, anchors_inside, generate_anchors, reindex_anchors
@@ -109,7 +109,7 @@ class Detector:
         ignores anchors outside it, so each image's detections equal its own run alone (to
         float rounding; anchor indices are the image's own). ``iter_detect`` looks ahead
         ``4 x batch_size`` images and batches them sorted by size, so little is padded.
-        Needs the fused MobileNet path; otherwise (and with ``False``) only equal sizes share a
+        Needs the fused network; otherwise (and with ``False``) only equal sizes share a
         batch. A batch of equal sizes is never padded.
       max_pixels: image files declaring more pixels than this are refused from their header
         before decoding, and no image is resized past it (default
@@ -182,7 +182,7 @@ class Detector:
         self.max_detections = int(post.max_detections if max_detections is None else max_detections)
         self.max_size = max_size
         self.batch_size = batch_size
-        self.mixed_sizes = bool(mixed_sizes) and self.fused and is_mobilenet(model) and runtime == "tf"
+        self.mixed_sizes = bool(mixed_sizes) and self.fused and runtime == "tf"
         self._masked_network = None
         self._masked_forward = None
         self._grids: dict[tuple[int, int], dict] = {}

@@ -10,7 +10,8 @@ from retinaface_tf.config import Config, ConfigError
 from conftest import REPO
 
 
-@pytest.mark.parametrize("name", ["mobilenet025", "resnet50"])
+@pytest.mark.parametrize("name", ["mobilenet025", "mobilenet050", "mobilenet100", "mobilenetv2", "resnet18", "resnet34",
+                                  "resnet50"])
 def test_yaml_files_equal_presets(name):
     assert Config.from_yaml(REPO / "configs" / f"{name}.yaml") == Config.preset(name)
 
@@ -51,7 +52,7 @@ def test_bad_config_names_file_and_field(tmp_path, text, needle):
 
 def test_names_resolve_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no configs/ folder here
-    assert Config.names() == ["mobilenet025", "mobilenet025_short", "mobilenet025_short_plus", "resnet50"]
+    assert Config.names() == ["mobilenet025", "mobilenet025_short", "mobilenet025_short_plus", "mobilenet050", "mobilenet100", "mobilenetv2", "resnet18", "resnet34", "resnet50"]
     short = Config.load("mobilenet025_short")
     assert short.name == "mobilenet025_short" and short.model.backbone == "mobilenet025"
     assert (short.data.image_size, short.train.epochs, short.train.decay_epochs) == (320, 40, (30, 36))
@@ -64,16 +65,18 @@ def test_names_resolve_from_any_directory(tmp_path, monkeypatch):
     assert Config.load("resnet50") == Config.preset("resnet50")
 
 
-@pytest.mark.parametrize("name", ["mobilenet025", "mobilenet025_short", "mobilenet025_short_plus", "resnet50"])
+@pytest.mark.parametrize("name", ["mobilenet025", "mobilenet025_short", "mobilenet025_short_plus", "mobilenet050", "mobilenet100", "mobilenetv2", "resnet18", "resnet34", "resnet50"])
 def test_packaged_yaml_files_load(name):
     assert Config.from_yaml(REPO / "configs" / f"{name}.yaml") == Config.load(name)
 
 
 @pytest.mark.parametrize("spec, needle", [
     ("mobilenet3", "unknown config 'mobilenet3': not a YAML file or a config name "
-                   "(known: mobilenet025, mobilenet025_short, mobilenet025_short_plus, resnet50)"),
+                   "(known: mobilenet025, mobilenet025_short, mobilenet025_short_plus, mobilenet050, mobilenet100, "
+                   "mobilenetv2, resnet18, resnet34, resnet50)"),
     ("configs/nope.yaml", "configs/nope.yaml: no such config file (or give a config name: mobilenet025, "
-                          "mobilenet025_short, mobilenet025_short_plus, resnet50)"),
+                          "mobilenet025_short, mobilenet025_short_plus, mobilenet050, mobilenet100, mobilenetv2, "
+                          "resnet18, resnet34, resnet50)"),
 ])
 def test_unknown_config_lists_the_names(tmp_path, monkeypatch, spec, needle):
     monkeypatch.chdir(tmp_path)

@@ -16,7 +16,7 @@ from retinaface_tf.cli import main
 from retinaface_tf.models.weights import convert_checkpoint
 from retinaface_tf.convert.mapping import assign_state_dict
 from retinaface_tf.convert.torch_weights import CheckpointError, load_torch_checkpoint
-from retinaface_tf.models.backbones import mobilenet_v1_025
+from retinaface_tf.models.backbones import build_backbone
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
@@ -173,7 +173,7 @@ def test_truncated_checkpoint(tmp_path, official_pth):
 
 def test_mapping_fails_loudly_and_assigns_nothing(official_pth):
     sd = load_torch_checkpoint(official_pth)
-    model = mobilenet_v1_025()
+    model = build_backbone("mobilenet025")
     before = [w.numpy().copy() for w in model.weights]
     body = {k[len("body."):]: v for k, v in sd.items() if k.startswith("body.")}
     missing = dict(body)
@@ -195,7 +195,7 @@ def test_backbone_conversion_and_cli(reference_dir, tmp_path, capsys):
     rc = main(["convert", str(reference_dir / "mobilenetV1X0.25_pretrain.tar"), "--output", str(out)])
     assert rc == 0
     assert "135 tensors mapped, 29 skipped" in capsys.readouterr().out
-    net = mobilenet_v1_025()
+    net = build_backbone("mobilenet025")
     net.load_weights(str(out / "backbone.weights.h5"))
     sd = load_torch_checkpoint(reference_dir / "mobilenetV1X0.25_pretrain.tar")
     np.testing.assert_array_equal(net.get_layer("stage3_1_pw").kernel.numpy(),

@@ -203,15 +203,13 @@ def test_rgb_input_order_folds_the_channel_flip_into_the_first_convolution(bundl
                                   x_rgb.numpy())
     fast = fuse_for_tflite(model, input_order="rgb")
     assert fast.name.endswith("_fused_rgb")
-    np.testing.assert_array_equal(fast.get_layer("stage1_0").get_weights()[0],
-                                  fuse_for_tflite(model).get_layer("stage1_0").get_weights()[0][:, :, ::-1])
+    np.testing.assert_array_equal(fast.get_layer("stage1_0_conv").get_weights()[0],
+                                  fuse_for_tflite(model).get_layer("stage1_0_conv").get_weights()[0][:, :, ::-1])
     _assert_outputs_close(fast(x_rgb), model(preprocess(rgb, channel_order="rgb"), training=False))
     f = tf.function(lambda t: fast(t), input_signature=[tf.TensorSpec([1, 96, 128, 3], tf.float32)])
     assert "ReverseV2" not in {op.type for op in f.get_concrete_function().graph.get_operations()}
     with pytest.raises(ValueError, match="input_order must be 'bgr' or 'rgb'"):
         fuse_for_inference(model, input_order="brg")
-    with pytest.raises(ValueError, match="only the mobilenet025 backbone, not resnet50"):
-        fuse_for_inference(build_retinaface(backbone="resnet50", fpn_channels=32), input_order="rgb")
 
 
 @pytest.mark.parametrize("order", ["bgr", "rgb"])
@@ -269,16 +267,44 @@ def test_fused_follows_the_activation_settings(leaky):
     _assert_outputs_close(fuse_for_inference(model)(x), model(x, training=False))
 
 
-def test_fuse_keeps_another_backbone_and_fuses_the_rest():
-    model = build_retinaface(backbone="resnet50", fpn_channels=32, fpn_leaky=0.0)
+@pytest.mark.parametrize("backbone", ["resnet50", "resnet18", "mobilenetv2", "mobilenet050"])
+def test_fuse_rebuilds_every_backbone(backbone):
+    """Every backbone of the registry is rebuilt fused from its one architecture definition: no
+    batch norm, no nested trained sub-model, residual adds inside the convolutions; the same
+    outputs as the trained network, also with RGB and uint8 input (mean and channel flip folded
+    into the first convolution, whatever its kernel) and masked (images padded into a canvas)."""
+    model = build_retinaface(backbone=backbone, fpn_channels=32, fpn_leaky=0.0)
     rng = np.random.default_rng(8)
-    for layer in model.layers:
+    for layer in model.get_layer(backbone).layers + model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             _random_bn(layer, rng)
     fast = fuse_for_inference(model)
-    assert fast.get_layer("resnet50") is model.get_layer("resnet50")
-    x = preprocess(_images(1, 64, 96, seed=8))
-    _assert_outputs_close(fast(x), model(x, training=False))
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in fast.layers)
+    assert not any(isinstance(layer, keras.Model) for layer in fast.layers)
+    residual = [layer for layer in fast.layers if isinstance(layer, FusedConv) and isinstance(layer.input, list)]
+    assert len(residual) == {"resnet50": 16, "resnet18": 8, "mobilenetv2": 10, "mobilenet050": 0}[backbone]
+    images = _images(2, 64, 96, seed=8)
+    x = preprocess(images)
+    expected = model(x, training=False)
+    _assert_outputs_close(fast(x), expected)
+    _assert_outputs_close(fuse_for_inference(model, uint8_input=True)(tf.constant(images)), expected)
+    rgb = fuse_for_inference(model, input_order="rgb")
+    _assert_outputs_close(rgb(preprocess(images[..., ::-1], channel_order="rgb", network_order="rgb")), expected)
+    # masked: the first image alone, padded at the bottom right into a 96x128 canvas
+    alone = model(x[:1, :50, :70], training=False)
+    canvas = tf.pad(x[:1, :50, :70], [[0, 0], [0, 46], [0, 58], [0, 0]])
+    masked = fuse_for_inference(model, masked=True)([canvas, tf.constant([[50, 70]], tf.int32)])
+    n = alone["bbox"].shape[1]
+    inside = _inside_anchors((50, 70), (96, 128))
+    assert len(inside) == n
+    for key in ("bbox", "classes", "landmarks"):
+        np.testing.assert_allclose(tf.gather(masked[key], inside, axis=1).numpy(), alone[key].numpy(), atol=2e-4)
+
+
+def _inside_anchors(size, canvas):
+    """Indices of the canvas's anchors that an image of ``size`` (top-left) has alone, in its order."""
+    from retinaface_tf.ops.anchors import anchor_grid, anchors_inside
+    return np.flatnonzero(anchors_inside(anchor_grid(*canvas), size))
 
 
 def test_fused_model_saves_and_loads(fused, tmp_path):

@@ -37,8 +37,8 @@ def test_upsample_like_uses_pytorch_nearest_rule():
 def test_stride2_convs_pad_symmetrically():
     """A bright pixel at (0, 0) must reach output (0, 0) of the first stride-2 conv (PyTorch pads
     1 on each side; Keras 'same' would pad only after and shift the grid)."""
-    from retinaface_tf.models.backbones import mobilenet_v1_025
-    net = mobilenet_v1_025()
+    from retinaface_tf.models.backbones import build_backbone
+    net = build_backbone("mobilenet025")
     conv = net.get_layer("stage1_0_conv")
     conv.kernel.assign(np.zeros((3, 3, 3, 8), np.float32))
     k = np.zeros((3, 3, 3, 8), np.float32)

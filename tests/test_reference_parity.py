@@ -85,8 +85,8 @@ def test_conversion_from_pth_equals_bundled(official_pth, bundled_model, tmp_pat
     from retinaface_tf.models.weights import convert_checkpoint, load_model
 
     summary = convert_checkpoint(official_pth, tmp_path / "conv")
-    assert summary == {"kind": "full", "tensors": 253, "skipped": 47,
-                       "weights": str(tmp_path / "conv" / "model.weights.h5")}
+    assert summary == {"kind": "full", "family": "reference", "backbone": "mobilenet025", "config": "mobilenet025",
+                       "tensors": 253, "skipped": 47, "weights": str(tmp_path / "conv" / "model.weights.h5")}
     converted, _ = load_model(tmp_path / "conv")
     bundled, _ = bundled_model
     for a, b in zip(converted.weights, bundled.weights):

@@ -11,7 +11,7 @@ def add_model_args(parser) -> None:
                         help="model folder (model.weights.h5 + config.yaml), .weights.h5 file or reference .pth "
                              "(default: the bundled official mobilenet0.25)")
     parser.add_argument("--config", default=None,
-                        help="config name (mobilenet025, mobilenet025_short, mobilenet025_short_plus, resnet50) or YAML file "
+                        help="config name (mobilenet025, mobilenet025_short, mobilenet025_short_plus, mobilenet050, mobilenet100, mobilenetv2, resnet18, resnet34, resnet50) or YAML file "
                              "(default: the config saved with the weights)")
 
 

@@ -16,7 +16,7 @@ def add_parser(sub, name, help_text):
         "several machines (MultiWorkerMirroredStrategy) when TF_CONFIG is set. Re-running the same command "
         "resumes an interrupted run from its last completed epoch."))
     p.add_argument("--config", default="mobilenet025",
-                   help="config name (mobilenet025, mobilenet025_short, mobilenet025_short_plus, resnet50: shipped with the package) "
+                   help="config name (mobilenet025, mobilenet025_short, mobilenet025_short_plus, mobilenet050, mobilenet100, mobilenetv2, resnet18, resnet34, resnet50: shipped with the package) "
                         "or YAML file (default mobilenet025)")
     p.add_argument("--label-file", help="retinaface_gt label.txt (or wider_face_*_bbx_gt.txt / .mat)")
     p.add_argument("--images", help="folder the label file's image paths are relative to")

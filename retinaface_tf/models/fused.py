@@ -45,8 +45,9 @@ e.g. for a TFLite conversion, where ``DEPTHWISE_CONV_2D`` is the kernel XNNPACK 
 :func:`fuse_for_tflite` is the whole TFLite form (native depthwise, heads apart, nearest 2x
 upsampling as concatenations: :class:`UpsampleLikeConcat`).
 
-The MobileNetV1-0.25 backbone is rebuilt fused; any other backbone (ResNet-50) is kept as the
-trained Keras sub-model and only the FPN, SSH and heads are fused.
+Every backbone of the registry (:mod:`retinaface_tf.models.backbones`) is rebuilt fused from its
+one architecture definition (:class:`FusedBlocks`): residual blocks end in one convolution that
+adds the shortcut and applies the ReLU (``BiasAdd`` → ``AddV2`` → ``Relu``, one oneDNN kernel).
 
 How the network is run (TensorFlow, LiteRT) lives in :mod:`retinaface_tf.runtimes`.
 """
@@ -59,7 +60,7 @@ import tensorflow as tf
 from keras import layers
 
 from retinaface_tf.constants import BGR_MEAN
-from retinaface_tf.models.backbones import MOBILENET_STAGES
+from retinaface_tf.models.backbones import get_backbone
 from retinaface_tf.models.layers import UpsampleLike
 from retinaface_tf.ops.anchors import region_mask
 from retinaface_tf.ops.nms import HeadColumns
@@ -70,7 +71,7 @@ except ImportError:  # pragma: no cover - another TensorFlow layout: take the po
     def _onednn_enabled() -> bool:
         return False
 
-ACTIVATIONS = (None, "relu", "leaky_relu")
+ACTIVATIONS = (None, "relu", "relu6", "leaky_relu")
 DEPTHWISE_MODES = ("grouped", "native")
 
 
@@ -95,7 +96,10 @@ class FusedConv(layers.Layer):
       strides: 1 or 2.
       padding: ``"valid"``, ``"same"`` or ``"symmetric"`` (``k // 2`` pixels on every side, the
         reference's padding for any stride; equals ``"same"`` at stride 1 for odd kernels).
-      activation: ``None``, ``"relu"`` or ``"leaky_relu"`` (with ``negative_slope``).
+      activation: ``None``, ``"relu"``, ``"relu6"`` or ``"leaky_relu"`` (with ``negative_slope``).
+
+    Called on ``x`` or on ``[x, residual]``: ``activation(conv(x) + bias + residual)`` (a residual
+    block's add, in the order TensorFlow fuses as one kernel: ``BiasAdd`` → ``AddV2`` → ``Relu``).
       depthwise: ``None`` (full convolution), ``"grouped"`` (depthwise as a grouped ``Conv2D``)
         or ``"native"`` (``DepthwiseConv2dNative``).
     """
@@ -118,6 +122,8 @@ class FusedConv(layers.Layer):
         self.depthwise = depthwise
 
     def build(self, input_shape):
+        if isinstance(input_shape, (list, tuple)) and input_shape and isinstance(input_shape[0], (list, tuple)):
+            input_shape = input_shape[0]  # [x, residual]
         cin = int(input_shape[-1])
         k = self.kernel_size
         if self.depthwise and cin != self.filters:
@@ -141,6 +147,9 @@ class FusedConv(layers.Layer):
         return [[0, 0], [k // 2, k // 2], [k // 2, k // 2], [0, 0]]
 
     def call(self, x):
+        residual = None
+        if isinstance(x, (list, tuple)):
+            x, residual = x
         s = self.strides
         padding = self._tf_padding()
         if self.depthwise == "native":
@@ -151,13 +160,19 @@ class FusedConv(layers.Layer):
         else:  # tf.nn.conv2d with a [k, k, 1, C] filter on C channels is a grouped (depthwise) conv
             y = tf.nn.conv2d(x, self.kernel, s, padding)
         y = tf.nn.bias_add(y, self.bias)
+        if residual is not None:
+            y = y + residual
         if self.activation == "relu":
             y = tf.nn.relu(y)
+        elif self.activation == "relu6":
+            y = tf.nn.relu6(y)
         elif self.activation == "leaky_relu":
             y = tf.nn.leaky_relu(y, alpha=self.negative_slope)
         return y
 
     def compute_output_shape(self, input_shape):
+        if isinstance(input_shape, (list, tuple)) and input_shape and isinstance(input_shape[0], (list, tuple)):
+            input_shape = input_shape[0]
         b, h, w, _ = input_shape
         k, s = self.kernel_size, self.strides
 
@@ -359,32 +374,87 @@ def _act(leaky):
 
 
 # ---------------------------------------------------------------------- the fused network
-def _mobilenet(x, w: _Weights, *, leaky: float, depthwise: str, mask=lambda y, stride: y, input_order: str = "bgr",
-               mean=None):
-    act, slope = _act(leaky)
-    kernel, bias = w.conv_bn("stage1_0")
-    if input_order == "rgb":  # the channel flip folded into the first convolution: exact
-        kernel = np.ascontiguousarray(kernel[:, :, ::-1, :])
-    if mean is None:
-        x = _fused(x, kernel, bias, stride=2, activation=act, slope=slope, name="stage1_0")
-    else:  # x: the image with a border of the mean colour (MeanBorder); the mean's share in the bias
-        bias = (bias.astype(np.float64) - np.einsum("hwio,i->o", kernel.astype(np.float64), mean)).astype(np.float32)
-        x = _fused(x, kernel, bias, stride=2, activation=act, slope=slope, name="stage1_0", padding="valid")
-    x = mask(x, 2)
-    total = 2
-    features = []
-    for stage, blocks in MOBILENET_STAGES.items():
-        first = 1 if stage == "stage1" else 0
-        for i, (_, stride) in enumerate(blocks, start=first):
-            name = f"{stage}_{i}"
-            total *= stride
-            kernel, bias = w.conv_bn(name, "_dw", "_dw_bn")
-            x = _fused(x, kernel, bias, stride=stride, activation=act, slope=slope, depthwise=depthwise,
-                       name=f"{name}_dw")  # read by a 1x1 convolution only: no mask needed
-            kernel, bias = w.conv_bn(name, "_pw", "_pw_bn")
-            x = mask(_fused(x, kernel, bias, activation=act, slope=slope, name=f"{name}_pw"), total)
-        features.append(x)
-    return features
+class FusedBlocks:
+    """The building blocks of :mod:`retinaface_tf.models.backbones` as :class:`FusedConv` layers
+    holding the trained ``model``'s weights with batch norm folded in (the twin of
+    :class:`~retinaface_tf.models.layers.KerasBlocks`: the same architecture function builds
+    either). Activations given as a LeakyReLU slope are read from the trained layer
+    (``act_name``), so the fused network computes what the trained one does.
+
+    ``sizes`` (masked networks): every tensor a convolution of kernel > 1 (or the max-pool) reads
+    is first zeroed outside each image's extent at its stride (:class:`ValidRegion`, once per
+    tensor). The first convolution (the one reading ``inputs``) takes the channel flip of
+    ``input_order="rgb"`` into its kernel and, with ``mean`` (a uint8 network input), the mean
+    into its bias over a :class:`MeanBorder` of ``kernel // 2`` pixels."""
+
+    def __init__(self, w: _Weights, inputs, *, depthwise: str, sizes=None, input_order: str = "bgr", mean=None):
+        self.w, self.depthwise_mode, self.sizes = w, depthwise, sizes
+        self.input_order, self.mean = input_order, mean
+        self.inputs = inputs
+        self._stride = {id(inputs): (inputs, 1)}  # id -> (tensor, stride): the tensor keeps its id alive
+        self._masked: dict[int, tuple] = {}
+        self._regions = 0
+
+    def _stride_of(self, x) -> int:
+        return self._stride[id(x)][1]
+
+    def _output(self, y, stride: int):
+        self._stride[id(y)] = (y, stride)
+        return y
+
+    def _read(self, x, kernel: int):
+        """``x`` as a convolution of ``kernel`` reads it (masked where that matters)."""
+        if self.sizes is None or kernel == 1 or x is self.inputs:
+            return x
+        if id(x) not in self._masked:
+            self._masked[id(x)] = (x, self.region(x, self._stride_of(x)))
+        return self._masked[id(x)][1]
+
+    def region(self, x, stride: int):
+        """``x`` (a map of stride ``stride``) zeroed outside each image's extent."""
+        self._regions += 1
+        return ValidRegion(stride, name=f"valid_{self._regions}")([x, self.sizes])
+
+    def _activation(self, act, act_name: str):
+        if act is None:
+            return None, 0.0
+        if act in ("relu", "relu6"):
+            return act, 0.0
+        return _act(_slope_of(self.w, act_name))
+
+    def conv(self, x, filters: int, kernel: int, stride: int, *, act, conv: str, bn: str,
+             act_name: str | None = None, residual=None):
+        weights, bias = fold_batch_norm(self.w.layer(conv), self.w.layer(bn))
+        if weights.shape[-1] != filters or weights.shape[0] != kernel:
+            raise ValueError(f"fuse_for_inference: {conv} has a {weights.shape} kernel, the architecture says "
+                             f"{kernel}x{kernel} -> {filters}")
+        activation, slope = self._activation(act, act_name or f"{bn}_act")
+        padding, source = None, x
+        if x is self.inputs:
+            if self.input_order == "rgb":  # the channel flip folded into the first convolution: exact
+                weights = np.ascontiguousarray(weights[:, :, ::-1, :])
+            if self.mean is not None:  # the image in a border of the mean colour; the mean's share in the bias
+                x = MeanBorder(self.mean, pad=kernel // 2, name=MEAN_BORDER)(x)
+                bias = (bias.astype(np.float64)
+                        - np.einsum("hwio,i->o", weights.astype(np.float64), self.mean)).astype(np.float32)
+                padding = "valid"
+        else:
+            x = self._read(x, kernel)
+        y = _fused(x if residual is None else [x, residual], weights, bias, stride=stride, activation=activation,
+                   slope=slope, name=conv, padding=padding)
+        return self._output(y, self._stride_of(source) * stride)
+
+    def depthwise(self, x, kernel: int, stride: int, *, act, conv: str, bn: str, act_name: str | None = None):
+        weights, bias = fold_batch_norm(self.w.layer(conv), self.w.layer(bn))
+        activation, slope = self._activation(act, act_name or f"{bn}_act")
+        y = _fused(self._read(x, kernel), weights, bias, stride=stride, activation=activation, slope=slope,
+                   depthwise=self.depthwise_mode, name=conv)
+        return self._output(y, self._stride_of(x) * stride)
+
+    def max_pool(self, x, *, name: str):
+        y = layers.ZeroPadding2D(1, name=f"{name}_pad")(self._read(x, 3))  # after a ReLU: as -inf padding
+        y = layers.MaxPooling2D(3, strides=2, padding="valid", name=name)(y)
+        return self._output(y, self._stride_of(x) * 2)
 
 
 def _slope_of(w: _Weights, name: str) -> float:
@@ -404,7 +474,7 @@ def fuse_for_inference(model, *, depthwise: str | None = None, merge_heads: bool
     output dict) with batch norm folded and TensorFlow-fusable op patterns (module docstring).
 
     ``model`` must be a RetinaFace from :func:`retinaface_tf.models.build_retinaface` (any
-    backbone; MobileNetV1-0.25 is rebuilt fused, others are reused as they are). Its weights are
+    backbone of the registry, rebuilt fused). Its weights are
     copied (folded) now: later changes to ``model`` do not reach the fused one. Inference only:
     ``training=True`` behaves as inference (no batch statistics).
 
@@ -420,19 +490,18 @@ def fuse_for_inference(model, *, depthwise: str | None = None, merge_heads: bool
     32). Every activation a 3x3 convolution reads is zeroed outside its image's own extent
     (:class:`ValidRegion`; 1x1 convolutions read only their own position, so what feeds them
     alone is left as it is), so inside the extent the outputs equal the image run alone (to
-    float rounding). MobileNetV1-0.25 only (another backbone's layers are not rebuilt here).
+    float rounding).
 
     ``input_order="rgb"``: the network takes RGB minus the mean in RGB order instead of BGR minus
     the BGR mean (``preprocess(..., network_order="rgb")``): the first convolution's kernel has its
     input channels reversed, which removes the channel flip of RGB input (a separate pass over the
-    image; in TFLite a ``REVERSE_V2`` that XNNPACK does not delegate). MobileNetV1-0.25 only.
+    image; in TFLite a ``REVERSE_V2`` that XNNPACK does not delegate).
 
     ``uint8_input=True``: the network takes the uint8 image itself (in ``input_order``), not the
     float image minus the mean: :class:`MeanBorder` pads it with the mean colour and casts it, and
     the first convolution (no padding of its own) carries the mean in its bias. One pass over the
     image (the cast) instead of a cast and a subtraction; the same outputs to float rounding (the
-    first convolution sums raw pixels, then subtracts the mean's share). MobileNetV1-0.25 only, not
-    with ``masked``.
+    first convolution sums raw pixels, then subtracts the mean's share). Not with ``masked``.
     """
     if input_order not in ("bgr", "rgb"):
         raise ValueError(f"input_order must be 'bgr' or 'rgb', got {input_order!r}")
@@ -446,31 +515,18 @@ def fuse_for_inference(model, *, depthwise: str | None = None, merge_heads: bool
     backbone = next((layer for layer in model.layers if isinstance(layer, keras.Model)), None)
     if backbone is None:
         raise ValueError("fuse_for_inference: no backbone sub-model found (not a RetinaFace model?)")
-    if input_order == "rgb" and backbone.name != "mobilenet025":
-        raise ValueError(f"fuse_for_inference(input_order='rgb'): only the mobilenet025 backbone, not {backbone.name}")
-    if uint8_input and (masked or backbone.name != "mobilenet025"):
-        raise ValueError("fuse_for_inference(uint8_input=True): only the mobilenet025 backbone, not masked")
+    spec = get_backbone(backbone.name)
+    if uint8_input and masked:
+        raise ValueError("fuse_for_inference(uint8_input=True): not masked (the canvas padding must be 0 after the mean)")
     inputs = keras.Input((None, None, 3), name="image", dtype="uint8" if uint8_input else "float32")
     mean = None
     if uint8_input:
         mean = np.asarray(BGR_MEAN if input_order == "bgr" else BGR_MEAN[::-1], np.float64)
-    if masked:
-        if backbone.name != "mobilenet025":
-            raise ValueError(f"fuse_for_inference(masked=True): only the mobilenet025 backbone, not {backbone.name}")
-        sizes = keras.Input((2,), name="sizes", dtype="int32")
-        count = iter(range(1_000_000))
-
-        def mask(y, stride):
-            return ValidRegion(stride, name=f"valid_{next(count)}")([y, sizes])
-    else:
-        def mask(y, stride):
-            return y
-    if backbone.name == "mobilenet025":
-        x = inputs if mean is None else MeanBorder(mean, pad=1, name=MEAN_BORDER)(inputs)
-        features = _mobilenet(x, w, leaky=_slope_of(w, "stage1_0_relu"), depthwise=depthwise, mask=mask,
-                              input_order=input_order, mean=mean)
-    else:
-        features = backbone(inputs, training=False)
+    sizes = keras.Input((2,), name="sizes", dtype="int32") if masked else None
+    blocks = FusedBlocks(w, inputs, depthwise=depthwise, sizes=sizes, input_order=input_order, mean=mean)
+    mask = blocks.region if masked else (lambda y, stride: y)
+    # numeric (LeakyReLU) activations are read from the trained layers: the slope passed is not used
+    features = spec.features(blocks, inputs, leaky=0.1)
     act, slope = _act(_slope_of(w, "fpn_output1_relu"))
 
     # FPN (strides 8, 16, 32)
@@ -562,10 +618,3 @@ def fuse_for_tflite(model, *, input_order: str = "bgr", uint8_input: bool = Fals
     :func:`retinaface_tf.serving.export_tflite` converts."""
     return fuse_for_inference(model, depthwise="native", merge_heads=False, upsample="concat", input_order=input_order,
                               uint8_input=uint8_input)
-
-
-def is_mobilenet(model) -> bool:
-    """Whether ``model`` is a trained RetinaFace on MobileNetV1-0.25 (the backbone rebuilt fused,
-    the only one with a masked or uint8-input network; an already fused network has no backbone
-    sub-model)."""
-    return any(layer.name == "mobilenet025" for layer in model.layers)

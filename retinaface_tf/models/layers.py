@@ -44,35 +44,61 @@ def _pad_and_padding(x, kernel: int, stride: int, name: str):
     return layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x), "valid"
 
 
-def activation(x, leaky: float | None, name: str):
-    """``None``: no activation; ``0``: ReLU; otherwise LeakyReLU(leaky)."""
-    if leaky is None:
+def activation(x, leaky: float | str | None, name: str):
+    """``None``: no activation; ``0`` or ``"relu"``: ReLU; ``"relu6"``: ReLU6; a number:
+    LeakyReLU(leaky). The layer is named ``{name}_relu``."""
+    return _activation(x, leaky, f"{name}_relu")
+
+
+def _activation(x, act, layer_name: str):
+    if act is None:
         return x
-    if leaky == 0:
-        return layers.ReLU(name=f"{name}_relu")(x)
-    return layers.LeakyReLU(negative_slope=leaky, name=f"{name}_relu")(x)
+    if act == "relu6":
+        return layers.ReLU(max_value=6.0, name=layer_name)(x)
+    if act == "relu" or act == 0:
+        return layers.ReLU(name=layer_name)(x)
+    return layers.LeakyReLU(negative_slope=float(act), name=layer_name)(x)
 
 
 def conv_bn(x, filters: int, *, kernel: int = 3, stride: int = 1, leaky: float | None, name: str):
     """Conv (no bias) → BatchNorm → optional (Leaky)ReLU: the reference's ``conv_bn``,
-    ``conv_bn_no_relu`` (``leaky=None``) and ``conv_bn1X1`` (``kernel=1``)."""
-    x, padding = _pad_and_padding(x, kernel, stride, name)
-    x = layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=False,
-                      kernel_initializer=torch_conv_init(), name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
-    return activation(x, leaky, name)
+    ``conv_bn_no_relu`` (``leaky=None``) and ``conv_bn1X1`` (``kernel=1``); layers
+    ``{name}_conv``, ``{name}_bn``, ``{name}_relu``."""
+    return KerasBlocks().conv(x, filters, kernel, stride, act=leaky, conv=f"{name}_conv", bn=f"{name}_bn",
+                              act_name=f"{name}_relu")
 
 
-def conv_dw(x, filters: int, *, stride: int, leaky: float, name: str):
-    """Depthwise 3x3 → BN → LeakyReLU → pointwise 1x1 → BN → LeakyReLU (the reference's ``conv_dw``)."""
-    x, padding = _pad_and_padding(x, 3, stride, name)
-    x = layers.DepthwiseConv2D(3, strides=stride, padding=padding, use_bias=False,
-                               depthwise_initializer=torch_uniform(9), name=f"{name}_dw")(x)
-    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"{name}_dw_bn")(x)
-    x = activation(x, leaky, f"{name}_dw")
-    x = layers.Conv2D(filters, 1, use_bias=False, kernel_initializer=torch_conv_init(), name=f"{name}_pw")(x)
-    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"{name}_pw_bn")(x)
-    return activation(x, leaky, f"{name}_pw")
+class KerasBlocks:
+    """The building blocks of a backbone as trainable Keras layers (see
+    :mod:`retinaface_tf.models.backbones`): every convolution without bias, then BatchNorm, then
+    the activation; stride-2 convolutions pad symmetrically like PyTorch. ``act``: ``None``,
+    ``"relu"``, ``"relu6"`` or a LeakyReLU slope. Layer names are given by the architecture
+    (``conv``, ``bn``; the activation ``act_name``, default ``{bn}_act``)."""
+
+    def conv(self, x, filters: int, kernel: int, stride: int, *, act, conv: str, bn: str,
+             act_name: str | None = None, residual=None):
+        """``act(bn(conv(x)) [+ residual])``."""
+        x, padding = _pad_and_padding(x, kernel, stride, conv)
+        x = layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=False,
+                          kernel_initializer=torch_conv_init(), name=conv)(x)
+        x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=bn)(x)
+        if residual is not None:
+            x = layers.Add(name=f"{bn}_add")([x, residual])
+        return _activation(x, act, act_name or f"{bn}_act")
+
+    def depthwise(self, x, kernel: int, stride: int, *, act, conv: str, bn: str, act_name: str | None = None):
+        """``act(bn(depthwise_conv(x)))`` (one filter per channel)."""
+        x, padding = _pad_and_padding(x, kernel, stride, conv)
+        x = layers.DepthwiseConv2D(kernel, strides=stride, padding=padding, use_bias=False,
+                                   depthwise_initializer=torch_uniform(kernel * kernel), name=conv)(x)
+        x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=bn)(x)
+        return _activation(x, act, act_name or f"{bn}_act")
+
+    def max_pool(self, x, *, name: str):
+        """3x3 max-pool, stride 2, one pixel of zero padding on every side (after a ReLU this is
+        PyTorch's ``MaxPool2d(3, 2, padding=1)``, which pads with ``-inf``)."""
+        x = layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
+        return layers.MaxPooling2D(3, strides=2, padding="valid", name=name)(x)
 
 
 @keras.saving.register_keras_serializable(package="retinaface_tf")

@@ -15,8 +15,7 @@ from pathlib import Path
 import keras
 
 from retinaface_tf.config import Config
-from retinaface_tf.convert.mapping import (FULL, assign_backbone, assign_full_model, checkpoint_kind,
-                                           load_reference_backbone, load_reference_weights)
+from retinaface_tf.convert.mapping import BACKBONE, FULL, CheckpointInfo, assign_checkpoint, identify_checkpoint
 from retinaface_tf.convert.torch_weights import load_torch_checkpoint
 from retinaface_tf.errors import CheckpointError, WeightsError
 from retinaface_tf.fileio import atomic_directory, bundled_model_dir, check_output_folder
@@ -34,7 +33,8 @@ def resolve_weights(weights: str | os.PathLike | None, config: Config | str | os
 
     ``weights`` may be ``None`` (bundled model), a folder holding ``model.weights.h5`` and
     ``config.yaml`` (what ``convert`` and ``train`` write), a ``.weights.h5`` file (config from
-    ``config`` or a ``config.yaml`` beside it), or a reference ``.pth`` (converted in memory).
+    ``config`` or a ``config.yaml`` beside it), or a PyTorch RetinaFace ``.pth`` of either family
+    (converted in memory; config: its network's preset unless ``config`` is given).
     Returns ``(path, Config)``.
     """
     path = Path(weights) if weights is not None else bundled_model_dir()
@@ -46,6 +46,8 @@ def resolve_weights(weights: str | os.PathLike | None, config: Config | str | os
             raise WeightsError(f"{folder}: folder has no {WEIGHTS_FILE}")
     if config is not None:
         cfg = Config.load(config)
+    elif path.suffix in REFERENCE_SUFFIXES:  # a PyTorch checkpoint says which network it is
+        cfg = Config.preset(read_checkpoint(path, FULL)[1].backbone)
     elif (path.parent / CONFIG_FILE).exists():
         cfg = Config.from_yaml(path.parent / CONFIG_FILE)
     else:
@@ -61,11 +63,26 @@ def _load_keras_weights(model: keras.Model, path: Path) -> None:
         raise WeightsError(f"{path}: cannot load these weights into {model.name}: {reason}") from None
 
 
+def read_checkpoint(path: str | os.PathLike, kind: str) -> tuple[dict, CheckpointInfo]:
+    """A PyTorch checkpoint's tensors and what they are (:func:`identify_checkpoint`), which
+    must be of ``kind`` (``full`` or ``backbone``)."""
+    path = os.fspath(path)
+    state_dict = load_torch_checkpoint(path)
+    info = identify_checkpoint(state_dict, path)
+    if info.kind != kind:
+        hint = ("convert it with `retinaface-tf convert` and pass it as backbone weights" if info.kind == BACKBONE
+                else "pass it as full model weights")
+        raise CheckpointError(f"{path}: is {info.describe()}, not a {kind} checkpoint: {hint}")
+    return state_dict, info
+
+
 def load_weights(model: keras.Model, path: str | os.PathLike) -> None:
-    """Full-model weights into ``model``: a ``.weights.h5`` file, or a reference ``.pth``."""
+    """Full-model weights into ``model``: a ``.weights.h5`` file, or a PyTorch RetinaFace
+    ``.pth`` of either family (converted in memory; its network must be ``model``'s)."""
     path = Path(path)
     if path.suffix in REFERENCE_SUFFIXES:
-        load_reference_weights(model, path)
+        state_dict, info = read_checkpoint(path, FULL)
+        assign_checkpoint(model, state_dict, info, path=str(path))
     else:
         _load_keras_weights(model, path)
 
@@ -80,7 +97,8 @@ def load_backbone_weights(model: keras.Model, path: str | os.PathLike) -> Path:
     if path.is_dir():
         path = path / BACKBONE_FILE
     if path.suffix in REFERENCE_SUFFIXES:
-        load_reference_backbone(body, path)
+        state_dict, info = read_checkpoint(path, BACKBONE)
+        assign_checkpoint(body, state_dict, info, path=str(path))
     else:
         _load_keras_weights(body, path)
     return path
@@ -109,32 +127,37 @@ def load_model(weights: str | os.PathLike | None = None, config: Config | str | 
 
 
 def convert_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *, config=None) -> dict:
-    """Convert a reference ``checkpoint`` into the model folder ``output/``, atomically.
+    """Convert a PyTorch ``checkpoint`` into the model folder ``output/``, atomically.
 
-    Full model → ``output/model.weights.h5``; backbone → ``output/backbone.weights.h5``; both with
-    ``output/config.yaml`` (the resolved config). Nothing is written unless every tensor maps.
-    ``output`` must be new, empty, or a model folder: only the files convert writes, plus a README
-    or licence (carried over); anything else there is an error before any work.
-    Returns a summary dict.
+    The checkpoint says what it is (:func:`identify_checkpoint`: biubug6 or yakhyo RetinaFace,
+    or an ImageNet backbone, and which network). ``config`` (a :class:`Config`, name or YAML)
+    must then build that network, else a one-line error names both; ``None``: the network's
+    preset. Full model → ``output/model.weights.h5``; backbone → ``output/backbone.weights.h5``;
+    both with ``output/config.yaml`` (the resolved config). Nothing is written unless every
+    tensor maps. ``output`` must be new, empty, or a model folder: only the files convert
+    writes, plus a README or licence (carried over); anything else there is an error before any
+    work. Returns a summary dict.
     """
     checkpoint = os.fspath(checkpoint)
-    cfg = config if isinstance(config, Config) else Config.preset("mobilenet025")
-    if cfg.model.backbone != "mobilenet025":
-        raise CheckpointError(f"{checkpoint}: only mobilenet025 reference checkpoints can be converted "
-                              f"(config asks for {cfg.model.backbone})")
+    cfg = None if config is None else Config.load(config)
     owned = (WEIGHTS_FILE, BACKBONE_FILE, CONFIG_FILE)
     check_output_folder(output, owned=owned)  # before any work: never replace what convert did not write
     state_dict = load_torch_checkpoint(checkpoint)
-    kind = checkpoint_kind(state_dict, checkpoint)
-    if kind == FULL:
+    info = identify_checkpoint(state_dict, checkpoint)
+    if cfg is None:
+        cfg = Config.preset(info.backbone)
+    elif cfg.model.backbone != info.backbone:
+        raise CheckpointError(f"{checkpoint}: is {info.describe()} ({info.evidence}), but config {cfg.name} "
+                              f"builds a {cfg.model.backbone} network")
+    if info.kind == FULL:
         model = build_from_config(cfg)
-        n = assign_full_model(model, state_dict, path=checkpoint)
         filename = WEIGHTS_FILE
     else:
-        model = build_backbone("mobilenet025", leaky=cfg.model.backbone_leaky)
-        n = assign_backbone(model, state_dict, path=checkpoint)
+        model = build_backbone(info.backbone, leaky=cfg.model.backbone_leaky)
         filename = BACKBONE_FILE
+    n = assign_checkpoint(model, state_dict, info, path=checkpoint)
     with atomic_directory(output, owned=owned) as tmp:
         model.save_weights(str(Path(tmp) / filename))
         cfg.to_yaml(Path(tmp) / CONFIG_FILE)
-    return {"kind": kind, "tensors": n, "skipped": len(state_dict) - n, "weights": str(Path(output) / filename)}
+    return {"kind": info.kind, "family": info.family, "backbone": info.backbone, "config": cfg.name,
+            "tensors": n, "skipped": len(state_dict) - n, "weights": str(Path(output) / filename)}

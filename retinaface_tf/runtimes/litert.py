@@ -18,8 +18,7 @@ import threading
 import numpy as np
 import tensorflow as tf
 
-from retinaface_tf.models.fused import fuse_for_tflite, is_mobilenet
-from retinaface_tf.ops.image import fast_preprocess
+from retinaface_tf.models.fused import fuse_for_tflite
 from retinaface_tf.ops.nms import detect_from_heads
 
 class _NetworkModule(tf.Module):
@@ -92,9 +91,8 @@ class LiteRTNetwork:
       the same function every export runs; ``anchors [N, 4]`` for ``(H, W)`` are fed in).
       ``postprocess``: ``{"pre_nms_top_k", "max_detections", "variances"}``, fixed here.
 
-    The network is :func:`fuse_for_tflite`'s: for MobileNetV1-0.25 it takes the uint8 image
-    itself (the mean folded into the first convolution); another backbone's model starts with
-    :func:`fast_preprocess`. ``model`` is the trained RetinaFace (not an already fused network);
+    The network is :func:`fuse_for_tflite`'s on the uint8 image itself (the mean folded into the
+    first convolution, any backbone). ``model`` is the trained RetinaFace (not an already fused network);
     its weights are a snapshot taken here. ``num_threads``: the interpreter's threads (default:
     the cores this process may use). Calls are serialised by a lock (one interpreter). Needs
     ``ai-edge-litert`` (the ``tflite`` extra): :class:`ImportError` naming it otherwise, before
@@ -106,12 +104,11 @@ class LiteRTNetwork:
         except ImportError:
             raise ImportError(LITERT_MISSING) from None
         self.num_threads = _cores() if num_threads is None else int(num_threads)
-        uint8 = is_mobilenet(model)
-        network = fuse_for_tflite(model, input_order="bgr", uint8_input=uint8)
+        network = fuse_for_tflite(model, input_order="bgr", uint8_input=True)
         post = dict(postprocess) if postprocess is not None else None
 
         def forward(images):
-            out = network(images if uint8 else fast_preprocess(images, channel_order="bgr"), training=False)
+            out = network(images, training=False)
             return {key: out[key] for key in HEAD_KEYS}
 
         def detect(image, anchors, output_scale, score_threshold, iou_threshold):
