@@ -60,10 +60,12 @@ def head(features, *, per_anchor: int, num_anchors: int, name: str):
 def build_retinaface(*, backbone: str = ModelConfig.backbone, fpn_channels: int = ModelConfig.fpn_channels,
                      fpn_leaky: float = ModelConfig.fpn_leaky, backbone_leaky: float = ModelConfig.backbone_leaky,
                      num_anchors: int = ModelConfig.num_anchors, backbone_weights: str | None = None,
-                     name: str = "retinaface", model_class: type = keras.Model) -> keras.Model:
+                     name: str = "retinaface", model_class: type = keras.Model,
+                     input_dtype: str = "float32") -> keras.Model:
     """The RetinaFace network as a Keras functional model (see the module docstring for I/O).
-    ``model_class`` may be a functional subclass of ``keras.Model`` (training uses one)."""
-    inputs = keras.Input((None, None, 3), name="image", dtype="float32")
+    ``model_class`` may be a functional subclass of ``keras.Model`` (training uses one);
+    ``input_dtype="float64"`` (with a float64 dtype policy) builds an exact reference copy."""
+    inputs = keras.Input((None, None, 3), name="image", dtype=input_dtype)
     body = build_backbone(backbone, leaky=backbone_leaky, weights=backbone_weights)
     features = body(inputs)
     pyramid = fpn(features, channels=fpn_channels, leaky=fpn_leaky)
@@ -76,9 +78,11 @@ def build_retinaface(*, backbone: str = ModelConfig.backbone, fpn_channels: int 
     return model_class(inputs, outputs, name=name)
 
 
-def build_from_config(config, backbone_weights: str | None = None, model_class: type = keras.Model) -> keras.Model:
+def build_from_config(config, backbone_weights: str | None = None, model_class: type = keras.Model,
+                      input_dtype: str = "float32") -> keras.Model:
     m = config.model
     return build_retinaface(backbone=m.backbone, fpn_channels=m.fpn_channels, fpn_leaky=m.fpn_leaky,
                             backbone_leaky=m.backbone_leaky, num_anchors=m.num_anchors,
-                            backbone_weights=backbone_weights or m.backbone_weights, model_class=model_class)
+                            backbone_weights=backbone_weights or m.backbone_weights, model_class=model_class,
+                            input_dtype=input_dtype)
 
