@@ -308,3 +308,39 @@ def test_resnet34_state_dict_is_recognised(tmp_path):
                                   state["fx.layer3.5.conv2.weight"].transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(fresh.get_layer("ClassHead_2").kernel.numpy(),
                                   state["class_head.class_head.2.weight"].transpose(2, 3, 1, 0))
+
+
+# ---------------------------------------------------------------------- every path runs ResNet-50
+def test_resnet50_exports_and_litert_equal_the_reference(reference_dir, photo, tmp_path):
+    """The SavedModel (``serving_default`` and ``image_bytes``), TFLite fp32 (raw outputs) and
+    ``Detector(runtime="litert")`` of the converted ResNet-50 reproduce the reference at 640x640."""
+    from retinaface_tf.cli import main
+    from retinaface_tf.inference import Detector
+    from retinaface_tf.serving import tflite_runner
+    path, ref, _, _ = _fixture(reference_dir, "resnet50")
+    model, cfg, _, _ = _loaded(reference_dir, "resnet50")
+    image = _image(photo, "640_")
+    expected = ref["640_dets"]
+
+    out = tmp_path / "sm"
+    assert main(["export", "--weights", str(path), "--output", str(out), "--score-threshold", "0.02",
+                 "--channel-order", "bgr"]) == 0
+    loaded = tf.saved_model.load(str(out / "1"))
+    got = loaded.signatures["serving_default"](images=tf.constant(image[None]))
+    n = int(got["num_detections"][0])
+    assert_detections_equal(got["detection_boxes"][0, :n], got["detection_scores"][0, :n],
+                            got["detection_landmarks"][0, :n], expected)
+    png = cv2.imencode(".png", image)[1].tobytes()  # lossless: the same pixels, decoded to RGB in the graph
+    got = loaded.signatures["image_bytes"](image_bytes=tf.constant([png]))
+    n = int(got["num_detections"][0])
+    assert_detections_equal(got["detection_boxes"][0, :n], got["detection_scores"][0, :n],
+                            got["detection_landmarks"][0, :n], expected)
+
+    raw = tmp_path / "r50_raw.tflite"
+    assert main(["export", "--weights", str(path), "--format", "tflite", "--raw", "--input-size", "640x640",
+                 "--channel-order", "bgr", "--output", str(raw)]) == 0
+    assert_raw_outputs_equal(tflite_runner(raw)(images=image[None]), ref, "640_")
+
+    litert = Detector(model=model, config=cfg, score_threshold=THRESHOLD, runtime="litert")
+    dets = litert.detect(image)
+    assert_detections_equal(dets.boxes, dets.scores, dets.landmarks, expected)

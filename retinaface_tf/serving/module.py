@@ -201,10 +201,10 @@ class ExportModule(tf.Module):
 
 
 def network_order(config, channel_order: str) -> str:
-    """The channel order an export's network takes: ``"rgb"`` (the flip folded into the first
-    convolution, ``fuse_for_inference(input_order="rgb")``) for MobileNetV1-0.25 and RGB input,
-    else ``"bgr"`` (the graph flips RGB input before the network)."""
-    return "rgb" if channel_order == "rgb" and config.model.backbone == "mobilenet025" else "bgr"
+    """The channel order an export's network takes: the image's own (for RGB input the flip is
+    folded into the first convolution, ``fuse_for_inference(input_order="rgb")``, any backbone)."""
+    del config  # every backbone of the registry folds the flip
+    return "rgb" if channel_order == "rgb" else "bgr"
 
 
 def build_export_module(model, config, settings: ExportSettings, *, input_size=None,

@@ -140,13 +140,13 @@ def tflite_network(model, config, channel_order: str = "rgb") -> tuple:
     :func:`~retinaface_tf.models.fused.fuse_for_tflite` of ``model`` (batch norm folded, the SSH
     ReLU fused into its branches, nearest 2x upsampling as concatenations: no op that XNNPACK
     leaves to TFLite's built-in kernels, so the delegated graph is one piece; see
-    ``benchmarks/PROFILE.md``). For MobileNetV1-0.25 and RGB input the channel flip is folded
-    into the first convolution as well (``network_order="rgb"``), and the network takes the uint8
+    ``benchmarks/PROFILE.md``). For RGB input the channel flip is folded into the first
+    convolution as well (``network_order="rgb"``), and the network takes the uint8
     image (``uint8_input``: the mean subtraction folded into the first convolution, one cast of
     the image instead of a cast and a subtraction, 2x faster preprocessing). Same outputs as
     ``model`` to float rounding."""
     order = network_order(config, channel_order)
-    return fuse_for_tflite(model, input_order=order, uint8_input=config.model.backbone == "mobilenet025"), order
+    return fuse_for_tflite(model, input_order=order, uint8_input=True), order
 
 
 def _head(path: Path, n: int) -> bytes:
