@@ -29,7 +29,7 @@ def add_parser(sub, name, help_text):
     p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPU only)")
     p.add_argument("--weights", help="initial full-model weights for fine-tuning (folder, .weights.h5 or .pth)")
     p.add_argument("--backbone-weights", help="ImageNet backbone: converted backbone.weights.h5 (or folder), "
-                                              "or the reference mobilenetV1X0.25_pretrain.tar")
+                                              "or an ImageNet .pth: the reference mobilenetV1X0.25_pretrain.tar, torchvision resnet18/34/50-*.pth, mobilenet_v2-*.pth")
     p.add_argument("--steps-per-epoch", type=int, help="default: images // batch")
     p.add_argument("--val-images", help="WIDER val images folder (EVENT/NAME.jpg) for AP during training")
     p.add_argument("--val-ground-truth", help="folder with wider_face_val.mat and wider_{easy,medium,hard}_val.mat")
