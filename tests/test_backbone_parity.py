@@ -311,14 +311,17 @@ def test_resnet34_state_dict_is_recognised(tmp_path):
 
 
 # ---------------------------------------------------------------------- every path runs ResNet-50
-def test_resnet50_exports_and_litert_equal_the_reference(reference_dir, photo, tmp_path):
+@pytest.mark.parametrize("name", [name if name == "resnet50" else pytest.param(name, marks=pytest.mark.slow)
+                                  for name in FIXTURES])
+def test_exports_and_litert_equal_the_source(reference_dir, photo, tmp_path, name):
     """The SavedModel (``serving_default`` and ``image_bytes``), TFLite fp32 (raw outputs) and
-    ``Detector(runtime="litert")`` of the converted ResNet-50 reproduce the reference at 640x640."""
+    ``Detector(runtime="litert")`` of each converted checkpoint reproduce its source at 640x640
+    (ResNet-50 in the default suite, the yakhyo networks in the slow one)."""
     from retinaface_tf.cli import main
     from retinaface_tf.inference import Detector
     from retinaface_tf.serving import tflite_runner
-    path, ref, _, _ = _fixture(reference_dir, "resnet50")
-    model, cfg, _, _ = _loaded(reference_dir, "resnet50")
+    path, ref, _, _ = _fixture(reference_dir, name)
+    model, cfg, _, _ = _loaded(reference_dir, name)
     image = _image(photo, "640_")
     expected = ref["640_dets"]
 
