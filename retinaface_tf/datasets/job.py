@@ -220,6 +220,7 @@ class _ray_session:
                       log_to_driver=False)
         if self.quiet:
             logging.getLogger("ray").setLevel(logging.ERROR)
+            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's C++ notices on stderr
         try:
             if address:
                 self.context = ray.init(address=address, **kwargs)
@@ -264,7 +265,8 @@ def _execute(ray, inputs, todo, dest, summary: JobSummary, *, quiet, workers, th
                                                "max_pixels": detector["max_pixels"]},
                         batch_size=None, batch_format="numpy", num_cpus=READ_CPUS)
     ds = ds.map_batches(_DetectAndWrite, fn_constructor_kwargs={"dest": dest, "threads": threads, **detector},
-                        batch_size=ROWS_PER_CALL, batch_format="numpy", concurrency=workers,
+                        batch_size=ROWS_PER_CALL, batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=workers),
                         num_cpus=reserve, num_gpus=gpus or None)
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

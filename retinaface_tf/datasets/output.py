@@ -89,6 +89,7 @@ def check_destination(dest: Location, settings: dict) -> bool:
             raise OutputError(f"--output {dest.text}: exists and is not a folder; give a new or empty folder")
         entries = sorted(os.path.basename(i.path.rstrip("/"))
                          for i in fs.get_file_info(pa.fs.FileSelector(dest.path)))
+        entries = [e for e in entries if e != LOCK_FILE]  # a job starting there: the lock says so
     except OutputError:
         raise
     except Exception as exc:
