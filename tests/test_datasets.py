@@ -234,3 +234,184 @@ def test_local_job_equals_detect_and_keeps_refused_rows(tmp_path, ray_tmp, detec
     assert summary.startswith(f"{len(rows)} images, {faces} faces, {len(bad)} refused, ") and "images/s" in summary
     assert f"{len(bad)} of {len(rows)} images refused" in out.stderr
     assert sorted(os.listdir(tmp_path / "out")) == ["faces", "job.json"]  # no lock, no temporary file left
+
+
+# ---------------------------------------------------------------------- slow: resume, map_batches, cluster, S3
+@pytest.mark.slow
+def test_killed_driver_then_rerun_processes_only_the_rest(tmp_path, ray_tmp):
+    """kill -9 of the driver once a part is written, then the same command again: only inputs
+    without a row are processed, every input ends with exactly one row, a temporary file and a
+    crops part without its faces part (what a kill can leave) are removed, the stale lock is taken
+    over."""
+    wider = _wider(40)
+    listing = tmp_path / "inputs.txt"
+    listing.write_text("\n".join(str(p) for p in wider) + "\n")
+    dest = tmp_path / "out"
+    args = [sys.executable, "-m", "retinaface_tf", "detect-dataset", str(listing), "--output", str(dest), "--crops",
+            "-q", "--workers", "1", "--threads-per-worker", "2"]
+    driver = subprocess.Popen(args, env=_env(ray_tmp), cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + JOB_TIMEOUT
+        while time.monotonic() < deadline and driver.poll() is None:
+            if dest.joinpath("faces").is_dir() and any(n.startswith("part-") for n in os.listdir(dest / "faces")):
+                break
+            time.sleep(0.2)
+        assert driver.poll() is None, "the job ended before it could be killed"
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait(timeout=60)
+    _end_ray_processes(ray_tmp)
+    os.makedirs(ray_tmp, exist_ok=True)
+    first = len(pq.read_table(str(dest / "faces")))
+    assert 0 < first < len(wider) and (dest / LOCK_FILE).exists()
+    (dest / "faces" / ".part-0.parquet.dead.tmp").write_bytes(b"half")
+    some_crops = sorted((dest / "crops").iterdir())[0]
+    shutil.copy(some_crops, dest / "crops" / "part-000000000000000000000000.parquet")
+
+    out = _cli([listing, "--output", dest, "--crops", "--workers", "1", "--threads-per-worker", "2"], ray_tmp)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"{len(wider) - first} images, " in out.stdout and f"; {first} already done" in out.stdout
+    paths = pq.read_table(str(dest / "faces")).column("path").to_pylist()
+    assert sorted(paths) == sorted(str(p) for p in wider)  # each exactly once
+    crops = pq.read_table(str(dest / "crops"))
+    faces = pq.read_table(str(dest / "faces")).column("scores").to_pylist()
+    assert len(crops) == sum(len(s) for s in faces)
+    assert sorted(n for n in os.listdir(dest / "crops") if not n.startswith("part-")) == []
+    assert sorted(n for n in os.listdir(dest / "faces") if not n.startswith("part-")) == []
+    assert sorted(os.listdir(dest)) == ["crops", "faces", "job.json"]
+
+
+MAP_BATCHES = r'''
+import json, os, sys
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+import ray
+from retinaface_tf.datasets import FaceDetector
+folder = sys.argv[1]
+ray_context = ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+try:
+    results = {}
+    for reader, column in ((ray.data.read_binary_files, "bytes"), (ray.data.read_images, "image")):
+        ds = reader(folder, include_paths=True).map_batches(
+            FaceDetector, fn_constructor_kwargs={"score_threshold": 0.5}, batch_size=4,
+            compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
+        results[column] = {os.path.basename(r["path"]): {"boxes": r["boxes"].tolist() if hasattr(r["boxes"], "tolist")
+                           else r["boxes"], "columns": sorted(r)} for r in ds.take_all()}
+    print("RESULT " + json.dumps(results))
+finally:
+    ray_context.disconnect()
+'''
+
+
+@pytest.mark.slow
+def test_map_batches_form_on_read_binary_files_and_read_images(tmp_path, ray_tmp, detector):
+    """The Python form in a user's own pipeline: read_binary_files (encoded) and read_images
+    (decoded RGB) through FaceDetector give the in-process Detector's faces."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(bundled_image(), src / "photo.jpg")
+    for path in _wider(2):
+        shutil.copy(path, src / path.name)
+    out = subprocess.run([sys.executable, "-c", MAP_BATCHES, str(src)], capture_output=True, text=True,
+                         env=_env(ray_tmp), timeout=JOB_TIMEOUT, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads(out.stdout.split("RESULT ", 1)[1])
+    for column in ("bytes", "image"):
+        assert sorted(results[column]) == sorted(os.listdir(src))
+        for name, row in results[column].items():
+            assert column not in row["columns"] and "scores" in row["columns"]
+            boxes = np.array([np.asarray(b, np.float32) for b in row["boxes"]]).reshape(-1, 4)
+            expected = detector.detect(read_image(src / name)).boxes
+            if column == "bytes":  # the same decoder as detect: the same boxes
+                np.testing.assert_allclose(boxes, expected, atol=0.01)
+            else:  # PIL's JPEG decoder: pixels may differ by rounding, faces the same within 1 px
+                assert abs(len(boxes) - len(expected)) <= max(1, len(expected) // 20)
+
+
+CLUSTER = r'''
+import json, os, sys
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+from ray.cluster_utils import Cluster
+from retinaface_tf.datasets import run_job
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                        "node_ip_address": "127.0.0.1"})
+try:
+    cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    cluster.wait_for_nodes()
+    summary = run_job(sys.argv[1], sys.argv[2], address=cluster.address, quiet=True)
+    print("RESULT " + json.dumps({"address": cluster.address, "workers": summary.workers,
+                                  "threads": summary.threads_per_worker, "images": summary.images,
+                                  "refused": summary.refused}))
+finally:
+    cluster.shutdown()
+'''
+
+
+@pytest.mark.slow
+def test_two_node_cluster_on_loopback(tmp_path, ray_tmp):
+    """A two-node cluster on 127.0.0.1 (ray.cluster_utils.Cluster, 1 CPU each) joined with
+    ``address``: two actors of one thread, each reserving 0.75 CPU, so one per node; every input
+    gets its row."""
+    src = tmp_path / "src"
+    src.mkdir()
+    wider = _wider(6)
+    for path in wider:
+        shutil.copy(path, src / path.name)
+    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff")
+    out = subprocess.run([sys.executable, "-c", CLUSTER, str(src), str(tmp_path / "out")], capture_output=True,
+                         text=True, env=_env(ray_tmp), timeout=JOB_TIMEOUT, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.split("RESULT ", 1)[1])
+    assert result["address"].startswith("127.0.0.1:")
+    assert (result["workers"], result["threads"], result["images"], result["refused"]) == (2, 1, 7, 1)
+    rows = _rows(tmp_path / "out" / "faces")
+    assert sorted(rows) == sorted([p.name for p in wider] + ["broken.jpg"])
+    assert all(len(rows[p.name]["scores"]) > 0 for p in wider)
+
+
+@pytest.fixture
+def s3_server():
+    moto = pytest.importorskip("moto.server", reason="moto[server] (the test extra) is not installed")
+    boto3 = pytest.importorskip("boto3")
+    server = moto.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+        client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
+                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        client.create_bucket(Bucket="faces-bucket")
+        yield client, f"endpoint_override={host}:{port}&scheme=http&region=us-east-1", env
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_s3_source_and_dest_on_a_moto_server(tmp_path, ray_tmp, s3_server, detector):
+    """SOURCE read from and DEST written to an S3 bucket (moto in server mode on 127.0.0.1):
+    rows equal the in-process Detector's, crops written, nothing temporary left in the bucket."""
+    client, query, env = s3_server
+    photo = bundled_image()
+    client.put_object(Bucket="faces-bucket", Key="photos/a/photo.jpg", Body=photo.read_bytes())
+    client.put_object(Bucket="faces-bucket", Key="photos/a/broken.jpg", Body=b"not a jpeg")
+    out = _cli([f"s3://faces-bucket/photos?{query}", "--output", f"s3://faces-bucket/results?{query}", "--crops",
+                "--workers", "1", "--threads-per-worker", "2"], ray_tmp, **env)
+    assert out.returncode == 1, out.stderr[-3000:]
+    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="faces-bucket", Prefix="results/")["Contents"])
+    assert "results/job.json" in keys and not any(k.endswith((".tmp", ".lock")) for k in keys), keys
+    local = tmp_path / "results"
+    for key in keys:
+        if key.endswith(".parquet"):
+            target = local / key.split("/", 1)[1]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(client.get_object(Bucket="faces-bucket", Key=key)["Body"].read())
+    rows = _rows(local / "faces")
+    assert sorted(rows) == ["a/broken.jpg", "a/photo.jpg"]
+    _assert_same_as_detector(rows["a/photo.jpg"], detector, photo)
+    assert "not a readable image" in rows["a/broken.jpg"]["error"]
+    assert len(pq.read_table(str(local / "crops"))) == len(rows["a/photo.jpg"]["scores"])
