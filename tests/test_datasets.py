@@ -354,8 +354,8 @@ finally:
 
 @pytest.mark.slow
 def test_two_node_cluster_on_loopback(tmp_path, ray_tmp):
-    """A two-node cluster on 127.0.0.1 (ray.cluster_utils.Cluster, 1 CPU each) joined with
-    ``address``: two actors of one thread, each reserving 0.75 CPU, so one per node; every input
+    """A two-node cluster on 127.0.0.1 (ray.cluster_utils.Cluster, 1 CPU each, token
+    authentication on) joined with ``address``: two actors of one thread, each reserving 0.75 CPU, so one per node; every input
     gets its row."""
     src = tmp_path / "src"
     src.mkdir()
@@ -363,8 +363,10 @@ def test_two_node_cluster_on_loopback(tmp_path, ray_tmp):
     for path in wider:
         shutil.copy(path, src / path.name)
     (src / "broken.jpg").write_bytes(b"\xff\xd8\xff")
+    # token authentication on, for the nodes and the driver that joins them by address
+    token = _env(ray_tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="retinaface-tf-test-token-0123456789abcdef")
     out = subprocess.run([sys.executable, "-c", CLUSTER, str(src), str(tmp_path / "out")], capture_output=True,
-                         text=True, env=_env(ray_tmp), timeout=JOB_TIMEOUT, cwd=tmp_path)
+                         text=True, env=token, timeout=JOB_TIMEOUT, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.split("RESULT ", 1)[1])
     assert result["address"].startswith("127.0.0.1:")

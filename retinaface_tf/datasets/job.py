@@ -11,10 +11,13 @@ and stopped at the end through the handle ``ray.init`` returned. A process that 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import re
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -40,8 +43,14 @@ class RayMissingError(RetinaFaceError):
     """Ray Data is not installed."""
 
 
-def require_ray():
-    """``ray`` (imported), or a one-line error naming the extra that brings it."""
+def require_ray(local: bool = False):
+    """``ray`` (imported), or a one-line error naming the extra that brings it. ``local``: for a
+    local Ray on 127.0.0.1 only. Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` when it is
+    imported: unless set to 0, a Linux Ray replaces 127.0.0.1 with the machine's interface
+    address and its servers listen on every interface. (A process whose Ray was imported that
+    way keeps it: it cannot then join a cluster on other machines.)"""
+    if local and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray's processes read it too
     try:
         import ray
         import ray.data  # noqa: F401
@@ -166,7 +175,7 @@ def run_job(source: str, output: str, *, score_threshold: float = 0.5, max_size:
     if not (isinstance(gpus_per_worker, (int, float)) and math.isfinite(gpus_per_worker) and gpus_per_worker >= 0):
         raise UsageError(f"--gpus-per-worker must be a number >= 0, got {gpus_per_worker!r}")
     crop_size = (int(crop_size), int(crop_size)) if isinstance(crop_size, int) else tuple(int(v) for v in crop_size)
-    ray = require_ray()
+    ray = require_ray(local=not (address or os.environ.get("RAY_ADDRESS")))
     weights, config = _local_path(weights), _local_path(config)
     resolve_weights(weights, config)  # a bad --weights / --config: one line now, not in every actor
 
@@ -187,7 +196,7 @@ def run_job(source: str, output: str, *, score_threshold: float = 0.5, max_size:
         summary.skipped = len(inputs.names) - len(todo)
         summary.skipped_refused = sum(done.get(n) is not None for n in inputs.names if n in done)
         if todo:
-            with _ray_session(ray, address, num_cpus, quiet):
+            with _ray_log_lines_dropped(quiet), _ray_session(ray, address, num_cpus, quiet):
                 _execute(ray, inputs, todo, dest, summary, quiet=quiet, workers=workers,
                          threads=threads_per_worker, gpus=float(gpus_per_worker),
                          detector={"weights": weights, "config": config, "score_threshold": score_threshold,
@@ -201,6 +210,39 @@ def run_job(source: str, output: str, *, score_threshold: float = 0.5, max_size:
     if not quiet:
         print(summary.line(output), file=out)
     return summary
+
+
+# Ray's own log lines: C++ ("[2026-01-01 10:00:00,123 E 123 123] file.cc:12: ...") and Python
+# ("2026-01-01 10:00:00,123\tWARNING file.py:12 -- ...")
+_RAY_LOG_LINE = re.compile(rb"^(\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [IWEF] \d+ \d+\] \S+:\d+:"
+                           rb"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+[A-Z]+ \S+:\d+ -- )")
+
+
+@contextlib.contextmanager
+def _ray_log_lines_dropped(active: bool):
+    """``-q``: file descriptor 2 goes to a temporary file while Ray runs; every line but Ray's own
+    log lines is replayed after (errors of the job itself are raised, and printed by the caller)."""
+    try:
+        if not active:
+            raise OSError
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [line for line in tmp.read().splitlines(keepends=True) if not _RAY_LOG_LINE.match(line)]
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 class _ray_session:
@@ -220,19 +262,24 @@ class _ray_session:
                       log_to_driver=False)
         if self.quiet:
             logging.getLogger("ray").setLevel(logging.ERROR)
-            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's C++ notices on stderr
+        # read while Ray starts (its processes keep it); the caller's environment is restored after
+        env = {} if address else {"RAY_USAGE_STATS_ENABLED": "0"}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update({k: v for k, v in env.items() if saved[k] is None})
         try:
             if address:
                 self.context = ray.init(address=address, **kwargs)
             else:
-                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-                os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
                 self.context = ray.init(num_cpus=self.num_cpus, include_dashboard=False,
                                         _node_ip_address="127.0.0.1", **kwargs)
         except Exception as exc:
             where = f"the Ray cluster at {address}" if address else "a local Ray"
             raise RetinaFaceError(f"cannot start or join {where}: {type(exc).__name__}: "
                                   f"{_one_line(exc)}") from None
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
         return self
 
     def __exit__(self, *exc):
