@@ -74,6 +74,34 @@ def _end_ray_processes(ray_tmp: str) -> None:
     shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+def _listening_addresses(ray_tmp: str) -> set:
+    """Local addresses (``ip``) of the listening TCP sockets of the processes of that Ray."""
+    marker = f"RAY_TMPDIR={ray_tmp}".encode()
+    inodes = set()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if not entry.isdigit() or marker not in f.read().split(b"\0"):
+                    continue
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                link = os.readlink(f"/proc/{entry}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        except OSError:
+            continue
+    found = set()
+    for table, size in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                    raw = bytes.fromhex(fields[1].split(":")[0])
+                    words = [raw[i:i + 4][::-1] for i in range(0, len(raw), 4)]
+                    mapped = size == 8 or b"".join(words[:3]) == bytes(10) + b"\xff\xff"  # IPv4 (in IPv6)
+                    found.add(".".join(str(b) for b in words[-1]) if mapped else b"".join(words).hex())
+    return found
+
+
 @pytest.fixture
 def ray_tmp():
     path = tempfile.mkdtemp(prefix="rtray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
@@ -258,6 +286,8 @@ def test_killed_driver_then_rerun_processes_only_the_rest(tmp_path, ray_tmp):
                 break
             time.sleep(0.2)
         assert driver.poll() is None, "the job ended before it could be killed"
+        listening = _listening_addresses(ray_tmp)  # the local Ray uses 127.0.0.1 only
+        assert listening and listening == {"127.0.0.1"}, listening
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=60)
     finally:
