@@ -35,6 +35,7 @@ COMMANDS = {
     "plot-run": "loss curves (box / class / landmark / total) and learning rate of a training run as one PNG",
     "show-anchors": "anchors matched to each face of a training image after augmentation, and faces left without one",
     "export": "deployment: TF Serving SavedModel or TFLite (float32/fp16/dynamic/int8), decode + NMS inside",
+    "detect-dataset": "faces of every image of a folder, list file or object store on Ray Data (local or a cluster) into Parquet",
     "make-tfrecords": "write the TFRecord shards that `train --tfrecords` reads from a label file and its images",
 }
 

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import fnmatch
+import io
 import math
 import os
 import shutil
@@ -367,15 +368,38 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
     max_pixels = check_max_pixels(max_pixels)
     with open_regular_file(path) as f:
         header = _probe_open(path, f, max_pixels)
-        size = os.fstat(f.fileno()).st_size
-        if max_pixels is not None and size > 8 * max_pixels + (64 << 20):
-            raise ImageError(f"{path}: {size} bytes, more than any image within the limit of "
-                             f"{max_pixels / 1e6:g} megapixels needs (raise it with --max-pixels)")
+        _check_file_size(path, os.fstat(f.fileno()).st_size, max_pixels)
         f.seek(0)
         try:
             data = np.frombuffer(f.read(), dtype=np.uint8)
         except OSError as exc:
             raise ImageError(f"{path}: cannot read: {exc.strerror}") from None
+    return _decode(path, data, header, max_pixels)
+
+
+def decode_image(data: bytes, name: str, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """:func:`read_image` for an image file's bytes already in memory (read from an object store,
+    a Parquet column, ...): the same header checks, decoder and conversion, so the same pixels.
+    ``name`` is what the one-line :class:`ImageError` names."""
+    max_pixels = check_max_pixels(max_pixels)
+    header = _probe_open(name, io.BytesIO(data), max_pixels)
+    _check_file_size(name, len(data), max_pixels)
+    return _decode(name, np.frombuffer(data, dtype=np.uint8), header, max_pixels)
+
+
+def max_file_bytes(max_pixels: int | None) -> int | None:
+    """The largest file any image within ``max_pixels`` needs (larger files are refused unread)."""
+    return None if max_pixels is None else 8 * max_pixels + (64 << 20)
+
+
+def _check_file_size(path: str, size: int, max_pixels: int | None) -> None:
+    limit = max_file_bytes(max_pixels)
+    if limit is not None and size > limit:
+        raise ImageError(f"{path}: {size} bytes, more than any image within the limit of "
+                         f"{max_pixels / 1e6:g} megapixels needs (raise it with --max-pixels)")
+
+
+def _decode(path: str, data: np.ndarray, header: ImageHeader, max_pixels: int | None) -> np.ndarray:
     try:
         image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
