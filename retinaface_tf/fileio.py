@@ -379,7 +379,7 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
     try:
         image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
-        raise ImageError(f"{path}: not a readable image ({header.format}: {_first_line(exc)})") from None
+        raise ImageError(f"{path}: not a readable image ({header.format}: {first_line(exc)})") from None
     except MemoryError:
         raise ImageError(f"{path}: out of memory decoding {header.width}x{header.height} pixels") from None
     if image is None:
@@ -392,7 +392,8 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
         raise ImageError(f"{path}: {exc}") from None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The last non-empty line of an exception's message (OpenCV's ``cv2.error`` spans several)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     return lines[-1] if lines else type(exc).__name__
 
