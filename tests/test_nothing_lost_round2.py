@@ -177,3 +177,276 @@ def test_a_crop_that_cannot_be_made_is_one_images_error(tmp_path, photo, capsys,
     report = json.loads((out / "detections.json").read_text())
     assert report["complete"] and len(report["images"]) == 2
     assert len(list((tmp_path / "c").glob("b.jpg_face*.png"))) > 3
+
+
+# ------------------------------------------------------------------ 2. one run per output folder
+_HOLDER = """
+import sys, time
+from retinaface_tf.fileio import output_lock
+with output_lock(sys.argv[1], command="holder " + sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+@pytest.fixture
+def holder():
+    """``holder(target)``: a second real process that holds ``target``'s lock until the test ends."""
+    import subprocess
+    import sys
+
+    procs = []
+
+    def start(target, seconds=120):
+        proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(target), str(seconds)], stdout=subprocess.PIPE,
+                                env=_env(), text=True)
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "held"
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def test_output_lock_in_one_process(tmp_path):
+    from retinaface_tf.errors import OutputInUseError
+    from retinaface_tf.fileio import lock_path, output_lock
+
+    out = tmp_path / "a" / "b" / "out"
+    with output_lock(out, command="first run") as path:
+        assert path == lock_path(tmp_path / "a" / "b" / "x" / ".." / "out") and path.is_file()
+        info = json.loads(path.read_text())
+        assert info["pid"] == os.getpid() and info["command"] == "first run"
+        with pytest.raises(OutputInUseError) as exc:
+            with output_lock(str(out) + "/"):
+                pass
+        msg = str(exc.value)
+        assert "\n" not in msg and f"in use by another run (pid {os.getpid()}, started " in msg and "first run" in msg
+    assert not path.exists() and not (tmp_path / "a").exists()  # the lock and the folders made for it are gone
+    with output_lock(out):  # free again
+        pass
+
+
+@pytest.mark.parametrize("command", ["detect", "train", "evaluate", "convert", "export-tflite", "export-saved"])
+def test_every_writing_command_refuses_a_locked_output(tmp_path, holder, capsys, command):
+    """Another process holds the output: the command is refused at once with one line naming the
+    holder's pid, and the output is untouched (not even created)."""
+    out = tmp_path / ("out.tflite" if command == "export-tflite" else "out")
+    proc = holder(out)
+    argv = {"detect": ["detect", str(bundled_image()), "-o", str(out)],
+            "train": ["train", "--output", str(out), "--label-file", "none.txt", "--images", "none"],
+            "evaluate": ["evaluate", "-g", str(tmp_path / "gt"), "--images", str(tmp_path / "im"),
+                         "--save-predictions", str(out)],
+            "convert": ["convert", str(tmp_path / "x.pth"), "-o", str(out)],
+            "export-tflite": ["export", "--format", "tflite", "-o", str(out)],
+            "export-saved": ["export", "-o", str(out)]}[command]
+    assert main(argv) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"in use by another run (pid {proc.pid}, started " in line and f"holder {out}" in line
+    assert not out.exists()
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, holder, capsys):
+    from retinaface_tf.fileio import lock_path
+
+    out = tmp_path / "out"
+    proc = holder(out)
+    proc.kill()
+    proc.wait()
+    lock = lock_path(out)
+    assert json.loads(lock.read_text())["pid"] == proc.pid  # left behind by kill -9
+    assert main(["detect", str(bundled_image()), "-o", str(out), "--no-draw"]) == 0
+    assert json.loads((out / "detections.json").read_text())["complete"] and not lock.exists()
+
+
+@pytest.mark.slow
+def test_two_detect_processes_into_one_folder(tmp_path, photo):
+    """Two real ``detect`` processes into one --output: the second is refused while the first
+    runs (it is paused with SIGSTOP once it holds the lock, so the overlap is certain); the first
+    finishes and its report is complete."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from retinaface_tf.fileio import lock_path
+
+    photos = tmp_path / "in"
+    photos.mkdir()
+    for k in range(3):
+        cv2.imwrite(str(photos / f"p{k}.jpg"), cv2.resize(photo, (320 + 32 * k, 213)))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "retinaface_tf", "detect", str(photos), "-o", str(out)]
+    first = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if json.loads(lock_path(out).read_text())["pid"] == first.pid:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode == 2
+    line = _one_error_line(second.stderr)
+    assert f"--output {out}: in use by another run (pid {first.pid}, started " in line
+    assert first.wait(timeout=300) == 0
+    report = json.loads((out / "detections.json").read_text())
+    assert report["complete"] and len(report["images"]) == 3 and not lock_path(out).exists()
+
+
+# ------------------------------------------------------------------ 3. the remaining silent ones
+@pytest.mark.parametrize("flag", ["--max-detections", "--pre-nms-top-k"])
+@pytest.mark.parametrize("value", ["0", "-1", "100001"])
+def test_export_refuses_zero_detections(tmp_path, capsys, flag, value):
+    out = tmp_path / "m"
+    assert main(["export", "-o", str(out), flag, value]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"{flag} must be in [1, 100000], got {value}" in line and not out.exists()
+
+
+def test_export_settings_never_turn_zero_into_the_default():
+    from retinaface_tf.config import Config
+    from retinaface_tf.errors import ExportError
+    from retinaface_tf.serving import ExportSettings
+
+    cfg = Config.load("mobilenet025")
+    assert ExportSettings.from_config(cfg).max_detections == 750
+    for kwargs in ({"max_detections": 0}, {"pre_nms_top_k": 0}):
+        with pytest.raises(ExportError, match=r"must be in \[1, 100000\], got"):
+            ExportSettings.from_config(cfg, **kwargs)
+
+
+def test_label_values_that_overflow_float32_are_refused(tmp_path):
+    from retinaface_tf.data.widerface import read_retinaface_labels, read_wider_bbx_gt
+    from retinaface_tf.errors import LabelFileError
+
+    label = tmp_path / "label.txt"
+    label.write_text("# a.jpg\n10 10 20 20\n# b.jpg\n1e39 1e39 1e39 1e39\n")
+    with pytest.raises(LabelFileError, match=rf"^{label}:4: '1e39' is out of range"):
+        read_retinaface_labels(label)
+    label.write_text("# a.jpg\n3e38 10 3e38 20\n")  # finite in float32 each, inf as x + w
+    with pytest.raises(LabelFileError, match=rf"^{label}:2: '3e38' is out of range"):
+        read_retinaface_labels(label)
+    gt = tmp_path / "bbx.txt"
+    gt.write_text("a.jpg\n1\n1 2 1e39 4 0 0 0 0 0 0\n")
+    with pytest.raises(LabelFileError, match=rf"^{gt}:3: '1e39' is out of range"):
+        read_wider_bbx_gt(gt)
+
+
+# ------------------------------------------------------------------ 4. bounds
+def _fifo(path):
+    os.mkfifo(path)
+    return path
+
+
+def test_label_and_prediction_files_must_be_regular(tmp_path):
+    """A FIFO (which would hang) and a symlink to /dev/zero (which never ends) are refused as
+    "not a regular file", at once; so is a file past the size limit."""
+    from retinaface_tf.data import widerface as D
+    from retinaface_tf.errors import LabelFileError, PredictionError
+    from retinaface_tf.evaluation.widerface import read_prediction_file, read_predictions
+
+    (tmp_path / "zero.txt").symlink_to("/dev/zero")
+    for bad in (_fifo(tmp_path / "fifo.txt"), tmp_path / "zero.txt"):
+        with pytest.raises(LabelFileError, match=rf"^{bad}: not a regular file"):
+            D.read_annotations(bad)
+        with pytest.raises(PredictionError, match=rf"^{bad}: not a regular file"):
+            read_prediction_file(bad)
+    preds = tmp_path / "preds" / "0--Parade"
+    preds.mkdir(parents=True)
+    (preds / "x.txt").write_text("x\n1\n1 2 3 4 0.9\n")
+    _fifo(preds / "y.txt")
+    with pytest.raises(PredictionError, match=r"y\.txt: not a regular file"):
+        read_predictions(tmp_path / "preds")
+    with pytest.raises(LabelFileError, match=r"\.mat: not a regular file"):
+        D.load_mat(_fifo(tmp_path / "gt.mat"))
+
+
+def test_label_file_size_limit(tmp_path, monkeypatch):
+    from retinaface_tf.data import widerface as D
+    from retinaface_tf.errors import LabelFileError
+
+    monkeypatch.setattr(D, "MAX_LABEL_BYTES", 1000)
+    label = tmp_path / "label.txt"
+    label.write_text("# a.jpg\n" + "10 10 20 20\n" * 200)
+    with pytest.raises(LabelFileError, match=r"label.txt: 2408 bytes, more than a label file may hold \(1000 bytes\)"):
+        D.read_retinaface_labels(label)
+
+
+def _alias_bomb(levels=9):
+    parts = ["&a [lol,lol,lol,lol,lol,lol,lol,lol,lol]"]
+    for i in range(1, levels):
+        parts.append(f"&{chr(97 + i)} [" + ",".join([f"*{chr(96 + i)}"] * 9) + "]")
+    return parts
+
+
+def test_yaml_alias_bombs_are_refused_with_a_short_message(tmp_path, capsys):
+    import time
+
+    from retinaface_tf.config import Config
+    from retinaface_tf.errors import ConfigError
+
+    t = time.perf_counter()
+    assert main(["train", "-o", str(tmp_path / "run"), "--set", "train.epochs=[" + ", ".join(_alias_bomb()) + "]"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "aliases (*a) are not allowed" in line and len(line) < 400
+    cfg = tmp_path / "bomb.yaml"
+    cfg.write_text("lols:\n" + "".join(f"  - {p}\n" for p in _alias_bomb()) + "base: *i\n")
+    with pytest.raises(ConfigError) as exc:
+        Config.load(str(cfg))
+    assert f"{cfg}:" in str(exc.value) and "aliases (*a) are not allowed" in str(exc.value) and len(str(exc.value)) < 300
+    # without aliases: a deep nest, a long value and a huge base are all one short line
+    for value in ("[" * 20000, "x" * 200000):
+        with pytest.raises(ConfigError) as exc:
+            Config.load("mobilenet025").override({"train.epochs": value})
+        assert len(str(exc.value)) < 300 and "\n" not in str(exc.value)
+    cfg.write_text("base: [" + ", ".join(["[1, 2, 3, 4, 5, 6, 7, 8]"] * 5000) + "]\n")
+    with pytest.raises(ConfigError, match="unknown config name") as exc:
+        Config.load(str(cfg))
+    assert len(str(exc.value)) < 400
+    with pytest.raises(ConfigError, match="not a regular file"):
+        Config.load(str(_fifo(tmp_path / "fifo.yaml")))
+    assert time.perf_counter() - t < 20
+
+
+@pytest.mark.parametrize("size", ["100000x100000", "9000x32", "5000x5000"])
+def test_export_input_size_is_bounded(tmp_path, capsys, size):
+    out = tmp_path / "m.tflite"
+    assert main(["export", "--format", "tflite", "--input-size", size, "-o", str(out)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"--input-size {size}: input size {size} is too large" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def _png_header(path, width, height):
+    """A PNG whose IHDR declares ``width x height`` (no pixel data: only the header is read)."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk +
+                     struct.pack(">I", zlib.crc32(chunk)))
+    return path
+
+
+def test_export_calibration_image_over_the_limit_names_no_foreign_flag(tmp_path, capsys):
+    big = _png_header(tmp_path / "big.png", 20000, 20000)
+    out = tmp_path / "m.tflite"
+    assert main(["export", "--format", "tflite", "--quantize", "int8", "--calibration-images", str(big),
+                 "-o", str(out)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"{big}: PNG of 20000x20000" in line and "give smaller calibration images" in line
+    assert "--max-pixels" not in line and not out.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from retinaface_tf.config import Config
+from retinaface_tf.fileio import output_lock
 from retinaface_tf.models.weights import convert_checkpoint
 
 
@@ -19,8 +20,9 @@ def add_parser(sub, name, help_text):
 
 
 def run(args) -> int:
-    cfg = Config.load(args.config)
-    summary = convert_checkpoint(args.checkpoint, args.output, config=cfg)
+    with output_lock(args.output):  # a second convert into the same folder is refused at once
+        cfg = Config.load(args.config)
+        summary = convert_checkpoint(args.checkpoint, args.output, config=cfg)
     print(f"converted {summary['kind']} checkpoint: {summary['tensors']} tensors mapped, "
           f"{summary['skipped']} skipped (num_batches_tracked / classifier) -> {summary['weights']}")
     return 0

@@ -1,5 +1,9 @@
 """``retinaface-tf detect``: faces in files or folders → annotated images + JSON.
 
+One run per output at a time: ``--output`` and ``--crops`` are locked for the run
+(:func:`~retinaface_tf.fileio.output_lock`); a second detect into either is refused at once,
+naming the first (pid, start time).
+
 Output folder rule (checked before any work, nothing written on error): ``--output``
 must be a new folder, an empty one, or the output of an earlier ``detect`` (it holds the
 ``detections.json`` that detect writes, which lists the annotated files detect wrote there with
@@ -122,7 +126,7 @@ def _check_folder_holds_no_input(folder: Path, flag: str, what: str, roots, path
 def check_crops_folder(crops: Path, roots: list[str], paths: list[str]) -> None:
     """``--crops`` must be a new or empty folder holding no input (checked before any work)."""
     shown = _check_folder_holds_no_input(crops, "--crops", "crops folder", roots, paths)
-    if crops.is_dir() and any(True for _ in os.scandir(crops)):
+    if crops.is_dir() and any(not fileio.is_lock_file(e.name) for e in os.scandir(crops)):
         raise UsageError(f"--crops {shown}: folder is not empty; give a new or empty folder (nothing was changed)")
 
 
@@ -347,7 +351,7 @@ def check_output(out_dir: Path, roots: list[str], paths: list[str], names: list[
     if not out_dir.is_dir():
         return {}
     try:
-        entries = sorted(os.listdir(out_dir))
+        entries = sorted(e for e in os.listdir(out_dir) if not fileio.is_lock_file(e))
     except OSError as exc:
         raise UsageError(f"--output {shown}: cannot list the folder: {exc.strerror}") from None
     previous = _previous_report(out_dir)
@@ -452,9 +456,15 @@ def _check_args(args) -> None:
 
 def run(args) -> int:
     _check_args(args)
-    roots = args.paths or [str(fileio.bundled_image())]
     out_dir = Path(args.output)
     crops = Path(args.crops) if args.crops else None
+    # one run per output folder at a time: a second one is refused at once, naming the first
+    with fileio.output_locks([(out_dir, "--output"), (crops, "--crops")]):
+        return _run(args, out_dir, crops)
+
+
+def _run(args, out_dir: Path, crops: Path | None) -> int:
+    roots = args.paths or [str(fileio.bundled_image())]
     paths = fileio.expand_image_paths(roots, exclude=[out_dir] + ([crops] if crops is not None else []))
     if not paths:
         raise UsageError(f"no images found in {', '.join(_show(r) for r in roots)}")

@@ -9,7 +9,7 @@ import yaml
 
 from retinaface_tf.config import Config
 from retinaface_tf.errors import ConfigError, TrainingError
-from retinaface_tf.fileio import write_text_atomic
+from retinaface_tf.fileio import is_lock_file, write_text_atomic
 from retinaface_tf.models.weights import CONFIG_FILE, WEIGHTS_FILE
 
 RUN_FILE = "run.yaml"
@@ -47,7 +47,7 @@ def prepare_output(output_dir: Path, config: Config, data: dict, *, write: bool 
         if write:
             _remove_orphan_temporaries(output_dir)
         return True
-    if output_dir.exists() and any(output_dir.iterdir()):
+    if output_dir.exists() and any(not is_lock_file(item.name) for item in output_dir.iterdir()):
         raise TrainingError(f"{output_dir}: folder is not empty and holds no run.yaml; choose another --output")
     if output_dir.exists() and not output_dir.is_dir():
         raise TrainingError(f"{output_dir}: exists and is not a folder; choose another --output")
