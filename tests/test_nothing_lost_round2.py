@@ -450,3 +450,90 @@ def test_export_calibration_image_over_the_limit_names_no_foreign_flag(tmp_path,
     line = _one_error_line(capsys.readouterr().err)
     assert f"{big}: PNG of 20000x20000" in line and "give smaller calibration images" in line
     assert "--max-pixels" not in line and not out.exists()
+
+
+@pytest.fixture(scope="module")
+def detector(bundled_model):
+    from retinaface_tf.inference import Detector
+
+    model, config = bundled_model
+    return Detector(model=model, config=config, batch_size=4)
+
+
+def test_video_frames_obey_max_pixels(tmp_path, photo, capsys, detector, monkeypatch):
+    """The container's declared size is checked before any frame is decoded (one line naming the
+    file, nothing left behind); a frame the container did not declare is checked once decoded."""
+    import retinaface_tf.video as video
+    from retinaface_tf.errors import ImageError
+
+    clip = _write_video(tmp_path / "clip.avi", [cv2.resize(photo, (400, 300))] * 3)
+    small = tmp_path / "small.jpg"
+    cv2.imwrite(str(small), cv2.resize(photo, (300, 200)))
+    out = tmp_path / "out"
+    assert main(["detect", str(clip), str(small), "-o", str(out), "--max-pixels", "100K"]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {clip}: frames declared 400x300 = 0.12 megapixels, over the limit of 0.1 megapixels" in err
+    assert sorted(p.name for p in out.iterdir()) == ["detections.json", "small.jpg"]  # no temporary file
+    report = json.loads((out / "detections.json").read_text())
+    assert report["images"][0]["error"].startswith(f"{clip}: frames declared")
+
+    monkeypatch.setattr(video, "_declared", lambda cap, prop: 0)  # a container that declares nothing
+    with pytest.raises(ImageError, match=r"clip.avi: frame 0 is 400x300 = 0.12 megapixels, over the limit"):
+        video.detect_video(detector, clip, annotated=tmp_path / "o" / "c.avi", jsonl=tmp_path / "o" / "c.jsonl",
+                           max_pixels=100_000)
+    assert list((tmp_path / "o").iterdir()) == []
+
+
+def test_batches_are_cut_to_the_pixel_budget(photo, bundled_model, monkeypatch):
+    """batch_size 8, four equal and four mixed images, and a budget of 2 of the largest: batches of at
+    most 2, cut before TensorFlow runs; detections equal the unbounded batch's."""
+    from retinaface_tf.inference import Detector
+
+    model, config = bundled_model
+    images = [cv2.resize(photo, (320, 224))] * 4 + [cv2.resize(photo, (320 - 32 * k, 224)) for k in range(1, 5)]
+    wide = Detector(model=model, config=config, batch_size=8)
+    tight = Detector(model=model, config=config, batch_size=8, batch_pixels=2 * 320 * 224)
+    sizes = []
+    real = Detector._run
+    monkeypatch.setattr(Detector, "_run", lambda self, batch, thr: sizes.append(len(batch)) or real(self, batch, thr))
+    expected = wide.detect_batch(images)
+    assert max(sizes) > 2
+    sizes.clear()
+    got = tight.detect_batch(images)
+    assert sizes and max(sizes) <= 2 and sum(sizes) == len(images)
+    for a, b in zip(expected, got):
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=0.05)
+    with pytest.raises(Exception, match="batch_pixels must be a whole number >= 1"):
+        Detector(model=model, config=config, batch_pixels=0)
+
+
+def test_ctrl_c_during_a_video_keeps_the_finished_frames(tmp_path, photo, capsys, monkeypatch):
+    """Ctrl-C after two batches of a 12-frame video: the JSON Lines and the annotated video hold
+    the 8 finished frames, and detections.json records them with "complete": false."""
+    from retinaface_tf.inference import Detector
+
+    frames = [np.roll(cv2.resize(photo, (320, 212)), 8 * k, axis=1) for k in range(12)]
+    clip = _write_video(tmp_path / "clip.avi", frames)
+    calls = []
+    real = Detector.detect_batch
+
+    def interrupted(self, images, **kwargs):
+        calls.append(len(images))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, images, **kwargs)
+
+    monkeypatch.setattr(Detector, "detect_batch", interrupted)
+    out = tmp_path / "out"
+    assert main(["detect", str(clip), "-o", str(out), "--batch-size", "4"]) == 130
+    lines = (out / "clip.jsonl").read_text().splitlines()
+    assert [json.loads(x)["frame"] for x in lines] == list(range(8))
+    cap = cv2.VideoCapture(str(out / "clip.avi"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 8
+    cap.release()
+    report = json.loads((out / "detections.json").read_text())
+    assert report["complete"] is False
+    record = report["images"][0]
+    assert record["video"]["frames"] == 8 and "interrupted at frame 8" in record["error"]
+    assert set(report["annotated_files"]) == {"clip.avi", "clip.jsonl"}
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []

@@ -28,7 +28,10 @@ A video file given by name (``clip.mp4``, any container OpenCV reads; folders ar
 images only) gives ``OUTPUT/clip.mp4`` (annotated, every frame) and ``OUTPUT/clip.jsonl`` (one
 line per detected frame: ``frame``, ``time_s``, ``faces``), ``--every N`` detecting every N-th
 frame; both are listed in ``annotated_files`` like annotated images. A truncated video keeps the
-frames read before the damage and is reported as a one-line error (exit 1).
+frames read before the damage and is reported as a one-line error (exit 1); so does a frame over
+``--max-pixels`` (a video whose container declares frames over it is refused before decoding).
+Ctrl-C during a video keeps its finished frames (JSON Lines and annotated video), recorded in
+``detections.json`` with ``"complete": false``.
 
 ``detections.json`` is rewritten every few seconds while images are processed and always at the
 end, even when the run stops on an error or Ctrl-C: ``"complete": false`` marks a partial one,
@@ -58,7 +61,7 @@ from retinaface_tf.commands import add_model_args, add_runtime_arg
 from retinaface_tf.constants import LANDMARK_NAMES
 from retinaface_tf.errors import ImageError, RetinaFaceError, UsageError
 from retinaface_tf.inference import Detector
-from retinaface_tf.video import annotated_video_name, detect_video, is_video
+from retinaface_tf.video import VideoInterrupted, annotated_video_name, detect_video, is_video
 from retinaface_tf.vis.draw import draw_detections
 
 REPORT_NAME = "detections.json"
@@ -170,9 +173,11 @@ def _video_output_names(input_name: str, taken: set[str]) -> tuple[str, str]:
     return video, jsonl
 
 
-def _run_video(detector, path: str, out_dir: Path, outputs: tuple[str, str], args, written: dict):
+def _run_video(detector, path: str, out_dir: Path, outputs: tuple[str, str], args, written: dict,
+               on_interrupt=None):
     """One video → ``(its detections.json record, one-line error or None)``; the written files
-    are added to ``written`` (name → sha256)."""
+    are added to ``written`` (name → sha256). Ctrl-C after some frames: their files are kept,
+    ``on_interrupt(record)`` gets the partial record, and the interrupt goes on."""
     video_name, jsonl_name = outputs
     annotated = None if args.no_draw else out_dir / video_name
     bar = tqdm(unit="frame", desc=os.path.basename(path), file=sys.stderr, leave=False)
@@ -181,8 +186,17 @@ def _run_video(detector, path: str, out_dir: Path, outputs: tuple[str, str], arg
                                on_frame=lambda _: bar.update(1))
     except RetinaFaceError as exc:
         return {"image": path, "error": str(exc)}, str(exc)
+    except VideoInterrupted as exc:
+        if on_interrupt is not None:
+            on_interrupt(_video_record(exc.summary, path, out_dir, video_name, jsonl_name, annotated, args, written))
+        raise
     finally:
         bar.close()
+    record = _video_record(summary, path, out_dir, video_name, jsonl_name, annotated, args, written)
+    return record, summary.error
+
+
+def _video_record(summary, path, out_dir, video_name, jsonl_name, annotated, args, written) -> dict:
     record = {"image": path, "video": {"frames": summary.frames_read, "frames_detected": summary.frames_detected,
                                        "frames_declared": summary.frames_declared, "fps": summary.fps,
                                        "every": args.every, "faces": summary.faces,
@@ -193,7 +207,7 @@ def _run_video(detector, path: str, out_dir: Path, outputs: tuple[str, str], arg
         record["annotated"] = str(annotated)
     if summary.error:
         record["error"] = summary.error
-    return record, summary.error
+    return record
 
 
 def _try_write(write, where: Path, what: str) -> tuple[str | None, bool]:
@@ -535,7 +549,8 @@ def _run(args, out_dir: Path, crops: Path | None) -> int:
             report.records[i] = record
             report.save_now_and_then()
         for i, outputs in videos.items():
-            report.records[i], error = _run_video(detector, paths[i], out_dir, outputs, args, report.written)
+            report.records[i], error = _run_video(detector, paths[i], out_dir, outputs, args, report.written,
+                                                  on_interrupt=lambda record, i=i: report.records.__setitem__(i, record))
             if error:
                 failed += 1
                 print(f"error: {_show(error)}", file=sys.stderr)
