@@ -385,6 +385,15 @@ def _probe_open(path: str, f, max_pixels: int | None, hint: str = LIMIT_HINT) ->
     return header
 
 
+def probe_image_bytes(data: bytes, label: str, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                      hint: str = LIMIT_HINT) -> ImageHeader:
+    """:func:`probe_image` of an image held in memory (a TFRecord's ``image/encoded``);
+    ``label`` names it in the one-line :class:`ImageError`."""
+    import io
+
+    return _probe_open(label, io.BytesIO(data), check_max_pixels(max_pixels), hint)
+
+
 def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                hint: str = LIMIT_HINT) -> np.ndarray:
     """Read any image file as a BGR uint8 ``[H, W, 3]`` array.

@@ -537,3 +537,120 @@ def test_ctrl_c_during_a_video_keeps_the_finished_frames(tmp_path, photo, capsys
     assert record["video"]["frames"] == 8 and "interrupted at frame 8" in record["error"]
     assert set(report["annotated_files"]) == {"clip.avi", "clip.jsonl"}
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+# ------------------------------------------------------------------ 5. corrupt TFRecord shards
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from synthetic import make_dataset
+
+    from retinaface_tf.data.tfrecord import write_tfrecords
+    from retinaface_tf.data.widerface import read_annotations
+
+    root = tmp_path_factory.mktemp("shards")
+    label, images = make_dataset(root / "data", images=4, size=(64, 64))
+    paths = write_tfrecords(read_annotations(label), images, root / "good" / "train", num_shards=2)
+    return root, [Path(p) for p in paths], label, images
+
+
+def _record(encoded: bytes, bbox, landmarks=None, has=None, filename=b"x.jpg") -> bytes:
+    import tensorflow as tf
+
+    n = len(bbox) // 4
+    feature = {"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
+               "image/filename": tf.train.Feature(bytes_list=tf.train.BytesList(value=[filename])),
+               "face/bbox": tf.train.Feature(float_list=tf.train.FloatList(value=bbox)),
+               "face/landmarks": tf.train.Feature(float_list=tf.train.FloatList(
+                   value=[-1.0] * 10 * n if landmarks is None else landmarks)),
+               "face/has_landmarks": tf.train.Feature(int64_list=tf.train.Int64List(
+                   value=[0] * n if has is None else has))}
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _write_shard(path, records):
+    import tensorflow as tf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as w:
+        for r in records:
+            w.write(r)
+    return path
+
+
+def test_corrupt_shards_name_the_shard_and_record(tmp_path, shards):
+    from retinaface_tf.data.tfrecord import check_tfrecords
+    from retinaface_tf.errors import TFRecordError
+
+    _, good, _, images = shards
+    assert check_tfrecords([str(p) for p in good]) == 4
+    data = good[0].read_bytes()
+    jpeg = (images / "im0.jpg").read_bytes()
+    cases = {
+        "truncated": (data[: len(data) - 40], r"record 1: cannot be read, the shard is truncated or damaged"),
+        "flipped": (data[:60] + bytes([data[60] ^ 0x10]) + data[61:], r"record 0: cannot be read"),
+        "random": (np.random.default_rng(1).bytes(3000), r"record 0: cannot be read"),
+    }
+    for name, (content, needle) in cases.items():
+        bad = tmp_path / f"{name}.tfrecord"
+        bad.write_bytes(content)
+        with pytest.raises(TFRecordError, match=rf"^{bad}: {needle}") as exc:
+            check_tfrecords(str(bad))
+        assert "\n" not in str(exc.value)
+    records = {
+        "bbox5": (_record(jpeg, [1.0, 2, 30, 40, 5]), r"record 1 \(x.jpg\): face/bbox holds 5 values, not a multiple of 4"),
+        "brokenjpeg": (_record(jpeg[:200] + b"\x00" * 50, [1.0, 2, 30, 40]), r"record 1 \(x.jpg\): image/encoded: "),
+        "inf": (_record(jpeg, [1.0, 2, float("inf"), 40]), r"record 1 \(x.jpg\): face/bbox holds a value that is not finite"),
+        "text": (_record(b"hello", [1.0, 2, 30, 40]), r"record 1 \(x.jpg\): image/encoded: not a readable image"),
+        "notexample": (b"\xff\xff\xff", r"record 1: not a tf.train.Example"),
+        "landmarks": (_record(jpeg, [1.0, 2, 30, 40], landmarks=[1.0] * 7), r"record 1 \(x.jpg\): 1 faces but 7 face/landmarks"),
+    }
+    ok = _record(jpeg, [1.0, 2, 30, 40])
+    for name, (record, needle) in records.items():
+        bad = _write_shard(tmp_path / f"{name}.tfrecord", [ok, record])
+        with pytest.raises(TFRecordError, match=rf"^{bad}: {needle}"):
+            check_tfrecords(str(bad))
+    with pytest.raises(TFRecordError, match="not a regular file"):
+        check_tfrecords(str(_fifo(tmp_path / "fifo.tfrecord")))
+
+
+def test_train_on_a_corrupt_shard_fails_at_once_and_leaves_nothing(tmp_path, shards, capsys):
+    """One line naming the shard, no run folder; the corrected rerun (other shards) then trains."""
+    _, good, _, _ = shards
+    bad = tmp_path / "bad" / "train-00000.tfrecord"
+    bad.parent.mkdir()
+    bad.write_bytes(good[0].read_bytes()[:-30])
+    run = tmp_path / "run"
+    common = ["train", "--output", str(run), "--set", "data.image_size=64", "--batch-size", "2", "--epochs", "1",
+              "--steps-per-epoch", "1", "--quiet"]
+    assert main(common + ["--tfrecords", str(tmp_path / "bad" / "*.tfrecord")]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"{bad}: record 1: cannot be read" in line
+    assert not run.exists()
+    assert main(common + ["--tfrecords", str(good[0].parent / "*.tfrecord")]) == 0
+    assert (run / "model.weights.h5").is_file()
+
+
+def test_a_start_that_fails_in_the_first_step_leaves_nothing(tmp_path, shards, monkeypatch):
+    """The data breaks inside the first step (a shard damaged after the check): one-line
+    TrainingError, and run.yaml / config.yaml are removed so a corrected rerun is not refused."""
+    import tensorflow as tf
+
+    import retinaface_tf.training.trainer as trainer
+    from retinaface_tf.config import Config
+    from retinaface_tf.errors import TrainingError
+
+    _, good, _, _ = shards
+    monkeypatch.setattr(trainer, "check_tfrecords", lambda *a, **k: 4)
+    bad = tmp_path / "bad.tfrecord"
+    bad.write_bytes(np.random.default_rng(0).bytes(500))
+    cfg = Config.load("mobilenet025").override({"data.image_size": "64", "train.batch_size": "2",
+                                                "train.epochs": "1"})
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"bad.tfrecord: training stopped, the data cannot be read \(DataLossError") \
+            as exc:
+        trainer.train(cfg, output_dir=run, tfrecord_pattern=str(bad), steps_per_epoch=1, verbose=0)
+    assert "\n" not in str(exc.value) and "run folder was removed" in str(exc.value)
+    assert not run.exists()

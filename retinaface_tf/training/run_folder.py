@@ -58,6 +58,29 @@ def prepare_output(output_dir: Path, config: Config, data: dict, *, write: bool 
     return False
 
 
+def remove_failed_start(output_dir: Path) -> bool:
+    """After a new run stopped before its first epoch was saved (no ``backup/state.json``, no
+    weights): remove what its start wrote (``run.yaml``, ``config.yaml``, the TensorBoard logs,
+    the empty backup folder, a partial history) and the folder itself when that leaves it empty,
+    so the corrected rerun (other data, other settings) is not refused as a different run.
+    Returns whether it did; a folder holding anything else is left as it is."""
+    if (output_dir / BACKUP_FOLDER / STATE_FILE).exists() or (output_dir / WEIGHTS_FILE).exists():
+        return False
+    import shutil
+
+    for name in (RUN_FILE, CONFIG_FILE, HISTORY_FILE, BEST_FILE):
+        (output_dir / name).unlink(missing_ok=True)
+    for name in ("logs", BACKUP_FOLDER):
+        if (output_dir / name).is_dir():
+            shutil.rmtree(output_dir / name, ignore_errors=True)
+    _remove_orphan_temporaries(output_dir)
+    try:
+        output_dir.rmdir()
+    except OSError:
+        pass
+    return True
+
+
 def _current_names(identity, source: str):
     """A saved run description with its config read back through :class:`Config`, so a field
     renamed since (``data.rgb_mean`` → ``data.bgr_mean``) compares under its current name."""
