@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import errno
 import fnmatch
+import io
 import json
 import math
 import os
@@ -389,8 +390,6 @@ def probe_image_bytes(data: bytes, label: str, *, max_pixels: int | None = DEFAU
                       hint: str = LIMIT_HINT) -> ImageHeader:
     """:func:`probe_image` of an image held in memory (a TFRecord's ``image/encoded``);
     ``label`` names it in the one-line :class:`ImageError`."""
-    import io
-
     return _probe_open(label, io.BytesIO(data), check_max_pixels(max_pixels), hint)
 
 

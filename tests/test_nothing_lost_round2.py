@@ -360,7 +360,7 @@ def test_label_and_prediction_files_must_be_regular(tmp_path):
 
     (tmp_path / "zero.txt").symlink_to("/dev/zero")
     for bad in (_fifo(tmp_path / "fifo.txt"), tmp_path / "zero.txt"):
-        with pytest.raises(LabelFileError, match=rf"^{bad}: not a regular file"):
+        with pytest.raises(LabelFileError, match=rf"^{bad}: cannot read label file: not a regular file"):
             D.read_annotations(bad)
         with pytest.raises(PredictionError, match=rf"^{bad}: not a regular file"):
             read_prediction_file(bad)
@@ -381,7 +381,7 @@ def test_label_file_size_limit(tmp_path, monkeypatch):
     monkeypatch.setattr(D, "MAX_LABEL_BYTES", 1000)
     label = tmp_path / "label.txt"
     label.write_text("# a.jpg\n" + "10 10 20 20\n" * 200)
-    with pytest.raises(LabelFileError, match=r"label.txt: 2408 bytes, more than a label file may hold \(1000 bytes\)"):
+    with pytest.raises(LabelFileError, match=r"label.txt: cannot read label file: 2408 bytes, more than a label file may hold \(1000 bytes\)"):
         D.read_retinaface_labels(label)
 
 

@@ -161,7 +161,11 @@ def _warn_dropped(source: str, dropped: int) -> None:
 
 
 def _open_lines(path: str) -> list[str]:
-    raw = read_regular_file(path, max_bytes=MAX_LABEL_BYTES, what="label file", error=LabelFileError)
+    try:
+        raw = read_regular_file(path, max_bytes=MAX_LABEL_BYTES, what="label file", error=LabelFileError)
+    except LabelFileError as exc:
+        reason = str(exc)[len(path) + 2:] if str(exc).startswith(f"{path}: ") else str(exc)
+        raise LabelFileError(f"{path}: cannot read label file: {reason}") from None
     try:
         return raw.decode("utf-8").splitlines()
     except UnicodeDecodeError as exc:

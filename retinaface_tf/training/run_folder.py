@@ -3,6 +3,7 @@ checks that a folder holds this run (to resume) or nothing (to start)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import yaml
@@ -66,8 +67,6 @@ def remove_failed_start(output_dir: Path) -> bool:
     Returns whether it did; a folder holding anything else is left as it is."""
     if (output_dir / BACKUP_FOLDER / STATE_FILE).exists() or (output_dir / WEIGHTS_FILE).exists():
         return False
-    import shutil
-
     for name in (RUN_FILE, CONFIG_FILE, HISTORY_FILE, BEST_FILE):
         (output_dir / name).unlink(missing_ok=True)
     for name in ("logs", BACKUP_FOLDER):
