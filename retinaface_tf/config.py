@@ -16,6 +16,7 @@ import math
 import numbers
 import os
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,7 +28,34 @@ import yaml
 
 from retinaface_tf.constants import BGR_MEAN
 from retinaface_tf.errors import ConfigError
-from retinaface_tf.fileio import write_text_atomic
+from retinaface_tf.fileio import read_regular_file, write_text_atomic
+
+# A config is a few kB of YAML: a file (or one --set value) past these is refused before parsing.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_OVERRIDE_CHARS = 64 << 10
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` refusing aliases (``*name``): a config never needs them, and a few
+    lines of nested aliases expand to billions of nodes (a "billion laughs" bomb). Without
+    aliases a document has at most as many nodes as it has bytes."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases (*{str(event.anchor)[:40]}) are not allowed in a config; write the value out",
+                event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _load_yaml(text: str):
+    """YAML without aliases (:class:`_NoAliasLoader`); a document nested too deeply for the
+    parser is a ``yaml.YAMLError`` like any other malformed one."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader)
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
 
 
 @dataclass(frozen=True)
@@ -132,11 +160,11 @@ class Config:
     def named(name: str, _seen: tuple[str, ...] = ()) -> "Config":
         """A config by name: a preset (``mobilenet025``, ``resnet50``) or a packaged YAML
         (``mobilenet025_short``); an unknown name is an error listing the known ones."""
-        if name in PRESETS:
+        if isinstance(name, str) and name in PRESETS:
             return Config.preset(name)
         packaged = _packaged_configs()
         if not isinstance(name, str) or name not in packaged:
-            raise ConfigError(f"unknown config name {name!r} (known: {', '.join(Config.names())})")
+            raise ConfigError(f"unknown config name {_show(name)} (known: {', '.join(Config.names())})")
         if name in _seen:
             raise ConfigError(f"{packaged[name]}: field 'base': circular ({' -> '.join((*_seen, name))})")
         return Config.from_yaml(packaged[name], _seen=(*_seen, name))
@@ -173,11 +201,9 @@ class Config:
     @staticmethod
     def from_yaml(path: str | os.PathLike, _seen: tuple[str, ...] = ()) -> "Config":
         path = os.fspath(path)
+        raw = read_regular_file(path, max_bytes=MAX_CONFIG_BYTES, what="config file", error=ConfigError)
         try:
-            with open(path, encoding="utf-8") as f:
-                data = yaml.safe_load(f)
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+            data = _load_yaml(raw.decode("utf-8"))
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: cannot read config: not a UTF-8 text file") from None
         except yaml.YAMLError as exc:
@@ -197,7 +223,7 @@ class Config:
             if not os.path.exists(spec):
                 raise ConfigError(f"{spec}: no such config file (or give a config name: {', '.join(Config.names())})")
             return Config.from_yaml(spec)
-        raise ConfigError(f"unknown config {spec!r}: not a YAML file or a config name "
+        raise ConfigError(f"unknown config {_cut(spec)}: not a YAML file or a config name "
                           f"(known: {', '.join(Config.names())})")
 
     def override(self, dotted: dict[str, Any], source: str = "command line") -> "Config":
@@ -205,11 +231,16 @@ class Config:
         nested: dict[str, Any] = {}
         for key, value in dotted.items():
             key = str(key)
+            if len(key) > 200:
+                raise ConfigError(f"{source}: field {_cut(key)}: no such field")
             if isinstance(value, str):
+                if len(value) > MAX_OVERRIDE_CHARS:
+                    raise ConfigError(f"{source}: field '{key}': value of {len(value)} characters {_cut(value)} is "
+                                      f"longer than any config value ({MAX_OVERRIDE_CHARS})")
                 try:
-                    value = yaml.safe_load(value)
+                    value = _load_yaml(value)
                 except yaml.YAMLError as exc:
-                    raise ConfigError(f"{source}: field '{key}': invalid YAML value {value!r}: "
+                    raise ConfigError(f"{source}: field '{key}': invalid YAML value {_cut(value)}: "
                                       f"{_yaml_problem(exc)}") from None
             node = nested
             parts = key.split(".")
@@ -360,12 +391,30 @@ def _yaml_where(exc: Exception) -> str:
 
 
 def _yaml_problem(exc: Exception) -> str:
-    return " ".join(str(getattr(exc, "problem", None) or exc).split())
+    return _cut(" ".join(str(getattr(exc, "problem", None) or exc).split()), 200, quote=False)
+
+
+_SHORT = reprlib.Repr()  # keyword arguments only from Python 3.12
+for _name, _value in dict(maxlevel=3, maxdict=4, maxlist=6, maxtuple=6, maxset=4, maxstring=60, maxlong=40,
+                          maxother=60).items():
+    setattr(_SHORT, _name, _value)
 
 
 def _show(value: Any) -> str:
-    text = repr(_to_plain(value))
-    return text if len(text) <= 80 else text[:77] + "..."
+    """A short, cut excerpt of ``value`` for a message: never the whole of a large value (the
+    value is not expanded or copied to be shown)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = _to_plain(value)
+    return _cut(_SHORT.repr(value), 80, quote=False)
+
+
+def _cut(text: Any, limit: int = 80, *, quote: bool = True) -> str:
+    """``repr(text)`` (or ``text`` itself with ``quote=False``) cut to about ``limit`` characters."""
+    text = str(text)
+    if quote:
+        shown = repr(text[:limit])
+        return shown if len(text) <= limit else shown + "..."
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @lru_cache(maxsize=None)

@@ -29,6 +29,11 @@ class OutputError(RetinaFaceError):
     """An output location holds something the command did not write (or cannot be one)."""
 
 
+class OutputInUseError(OutputError):
+    """Another run holds the lock of this output (:func:`retinaface_tf.fileio.output_lock`); the
+    message names the holder (pid, start time, command)."""
+
+
 class CheckpointError(RetinaFaceError):
     """A checkpoint is corrupt, foreign or does not fit the model. The message names the file."""
 

@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import fnmatch
 import io
+import json
 import math
 import os
+import socket
+import sys
+import time
 import shutil
 import stat
 import struct
@@ -20,11 +25,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from retinaface_tf.errors import ImageError, OutputError, RetinaFaceError
+from retinaface_tf.errors import ImageError, OutputError, OutputInUseError, RetinaFaceError
 
 try:
-    import fcntl  # POSIX: clears O_NONBLOCK once a file is known to be a regular one
-except ImportError:  # Windows opens no FIFO without blocking anyway
+    import fcntl  # POSIX: clears O_NONBLOCK once a file is known to be a regular one; output locks
+except ImportError:  # Windows opens no FIFO without blocking anyway (and takes no output lock)
     fcntl = None
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pbm")
@@ -85,9 +90,12 @@ def check_max_pixels(max_pixels) -> int | None:
     return int(max_pixels)
 
 
-def _pixel_limit_error(path: str, header: ImageHeader, max_pixels: int) -> ImageError:
+LIMIT_HINT = "raise it with --max-pixels"
+
+
+def _pixel_limit_error(path: str, header: ImageHeader, max_pixels: int, hint: str = LIMIT_HINT) -> ImageError:
     return ImageError(f"{path}: {header.format} of {header.width}x{header.height} = {header.pixels / 1e6:.4g} "
-                      f"megapixels, over the limit of {max_pixels / 1e6:g} megapixels (raise it with --max-pixels)")
+                      f"megapixels, over the limit of {max_pixels / 1e6:g} megapixels ({hint})")
 
 
 @contextlib.contextmanager
@@ -119,6 +127,28 @@ def open_regular_file(path: str | os.PathLike, what: str = "image"):
         raise
     with f:
         yield f
+
+
+def read_regular_file(path: str | os.PathLike, *, max_bytes: int, what: str = "file",
+                      error: type[RetinaFaceError] = RetinaFaceError) -> bytes:
+    """The bytes of ``path``, read only when it is a regular file (never a named pipe, which would
+    hang, nor a device such as ``/dev/zero``, which never ends) of at most ``max_bytes`` bytes.
+    Anything else is a one-line ``error`` naming the file (``not a regular file``, too large,
+    missing)."""
+    path = os.fspath(path)
+    try:
+        with open_regular_file(path, what) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > max_bytes:
+                raise error(f"{path}: {size} bytes, more than a {what} may hold ({max_bytes} bytes)")
+            data = f.read(max_bytes + 1)
+    except ImageError as exc:
+        raise error(str(exc)) from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:  # it grew while read
+        raise error(f"{path}: more than a {what} may hold ({max_bytes} bytes)")
+    return data
 
 
 def _u16(b, off, order):
@@ -326,17 +356,19 @@ def _parse_header(f) -> ImageHeader:
     return ImageHeader(fmt, width, height)
 
 
-def probe_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageHeader:
+def probe_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                hint: str = LIMIT_HINT) -> ImageHeader:
     """Read only the header of an image file: its format and pixel size, without decoding.
 
     Raises :class:`ImageError` naming the file when it is missing, not a regular file (a named
     pipe, a device), not one of :data:`KNOWN_FORMATS`, has a malformed header or no pixels, or
-    declares more than ``max_pixels`` pixels (``None``: no limit)."""
+    declares more than ``max_pixels`` pixels (``None``: no limit; ``hint``: what the message
+    says to do about it)."""
     with open_regular_file(path) as f:
-        return _probe_open(os.fspath(path), f, check_max_pixels(max_pixels))
+        return _probe_open(os.fspath(path), f, check_max_pixels(max_pixels), hint)
 
 
-def _probe_open(path: str, f, max_pixels: int | None) -> ImageHeader:
+def _probe_open(path: str, f, max_pixels: int | None, hint: str = LIMIT_HINT) -> ImageHeader:
     try:
         header = _parse_header(f)
     except LookupError:
@@ -350,11 +382,19 @@ def _probe_open(path: str, f, max_pixels: int | None) -> ImageHeader:
     if header.width <= 0 or header.height <= 0:
         raise ImageError(f"{path}: {header.format} header declares {header.width}x{header.height} pixels (no pixels)")
     if max_pixels is not None and header.pixels > max_pixels:
-        raise _pixel_limit_error(path, header, max_pixels)
+        raise _pixel_limit_error(path, header, max_pixels, hint)
     return header
 
 
-def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def probe_image_bytes(data: bytes, label: str, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                      hint: str = LIMIT_HINT) -> ImageHeader:
+    """:func:`probe_image` of an image held in memory (a TFRecord's ``image/encoded``);
+    ``label`` names it in the one-line :class:`ImageError`."""
+    return _probe_open(label, io.BytesIO(data), check_max_pixels(max_pixels), hint)
+
+
+def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               hint: str = LIMIT_HINT) -> np.ndarray:
     """Read any image file as a BGR uint8 ``[H, W, 3]`` array.
 
     Grayscale is replicated to 3 channels, BGRA drops alpha, 16-bit and float images are scaled
@@ -367,8 +407,8 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
     path = os.fspath(path)
     max_pixels = check_max_pixels(max_pixels)
     with open_regular_file(path) as f:
-        header = _probe_open(path, f, max_pixels)
-        _check_file_size(path, os.fstat(f.fileno()).st_size, max_pixels)
+        header = _probe_open(path, f, max_pixels, hint)
+        _check_file_size(path, os.fstat(f.fileno()).st_size, max_pixels, hint)
         f.seek(0)
         try:
             data = np.frombuffer(f.read(), dtype=np.uint8)
@@ -392,31 +432,32 @@ def max_file_bytes(max_pixels: int | None) -> int | None:
     return None if max_pixels is None else 8 * max_pixels + (64 << 20)
 
 
-def _check_file_size(path: str, size: int, max_pixels: int | None) -> None:
+def _check_file_size(path: str, size: int, max_pixels: int | None, hint: str = LIMIT_HINT) -> None:
     limit = max_file_bytes(max_pixels)
     if limit is not None and size > limit:
         raise ImageError(f"{path}: {size} bytes, more than any image within the limit of "
-                         f"{max_pixels / 1e6:g} megapixels needs (raise it with --max-pixels)")
+                         f"{max_pixels / 1e6:g} megapixels needs ({hint})")
 
 
 def _decode(path: str, data: np.ndarray, header: ImageHeader, max_pixels: int | None) -> np.ndarray:
     try:
         image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
-        raise ImageError(f"{path}: not a readable image ({header.format}: {_first_line(exc)})") from None
+        raise ImageError(f"{path}: not a readable image ({header.format}: {first_line(exc)})") from None
     except MemoryError:
         raise ImageError(f"{path}: out of memory decoding {header.width}x{header.height} pixels") from None
     if image is None:
         raise ImageError(f"{path}: not a readable image (corrupt or unsupported {header.format})")
     if max_pixels is not None and image.shape[0] * image.shape[1] > max_pixels:  # the decoder disagreed
-        raise _pixel_limit_error(path, ImageHeader(header.format, image.shape[1], image.shape[0]), max_pixels)
+        raise _pixel_limit_error(path, ImageHeader(header.format, image.shape[1], image.shape[0]), max_pixels, hint)
     try:
         return to_bgr_uint8(image)
     except ValueError as exc:
         raise ImageError(f"{path}: {exc}") from None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The last non-empty line of an exception's message (OpenCV's ``cv2.error`` spans several)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     return lines[-1] if lines else type(exc).__name__
 
@@ -536,7 +577,7 @@ def check_output_folder(target: str | os.PathLike, *, owned: Iterable[str],
         raise OutputError(f"{target}: is the current folder (or contains it); give a new or empty folder")
     owned, companions = set(owned), tuple(companions)
     for item in sorted(target.iterdir()):
-        if item.name in owned:
+        if item.name in owned or is_lock_file(item.name):
             continue
         if item.is_file() and not item.is_symlink() and any(fnmatch.fnmatch(item.name, c) for c in companions):
             continue
@@ -567,7 +608,7 @@ def atomic_directory(target: str | os.PathLike, *, owned: Iterable[str] | None =
         raise
     if target.is_dir():
         for item in target.iterdir():  # only owned names and companion files are left (checked above)
-            if item.name not in (owned or ()) and not (tmp / item.name).exists():
+            if item.name not in (owned or ()) and not is_lock_file(item.name) and not (tmp / item.name).exists():
                 shutil.copy2(item, tmp / item.name)
     os.chmod(tmp, _file_mode() | 0o111)  # mkdtemp makes 0700; a model folder should be readable like any other
     backup = None
@@ -596,3 +637,123 @@ def bundled_model_dir() -> Path:
 def bundled_image() -> Path:
     """The reference's MIT-licensed demo photo, bundled for the README's first command."""
     return Path(str(files("retinaface_tf.assets") / "biubug6_test.jpg"))
+
+
+# ---------------------------------------------------------------------- output locks
+LOCK_SUFFIX = ".retinaface-tf.lock"
+
+
+def is_lock_file(name: str) -> bool:
+    """Whether ``name`` (a file name) is an :func:`output_lock` file: folder checks ignore them."""
+    return name.startswith(".") and name.endswith(LOCK_SUFFIX)
+
+
+def lock_path(target: str | os.PathLike) -> Path:
+    """The lock file of the output ``target`` (a folder or a file): ``.NAME.retinaface-tf.lock``
+    beside it, ``NAME`` its real name, so every spelling of one output (``out``, ``./out``, a
+    symlink to it) shares one lock, and the lock never lies inside the output it guards."""
+    real = Path(os.path.realpath(os.fspath(target)))
+    if not real.name:  # the file system root
+        return real / LOCK_SUFFIX
+    return real.parent / f".{real.name}{LOCK_SUFFIX}"
+
+
+def _lock_holder(fd: int) -> str:
+    """What the lock file open as ``fd`` says of its holder, for a message."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        info = json.loads(os.read(fd, 4096).decode("utf-8", "replace"))
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info["started"])))
+        host = f" on {info['host']}" if info.get("host") and info["host"] != socket.gethostname() else ""
+        return f"pid {int(info['pid'])}{host}, started {started}: {str(info.get('command', ''))[:200]}"
+    except (OSError, ValueError, KeyError, TypeError, OverflowError):
+        return "pid unknown: it has not written its name yet"
+
+
+@contextlib.contextmanager
+def output_lock(target: str | os.PathLike, *, flag: str = "--output", command: str | None = None):
+    """Hold the lock of the output ``target`` (a folder, or a file such as a ``.tflite``) for the
+    block: a second run into the same output, in this or another process, is refused at once with
+    a one-line :class:`~retinaface_tf.errors.OutputInUseError` naming the holder (pid, start time,
+    command line) instead of both writing the same files.
+
+    Standard library only: ``fcntl.flock`` on the file :func:`lock_path` (beside ``target``,
+    created with its parent folders when missing), which holds the holder's pid, start time, host
+    and command line as JSON. The kernel releases a flock when its process ends, however it ends
+    (a crash, ``kill -9``), so the lock of a dead process is stale by construction and the next
+    run takes it over (and rewrites the holder). The lock file is removed when the block ends.
+    Where ``flock`` is missing (Windows) or the folder beside ``target`` cannot be written, no lock
+    is taken (the latter says so on stderr)."""
+    path = lock_path(target)
+    if fcntl is None:
+        yield None
+        return
+    created = []  # the parent folders made for the lock: removed at the end when still empty
+    folder = path.parent
+    while not os.path.lexists(folder) and folder != folder.parent:
+        created.append(folder)
+        folder = folder.parent
+    try:
+        with _locked(path, target, flag, command) as held:
+            yield held
+    finally:
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+@contextlib.contextmanager
+def _locked(path: Path, target, flag: str, command: str | None):
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                print(f"warning: {flag} {target}: cannot create the lock file {path} ({exc.strerror}); "
+                      "a second run into it at the same time would not be stopped", file=sys.stderr)
+                yield None
+                return
+            raise OutputError(f"{flag} {target}: cannot create the lock file {path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise OutputInUseError(f"{flag} {target}: in use by another run ({holder}); wait for it to end or "
+                                       f"choose another {flag} (nothing was changed)") from None
+            raise OutputError(f"{flag} {target}: cannot lock {path}: {exc.strerror}") from None
+        try:  # the holder before us may have removed the file after we opened it: lock the one in place
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        record = {"pid": os.getpid(), "started": time.time(), "host": socket.gethostname(),
+                  "command": " ".join([os.path.basename(sys.argv[0] or "python")] + sys.argv[1:])
+                  if command is None else command}
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, (json.dumps(record) + "\n").encode("utf-8", "backslashreplace"))
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # while still held: a waiting opener sees another inode and retries
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def output_locks(targets, **kwargs):
+    """:func:`output_lock` on each of ``targets`` (``(target, flag)`` pairs; ``None`` targets and
+    repeats of one real path are skipped), in order."""
+    with contextlib.ExitStack() as stack:
+        seen = set()
+        for target, flag in targets:
+            if target is None or lock_path(target) in seen:
+                continue
+            seen.add(lock_path(target))
+            stack.enter_context(output_lock(target, flag=flag, **kwargs))
+        yield

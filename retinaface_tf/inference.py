@@ -31,6 +31,11 @@ from retinaface_tf.ops.anchors import anchor_grid, anchors_inside, generate_anch
 from retinaface_tf.ops.image import fast_preprocess
 from retinaface_tf.ops.nms import detect_from_heads, face_probability, postprocess
 
+# Memory per batch: a batch holds at most this many (canvas) pixels, cut before TensorFlow
+# allocates anything (eight 1920x1080 frames fit; four 12-megapixel photos run two by two). One
+# image larger than this runs alone (its own size is bounded by max_pixels).
+BATCH_PIXELS = 24_000_000
+
 
 def check_fraction(name: str, value, *, error=DetectorError) -> float:
     """``value`` as a float in ``[0, 1]``; NaN, infinities and non-numbers raise ``error`` naming
@@ -111,6 +116,10 @@ class Detector:
         ``4 x batch_size`` images and batches them sorted by size, so little is padded.
         Needs the fused network; otherwise (and with ``False``) only equal sizes share a
         batch. A batch of equal sizes is never padded.
+      batch_pixels: memory per batch: a batch holds at most this many pixels (its padded canvas
+        times its images; default :data:`BATCH_PIXELS`, 24 megapixels), so ``batch_size`` large
+        images are split into smaller batches before TensorFlow allocates; one image larger than
+        this runs alone.
       max_pixels: image files declaring more pixels than this are refused from their header
         before decoding, and no image is resized past it (default
         :data:`retinaface_tf.fileio.DEFAULT_MAX_PIXELS`, 100 megapixels; ``None``: no limit).
@@ -142,7 +151,8 @@ class Detector:
                  iou_threshold: float | None = None, pre_nms_top_k: int | None = None,
                  max_detections: int | None = None, max_size: int | None = None, batch_size: int = 8,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, model=None, fused: bool = True,
-                 mixed_sizes: bool = True, runtime: str = "tf", litert_threads: int | None = None):
+                 mixed_sizes: bool = True, runtime: str = "tf", litert_threads: int | None = None,
+                 batch_pixels: int = BATCH_PIXELS):
         score_threshold = check_fraction("score_threshold", score_threshold)
         if iou_threshold is not None:
             iou_threshold = check_fraction("iou_threshold", iou_threshold)
@@ -153,6 +163,7 @@ class Detector:
         if max_size is not None:
             max_size = _positive_int("max_size", max_size)
         batch_size = _positive_int("batch_size", batch_size)
+        self.batch_pixels = _positive_int("batch_pixels", batch_pixels)
         if runtime not in RUNTIMES:
             raise DetectorError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         if runtime == "litert" and not fused:
@@ -420,10 +431,11 @@ class Detector:
         batch = held[:1]
         for entry in held[1:self.batch_size]:
             sizes = [e[1].shape[:2] for e in batch] + [entry[1].shape[:2]]
-            if len(set(sizes)) > 1:
-                h, w = pad_canvas_size(sizes)
-                if len(sizes) * h * w > 1.5 * sum(a * b for a, b in sizes):
-                    break
+            h, w = pad_canvas_size(sizes) if len(set(sizes)) > 1 else sizes[0]
+            if len(set(sizes)) > 1 and len(sizes) * h * w > 1.5 * sum(a * b for a, b in sizes):
+                break
+            if len(sizes) * h * w > self.batch_pixels:
+                break
             batch.append(entry)
         return batch, held[len(batch):]
 
@@ -434,7 +446,8 @@ class Detector:
                 yield i, item
                 continue
             image, scale, label = item
-            if pending and (image.shape != pending[0][1].shape or len(pending) >= self.batch_size):
+            if pending and (image.shape != pending[0][1].shape or len(pending) >= self.batch_size
+                            or (len(pending) + 1) * image.shape[0] * image.shape[1] > self.batch_pixels):
                 yield from self._flush(pending, score_threshold)
                 pending = []
             pending.append((i, image, scale, label))

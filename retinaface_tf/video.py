@@ -12,6 +12,11 @@ frame (a frame between two sampled ones shows the faces of the last sampled fram
 frame rate and size; it is written to a temporary file and renamed into place when reading stops,
 so a kill never leaves a half-written file where an earlier one was.
 
+Ctrl-C after some frames are finished keeps them: the JSON Lines file and the annotated video
+hold every frame finished by then and are renamed into place, and :class:`VideoInterrupted` (a
+``KeyboardInterrupt``) carries the summary. Frames larger than ``max_pixels`` are refused from
+the container's declared size before any frame is decoded, then checked per decoded frame.
+
 A video that cannot be opened raises a one-line :class:`~retinaface_tf.errors.ImageError`. A
 video whose frames stop before the count its header declares (truncated or damaged) keeps every
 frame read before the damage, in both outputs, and the summary carries a one-line error naming
@@ -30,7 +35,7 @@ import cv2
 import numpy as np
 
 from retinaface_tf.errors import ImageError
-from retinaface_tf.fileio import atomic_file
+from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, atomic_file, check_max_pixels
 from retinaface_tf.vis.draw import draw_detections
 
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own lines ("moov atom not found"): our error says it
@@ -65,6 +70,23 @@ class VideoSummary:
     error: str | None = None
 
 
+DEFAULT = object()  # detect_video's max_pixels: the detector's
+
+
+class VideoInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`detect_video` after some frames were finished: those frames' JSON
+    Lines and annotated video are in place; ``summary`` (a :class:`VideoSummary`) says how many."""
+
+    def __init__(self, summary: "VideoSummary"):
+        super().__init__(summary.error)
+        self.summary = summary
+
+
+def _declared(cap, prop) -> int:
+    value = cap.get(prop) or 0.0
+    return int(value) if np.isfinite(value) and 0 < value < 2**31 else 0
+
+
 def _open(path: str):
     if not os.path.isfile(path):
         raise ImageError(f"{path}: no such file" if not os.path.exists(path) else f"{path}: not a regular file")
@@ -75,22 +97,37 @@ def _open(path: str):
     return cap
 
 
+def _frame_limit_error(path: str, what: str, width: int, height: int, max_pixels: int) -> ImageError:
+    return ImageError(f"{path}: {what} {width}x{height} = {width * height / 1e6:.4g} megapixels, over the limit of "
+                      f"{max_pixels / 1e6:g} megapixels (raise it with --max-pixels)")
+
+
 def detect_video(detector, path, *, annotated=None, jsonl=None, every: int = 1, batch_size: int | None = None,
-                 on_frame: Callable[[int], None] | None = None) -> VideoSummary:
+                 on_frame: Callable[[int], None] | None = None, max_pixels=DEFAULT) -> VideoSummary:
     """Detect faces in the frames of the video ``path``.
 
     ``annotated``: write the video with boxes and landmarks drawn (every input frame);
     ``jsonl``: write one JSON line per detected frame. ``every``: detect every N-th frame (frame
     0, N, 2N, ...). Frames are batched ``batch_size`` at a time (default: the detector's).
-    ``on_frame(index)`` is called for each frame read (a progress bar). Returns a
-    :class:`VideoSummary`; an unopenable video raises :class:`ImageError`.
+    ``on_frame(index)`` is called for each frame read (a progress bar). ``max_pixels`` (default:
+    the detector's): a video whose container declares larger frames is refused before any frame
+    is decoded, and a decoded frame larger than that (the container lied) stops reading there,
+    like damage: the frames before it are kept and the summary's error names the frame. Returns
+    a :class:`VideoSummary`; an unopenable or oversized video raises :class:`ImageError` and
+    leaves no file behind.
     """
     path = os.fspath(path)
     if int(every) < 1:
         raise ValueError(f"every must be >= 1, got {every}")
     every = int(every)
     batch_size = int(batch_size or detector.batch_size)
+    max_pixels = check_max_pixels(getattr(detector, "max_pixels", DEFAULT_MAX_PIXELS) if max_pixels is DEFAULT
+                                  else max_pixels)
     cap = _open(path)
+    width, height = (_declared(cap, prop) for prop in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT))
+    if max_pixels is not None and width * height > max_pixels:
+        cap.release()
+        raise _frame_limit_error(path, "frames declared", width, height, max_pixels)
     fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
     fps = fps if np.isfinite(fps) and fps > 0 else 25.0
     declared = max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0), 0)
@@ -123,12 +160,21 @@ def detect_video(detector, path, *, annotated=None, jsonl=None, every: int = 1, 
                         if not writer.isOpened():
                             raise ImageError(f"{annotated}: OpenCV cannot write a video there")
                     writer.write(draw_detections(frame, last) if last is not None else frame)
+                done[0] = i + 1
             pending.clear()
 
+        oversized = interrupted = None
+        done = [0]  # frames written to both outputs
+        budget = getattr(detector, "batch_pixels", None) or 24_000_000
         try:
             while True:
                 ok, frame = cap.read()
                 if not ok or frame is None:
+                    break
+                if max_pixels is not None and frame.shape[0] * frame.shape[1] > max_pixels:
+                    oversized = _frame_limit_error(path, f"frame {summary.frames_read} is", frame.shape[1],
+                                                   frame.shape[0], max_pixels)
+                    del frame
                     break
                 t = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
                 index = summary.frames_read
@@ -136,9 +182,15 @@ def detect_video(detector, path, *, annotated=None, jsonl=None, every: int = 1, 
                 pending.append((index, t if np.isfinite(t) else index / fps, frame))
                 if on_frame is not None:
                     on_frame(index)
-                if sum(1 for i, _, _ in pending if i % every == 0) >= batch_size:
+                # a batch is full, or the frames held (with --every N, those between) reach the memory budget
+                if (sum(1 for i, _, _ in pending if i % every == 0) >= batch_size
+                        or sum(f.shape[0] * f.shape[1] for _, _, f in pending) >= budget):
                     flush()
             flush()
+        except KeyboardInterrupt as exc:  # the frames finished so far are kept, as finished images are
+            if not done[0]:
+                raise
+            interrupted = exc
         finally:
             cap.release()
             if writer is not None:
@@ -146,8 +198,15 @@ def detect_video(detector, path, *, annotated=None, jsonl=None, every: int = 1, 
             if lines is not None:
                 lines.close()
         if summary.frames_read == 0:  # nothing to keep: the temporary files are removed
-            raise ImageError(f"{path}: no frame could be read (damaged or not a video)")
-    if declared and summary.frames_read < declared:
+            raise oversized or ImageError(f"{path}: no frame could be read (damaged or not a video)")
+    if interrupted is not None:
+        summary.frames_read = done[0]
+        summary.error = (f"{path}: interrupted at frame {done[0]}; the {done[0]} frames before it are kept "
+                         "(JSON Lines and annotated video)")
+        raise VideoInterrupted(summary) from interrupted
+    if oversized is not None:
+        summary.error = f"{oversized}; the {summary.frames_read} frames before it are kept"
+    elif declared and summary.frames_read < declared:
         summary.error = (f"{path}: video stops at frame {summary.frames_read} of {declared} declared (truncated or "
                          f"damaged); the {summary.frames_read} frames read are kept")
     return summary

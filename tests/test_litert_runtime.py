@@ -112,8 +112,9 @@ def test_missing_litert_package_is_a_one_line_error(bundled_model, monkeypatch):
     assert str(err.value) == LITERT_MISSING and "retinaface-tf[tflite]" in str(err.value)
 
 
-def test_another_backbone_starts_with_the_mean_subtraction():
-    """ResNet-50 has no uint8-input network: the LiteRT model subtracts the mean itself."""
+def test_another_backbone_takes_the_uint8_image_too():
+    """ResNet-50's LiteRT network takes the uint8 image as well: the mean folded into its 7x7
+    first convolution over a 3-pixel border of the mean colour."""
     model = build_retinaface(backbone="resnet50", fpn_channels=32)
     net = LiteRTNetwork(model, num_threads=2)
     images = np.random.default_rng(1).integers(0, 256, (1, 96, 128, 3)).astype(np.uint8)

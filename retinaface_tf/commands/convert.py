@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from retinaface_tf.config import Config
+from retinaface_tf.fileio import output_lock
 from retinaface_tf.models.weights import convert_checkpoint
 
 
@@ -22,8 +23,9 @@ def add_parser(sub, name, help_text):
 
 
 def run(args) -> int:
-    cfg = None if args.config is None else Config.load(args.config)
-    summary = convert_checkpoint(args.checkpoint, args.output, config=cfg)
+    with output_lock(args.output):  # a second convert into the same folder is refused at once
+        cfg = None if args.config is None else Config.load(args.config)
+        summary = convert_checkpoint(args.checkpoint, args.output, config=cfg)
     source = f"{summary['family']} " if summary["family"] else "ImageNet "
     print(f"converted {source}{summary['backbone']} {summary['kind']} checkpoint (config {summary['config']}): "
           f"{summary['tensors']} tensors mapped, "

@@ -1,5 +1,9 @@
 """``retinaface-tf detect``: faces in files or folders → annotated images + JSON.
 
+One run per output at a time: ``--output`` and ``--crops`` are locked for the run
+(:func:`~retinaface_tf.fileio.output_lock`); a second detect into either is refused at once,
+naming the first (pid, start time).
+
 Output folder rule (checked before any work, nothing written on error): ``--output``
 must be a new folder, an empty one, or the output of an earlier ``detect`` (it holds the
 ``detections.json`` that detect writes, which lists the annotated files detect wrote there with
@@ -8,16 +12,26 @@ other existing file in its place is an error. Other files in the folder are neve
 folder (an output folder inside an input folder is skipped when that folder is walked), so an
 input is never written to.
 
-``--crops DIR`` writes one aligned face crop per face (PNG, ``NAME_face<k>.png`` under the
-same relative names) into a new or empty folder ``DIR`` (refused otherwise, and when it holds an
-input), and adds ``crop``, ``crop_from`` (``landmarks`` / ``box``) and ``crop_matrix`` (the 2x3
-image → crop transform) to each face in the JSON.
+``--crops DIR`` writes one aligned face crop per face (PNG, ``NAME.EXT_face<k>.png``: the
+input's full relative name, extension included, so ``a.jpg`` and ``a.png`` never share a crop)
+into a new or empty folder ``DIR`` (refused otherwise, and when it holds an input), one crop at a
+time as it is made, and adds ``crop``, ``crop_from`` (``landmarks`` / ``box``) and
+``crop_matrix`` (the 2x3 image → crop transform) to each face in the JSON. Videos take no
+``--crops`` (refused before any work).
+
+Before any work, every planned output name (annotated files, JSON Lines, ``detections.json``,
+the crop names ``NAME.EXT_face<k>.png`` of every image) is checked: none may be planned twice, land
+on an input, or be the name of another planned output (a crops folder that is the output folder
+and an input named ``p.jpg_face0.png``): a one-line error, nothing written.
 
 A video file given by name (``clip.mp4``, any container OpenCV reads; folders are walked for
 images only) gives ``OUTPUT/clip.mp4`` (annotated, every frame) and ``OUTPUT/clip.jsonl`` (one
 line per detected frame: ``frame``, ``time_s``, ``faces``), ``--every N`` detecting every N-th
 frame; both are listed in ``annotated_files`` like annotated images. A truncated video keeps the
-frames read before the damage and is reported as a one-line error (exit 1).
+frames read before the damage and is reported as a one-line error (exit 1); so does a frame over
+``--max-pixels`` (a video whose container declares frames over it is refused before decoding).
+Ctrl-C during a video keeps its finished frames (JSON Lines and annotated video), recorded in
+``detections.json`` with ``"complete": false``.
 
 ``detections.json`` is rewritten every few seconds while images are processed and always at the
 end, even when the run stops on an error or Ctrl-C: ``"complete": false`` marks a partial one,
@@ -32,19 +46,22 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import cv2
 from tqdm import tqdm
 
 from retinaface_tf import fileio
+from retinaface_tf.alignment import align_faces
 from retinaface_tf.commands import add_model_args, add_runtime_arg
 from retinaface_tf.constants import LANDMARK_NAMES
 from retinaface_tf.errors import ImageError, RetinaFaceError, UsageError
 from retinaface_tf.inference import Detector
-from retinaface_tf.video import annotated_video_name, detect_video, is_video
+from retinaface_tf.video import VideoInterrupted, annotated_video_name, detect_video, is_video
 from retinaface_tf.vis.draw import draw_detections
 
 REPORT_NAME = "detections.json"
@@ -112,34 +129,55 @@ def _check_folder_holds_no_input(folder: Path, flag: str, what: str, roots, path
 def check_crops_folder(crops: Path, roots: list[str], paths: list[str]) -> None:
     """``--crops`` must be a new or empty folder holding no input (checked before any work)."""
     shown = _check_folder_holds_no_input(crops, "--crops", "crops folder", roots, paths)
-    if crops.is_dir() and any(True for _ in os.scandir(crops)):
+    if crops.is_dir() and any(not fileio.is_lock_file(e.name) for e in os.scandir(crops)):
         raise UsageError(f"--crops {shown}: folder is not empty; give a new or empty folder (nothing was changed)")
 
 
-def write_crops(crops: Path, name: str, image, result, size: tuple[int, int], faces: list[dict]) -> None:
-    """The aligned crops of one image's faces as ``crops/<name stem>_face<k>.png`` (atomic), and
-    their entries in ``faces`` (the image's JSON records, same order)."""
-    aligned = result.align(image, size=size)
-    stem = os.path.splitext(name)[0]
-    for k, (face, crop) in enumerate(zip(faces, aligned.crops)):
-        target = crops / f"{stem}_face{k}.png"
+def crop_name(input_name: str, k: int) -> str:
+    """The file name of face ``k``'s crop of the input named ``input_name`` (its relative name with
+    the extension): ``sub/a.jpg`` → ``sub/a.jpg_face0.png``."""
+    return f"{input_name}_face{k}.png"
+
+
+_CROP_NAME = re.compile(r"^(.*)_face[0-9]+\.png$", re.DOTALL)
+
+
+def write_crops(crops: Path, name: str, image, result, size: tuple[int, int], faces: list[dict],
+                use_landmarks: bool = True) -> None:
+    """The aligned crops of one image's faces as ``crops/<name>_face<k>.png`` (:func:`crop_name`,
+    atomic), each warped, encoded and written before the next is made (memory: one crop), and their
+    entries in ``faces`` (the image's JSON records, same order)."""
+    for k, face in enumerate(faces):
+        one = align_faces(image, result.boxes[k:k + 1], result.landmarks[k:k + 1], size=size,
+                          use_landmarks=use_landmarks)
+        target = crops / crop_name(name, k)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fileio.write_bytes_atomic(target, fileio.encode_image(crop, ".png"))
+        fileio.write_bytes_atomic(target, fileio.encode_image(one.crops[0], ".png"))
         face["crop"] = str(target)
-        face["crop_from"] = "landmarks" if aligned.from_landmarks[k] else "box"
-        face["crop_matrix"] = [[round(float(v), 5) for v in row] for row in aligned.matrices[k]]
+        face["crop_from"] = "landmarks" if one.from_landmarks[0] else "box"
+        face["crop_matrix"] = [[round(float(v), 5) for v in row] for row in one.matrices[0]]
 
 
-def _video_output_names(path: str, name: str) -> tuple[str, str]:
-    """``(annotated video, JSON Lines)`` names in the output folder for the video ``path``
-    (``name``: its image-style output name, whose extension is replaced)."""
-    stem = os.path.splitext(name)[0]
-    return annotated_video_name(stem + os.path.splitext(path)[1]), stem + ".jsonl"
+def _video_output_names(input_name: str, taken: set[str]) -> tuple[str, str]:
+    """``(annotated video, JSON Lines)`` names in the output folder for the video whose input name
+    is ``input_name`` (:func:`_input_names`); a name already in ``taken`` (``a.mp4`` and ``a.mov``
+    would both give ``a.jsonl``) keeps the input's extension (``a.mov.jsonl``). Both are added to
+    ``taken``."""
+    stem = os.path.splitext(input_name)[0]
+    video, jsonl = annotated_video_name(input_name), stem + ".jsonl"
+    if video in taken:
+        video = input_name + ".mp4"
+    if jsonl in taken:
+        jsonl = input_name + ".jsonl"
+    taken.update((video, jsonl))
+    return video, jsonl
 
 
-def _run_video(detector, path: str, out_dir: Path, outputs: tuple[str, str], args, written: dict):
+def _run_video(detector, path: str, out_dir: Path, outputs: tuple[str, str], args, written: dict,
+               on_interrupt=None):
     """One video → ``(its detections.json record, one-line error or None)``; the written files
-    are added to ``written`` (name → sha256)."""
+    are added to ``written`` (name → sha256). Ctrl-C after some frames: their files are kept,
+    ``on_interrupt(record)`` gets the partial record, and the interrupt goes on."""
     video_name, jsonl_name = outputs
     annotated = None if args.no_draw else out_dir / video_name
     bar = tqdm(unit="frame", desc=os.path.basename(path), file=sys.stderr, leave=False)
@@ -148,8 +186,17 @@ def _run_video(detector, path: str, out_dir: Path, outputs: tuple[str, str], arg
                                on_frame=lambda _: bar.update(1))
     except RetinaFaceError as exc:
         return {"image": path, "error": str(exc)}, str(exc)
+    except VideoInterrupted as exc:
+        if on_interrupt is not None:
+            on_interrupt(_video_record(exc.summary, path, out_dir, video_name, jsonl_name, annotated, args, written))
+        raise
     finally:
         bar.close()
+    record = _video_record(summary, path, out_dir, video_name, jsonl_name, annotated, args, written)
+    return record, summary.error
+
+
+def _video_record(summary, path, out_dir, video_name, jsonl_name, annotated, args, written) -> dict:
     record = {"image": path, "video": {"frames": summary.frames_read, "frames_detected": summary.frames_detected,
                                        "frames_declared": summary.frames_declared, "fps": summary.fps,
                                        "every": args.every, "faces": summary.faces,
@@ -160,7 +207,7 @@ def _run_video(detector, path: str, out_dir: Path, outputs: tuple[str, str], arg
         record["annotated"] = str(annotated)
     if summary.error:
         record["error"] = summary.error
-    return record, summary.error
+    return record
 
 
 def _try_write(write, where: Path, what: str) -> tuple[str | None, bool]:
@@ -168,6 +215,10 @@ def _try_write(write, where: Path, what: str) -> tuple[str | None, bool]:
     is a failure every later write would share too (disk full, quota, read-only, I/O error)."""
     try:
         write()
+    except MemoryError:
+        return f"{_show(where)}: out of memory writing {what}", False
+    except cv2.error as exc:
+        return f"{_show(where)}: cannot make {what}: OpenCV: {fileio.first_line(exc)}", False
     except (OSError, RetinaFaceError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         return f"{_show(where)}: cannot write {what}: {reason}", isinstance(exc, OSError) and exc.errno in _FATAL_WRITE_ERRNOS
@@ -179,16 +230,39 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def _output_names(paths: list[str], roots: list[str]) -> list[str]:
-    """Relative names of the annotated files: folder inputs keep their sub-paths, files their
-    base name; other formats become ``.jpg``; clashes (also ``a.bmp`` vs ``a.jpg``) get a
-    numeric suffix."""
-    names, taken = [], set()
+def _relative_names(paths: list[str], roots: list[str]) -> list[str]:
+    """Each input's name relative to the input folder it was found in (a file given by name: its
+    base name); not yet distinct."""
     abs_roots = [(r, os.path.abspath(r)) for r in roots if os.path.isdir(r)]
+    out = []
     for path in paths:
         ap = os.path.abspath(path)
         root = next((r for r, ar in abs_roots if os.path.commonpath([ar, ap]) == ar), None)
-        rel = os.path.relpath(path, root) if root else os.path.basename(path)
+        out.append(os.path.normpath(os.path.relpath(path, root) if root else os.path.basename(path)))
+    return out
+
+
+def _input_names(paths: list[str], roots: list[str]) -> list[str]:
+    """Relative names of the inputs, extension kept: folder inputs keep their sub-paths, files
+    their base name; two inputs of one name (from two folders) get a numeric suffix
+    (``a.jpg``, ``a_1.jpg``). Distinct for distinct inputs: crops and annotated files are named from them."""
+    names, taken = [], set()
+    for rel in _relative_names(paths, roots):
+        stem, ext = os.path.splitext(rel)
+        name, n = rel, 0
+        while name in taken:
+            n += 1
+            name = f"{stem}_{n}{ext}"
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def _output_names(paths: list[str], roots: list[str]) -> list[str]:
+    """Relative names of the annotated files (see :func:`_relative_names`); other formats become
+    ``.jpg``; clashes (also ``a.bmp`` vs ``a.jpg``) get a numeric suffix."""
+    names, taken = [], set()
+    for rel in _relative_names(paths, roots):
         stem, ext = os.path.splitext(rel)
         if ext.lower() not in ANNOTATED_SUFFIXES:
             ext = ".jpg"
@@ -199,6 +273,36 @@ def _output_names(paths: list[str], roots: list[str]) -> list[str]:
         taken.add(name)
         names.append(name)
     return names
+
+
+def check_planned_outputs(out_dir: Path, planned: list[tuple[str, str]], crops: Path | None,
+                          crop_inputs: list[tuple[str, str]], inputs: list[str]) -> None:
+    """Before any work: no planned output name repeats, lands on an input, or is the name of a
+    crop another input will get. ``planned``: ``(name in out_dir, what it is for)``;
+    ``crop_inputs``: ``(input name, input path)`` of the images whose crops go to ``crops``
+    (``NAME_face<k>.png`` for every k). One-line :class:`UsageError` naming both."""
+    base = os.path.realpath(out_dir)
+    owners: dict[str, str] = {}
+    for name, what in planned:
+        where = os.path.normpath(os.path.join(base, name))
+        if where in owners:
+            raise UsageError(f"{_show(out_dir / name)}: planned both as {_show(owners[where])} and as {_show(what)}; "
+                             "rename one input or run them separately (nothing was changed)")
+        owners[where] = what
+    for path in inputs:
+        real = os.path.realpath(path)
+        if real in owners:
+            raise UsageError(f"{_show(path)}: an input would be replaced by {_show(owners[real])}; "
+                             "choose another --output (nothing was changed)")
+    if crops is None:
+        return
+    crop_base = os.path.realpath(crops)
+    prefixes = {os.path.normpath(os.path.join(crop_base, name)): path for name, path in crop_inputs}
+    for where, what in owners.items():
+        match = _CROP_NAME.match(where)
+        if match and match.group(1) in prefixes:
+            raise UsageError(f"{_show(where)}: planned as {_show(what)} and as a face crop of "
+                             f"{_show(prefixes[match.group(1)])}; give --crops a folder of its own (nothing was changed)")
 
 
 def _show(path) -> str:
@@ -261,7 +365,7 @@ def check_output(out_dir: Path, roots: list[str], paths: list[str], names: list[
     if not out_dir.is_dir():
         return {}
     try:
-        entries = sorted(os.listdir(out_dir))
+        entries = sorted(e for e in os.listdir(out_dir) if not fileio.is_lock_file(e))
     except OSError as exc:
         raise UsageError(f"--output {shown}: cannot list the folder: {exc.strerror}") from None
     previous = _previous_report(out_dir)
@@ -334,12 +438,13 @@ class _Report:
         return f"{done} of {len(self.paths)} images recorded in {_show(self.path)}"
 
 
-def _image_outputs(i: int, image, result, record: dict, report: _Report, names, out_dir: Path, crops, args):
+def _image_outputs(i: int, image, result, record: dict, report: _Report, names, input_names, out_dir: Path, crops,
+                   args):
     """``[(what, where, write)]``: the files one image's detections go to."""
     outputs = []
     if crops is not None:
         outputs.append(("the face crops", crops,
-                        lambda: write_crops(crops, names[i], image, result, args.crop_size, record["faces"])))
+                        lambda: write_crops(crops, input_names[i], image, result, args.crop_size, record["faces"])))
     if not args.no_draw:
         target = out_dir / names[i]
 
@@ -365,16 +470,33 @@ def _check_args(args) -> None:
 
 def run(args) -> int:
     _check_args(args)
-    roots = args.paths or [str(fileio.bundled_image())]
     out_dir = Path(args.output)
     crops = Path(args.crops) if args.crops else None
+    # one run per output folder at a time: a second one is refused at once, naming the first
+    with fileio.output_locks([(out_dir, "--output"), (crops, "--crops")]):
+        return _run(args, out_dir, crops)
+
+
+def _run(args, out_dir: Path, crops: Path | None) -> int:
+    roots = args.paths or [str(fileio.bundled_image())]
     paths = fileio.expand_image_paths(roots, exclude=[out_dir] + ([crops] if crops is not None else []))
     if not paths:
         raise UsageError(f"no images found in {', '.join(_show(r) for r in roots)}")
+    input_names = _input_names(paths, roots)
     names = _output_names(paths, roots)
-    videos = {i: _video_output_names(path, names[i]) for i, path in enumerate(paths) if is_video(path)}
-    image_indices = [i for i in range(len(paths)) if i not in videos]
+    image_indices = [i for i, path in enumerate(paths) if not is_video(path)]
+    taken = {REPORT_NAME} | {names[i] for i in image_indices}
+    videos = {i: _video_output_names(input_names[i], taken) for i, path in enumerate(paths) if is_video(path)}
+    if crops is not None and videos:
+        raise UsageError(f"--crops: face crops are made from images only, and {_show(paths[next(iter(videos))])} "
+                         "is a video; run the videos without --crops (nothing was changed)")
     always = [v[1] for v in videos.values()] + ([] if args.no_draw else [v[0] for v in videos.values()])
+    planned = [(REPORT_NAME, "the report")]
+    planned += [] if args.no_draw else [(names[i], f"the annotated image of {paths[i]}") for i in image_indices]
+    for i, (video, jsonl) in videos.items():
+        planned += [(jsonl, f"the JSON Lines of {paths[i]}")]
+        planned += [] if args.no_draw else [(video, f"the annotated video of {paths[i]}")]
+    check_planned_outputs(out_dir, planned, crops, [(input_names[i], paths[i]) for i in image_indices], paths)
     previous = check_output(out_dir, roots, paths, [names[i] for i in image_indices], draw=not args.no_draw,
                             always=always)
     if crops is not None:
@@ -414,7 +536,8 @@ def run(args) -> int:
                 continue
             record = {"image": paths[i], "width": image.shape[1], "height": image.shape[0],
                       "faces": result.to_list()}
-            for what, where, write in _image_outputs(i, image, result, record, report, names, out_dir, crops, args):
+            for what, where, write in _image_outputs(i, image, result, record, report, names, input_names, out_dir,
+                                                    crops, args):
                 error, fatal = _try_write(write, where, what)
                 if fatal:
                     report.records[i] = {"image": paths[i], "error": error}
@@ -426,7 +549,8 @@ def run(args) -> int:
             report.records[i] = record
             report.save_now_and_then()
         for i, outputs in videos.items():
-            report.records[i], error = _run_video(detector, paths[i], out_dir, outputs, args, report.written)
+            report.records[i], error = _run_video(detector, paths[i], out_dir, outputs, args, report.written,
+                                                  on_interrupt=lambda record, i=i: report.records.__setitem__(i, record))
             if error:
                 failed += 1
                 print(f"error: {_show(error)}", file=sys.stderr)

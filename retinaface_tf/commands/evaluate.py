@@ -24,7 +24,7 @@ from retinaface_tf.commands import add_model_args, add_runtime_arg
 from retinaface_tf.errors import RetinaFaceError, UsageError
 from retinaface_tf.evaluation import widerface as W
 from retinaface_tf.evaluation.tta import TestTimeAugmentation, predict_images
-from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, max_pixels_arg, probe_image
+from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, is_lock_file, max_pixels_arg, output_locks, probe_image
 from retinaface_tf.inference import Detector
 from retinaface_tf.vis.pr_curves import save_pr_curves
 
@@ -121,7 +121,7 @@ def _check_outputs(args) -> None:
             if not out.is_dir():
                 raise UsageError(f"--save-predictions {out}: exists and is not a folder; give a new or empty folder")
             try:
-                entries = sorted(os.listdir(out))
+                entries = sorted(e for e in os.listdir(out) if not is_lock_file(e))
             except OSError as exc:
                 raise UsageError(f"--save-predictions {out}: cannot list the folder: {exc.strerror}") from None
             if entries:
@@ -226,6 +226,12 @@ def _detected_predictions(args, gt, events, log) -> tuple[dict, str, float]:
 
 def run(args) -> int:
     _check_args(args)
+    # one run per --save-predictions folder at a time: a second one is refused at once
+    with output_locks([(args.save_predictions, "--save-predictions")]):
+        return _run(args)
+
+
+def _run(args) -> int:
     events = [e for e in args.events.split(",") if e] if args.events else None
     _check_outputs(args)
 

@@ -6,10 +6,12 @@ import re
 from pathlib import Path
 
 from retinaface_tf.commands import add_model_args
-from retinaface_tf.errors import UsageError
-from retinaface_tf.fileio import expand_image_paths
+from retinaface_tf.errors import ExportError, UsageError
+from retinaface_tf.fileio import expand_image_paths, output_lock, probe_image
 from retinaface_tf.models.weights import load_model
 from retinaface_tf.serving import ExportSettings, export_saved_model, export_tflite
+from retinaface_tf.serving.module import MAX_DETECTIONS_LIMIT
+from retinaface_tf.serving.tflite import CALIBRATION_HINT, check_input_size
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -76,6 +78,15 @@ def run(args) -> int:
     elif args.version is not None:
         raise UsageError("--version: only for --format saved_model")
     size = parse_size(args.input_size)
+    if args.format == "tflite":
+        try:
+            check_input_size(size)
+        except ExportError as exc:
+            raise UsageError(f"--input-size {args.input_size}: {exc}") from None
+    for flag, value in (("--max-detections", args.max_detections), ("--pre-nms-top-k", args.pre_nms_top_k)):
+        if value is not None and not 1 <= value <= MAX_DETECTIONS_LIMIT:  # 0 never means "the default"
+            raise UsageError(f"{flag} must be in [1, {MAX_DETECTIONS_LIMIT}], got {value} (leave it out for the "
+                             "config's value)")
     calibration = None
     if args.format == "tflite" and args.quantize == "int8":
         if not args.calibration_images:
@@ -85,8 +96,17 @@ def run(args) -> int:
         calibration = expand_image_paths(args.calibration_images)
         if not calibration:
             raise UsageError(f"no images found in {', '.join(args.calibration_images)}")
+        for path in calibration[:args.calibration_count]:  # every header before the model is loaded
+            probe_image(path, hint=CALIBRATION_HINT)
 
     output = args.output if args.output is not None else default_output(args.format, args.quantize, size, args.raw)
+    if args.format == "tflite" and not str(output).endswith(".tflite"):
+        output = f"{output}.tflite"  # what export_tflite writes: the lock guards that name
+    with output_lock(output):  # a second export into the same model folder / file is refused at once
+        return _export(args, output, size, calibration)
+
+
+def _export(args, output, size, calibration) -> int:
     model, config = load_model(args.weights, args.config)
     settings = ExportSettings.from_config(config, channel_order=args.channel_order, score_threshold=args.score_threshold,
                                           iou_threshold=args.iou_threshold, pre_nms_top_k=args.pre_nms_top_k,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 from retinaface_tf import fileio
 from retinaface_tf.commands import parse_overrides
 from retinaface_tf.config import Config
@@ -42,7 +45,29 @@ def add_parser(sub, name, help_text):
     return p
 
 
+def _is_chief_process() -> bool:
+    """Whether this process writes the run folder: no ``TF_CONFIG`` cluster, or its chief (the
+    ``chief`` task, else worker 0). Only the chief takes the run folder's lock."""
+    try:
+        tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    except ValueError:
+        return True  # make_strategy reports the malformed TF_CONFIG
+    if not isinstance(tf_config, dict) or not tf_config.get("cluster"):
+        return True
+    task = tf_config.get("task") or {}
+    kind, index = task.get("type"), task.get("index", 0)
+    if kind == "chief":
+        return True
+    return kind == "worker" and index == 0 and "chief" not in tf_config["cluster"]
+
+
 def run(args) -> int:
+    # one run per run folder at a time: a second train into it is refused at once, naming the first
+    with fileio.output_locks([(args.output if _is_chief_process() else None, "--output")]):
+        return _run(args)
+
+
+def _run(args) -> int:
     # Every check before any work: a bad config or flag fails with one line and leaves --output
     # untouched.
     cfg = Config.load(args.config)

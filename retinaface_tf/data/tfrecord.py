@@ -25,9 +25,10 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from retinaface_tf.data.widerface import Annotations, ImageAnnotation, check_images
+from retinaface_tf.data.widerface import MAX_LABEL_VALUE, TF_FORMATS, Annotations, ImageAnnotation, check_images
 from retinaface_tf.constants import NUM_LANDMARKS
-from retinaface_tf.errors import TFRecordError
+from retinaface_tf.errors import ImageError, TFRecordError
+from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, first_line, open_regular_file, probe_image_bytes
 from retinaface_tf.ops.faces import Faces
 
 _FEATURES = {
@@ -88,6 +89,104 @@ def write_tfrecords(annotations: Annotations | Sequence[ImageAnnotation], images
         for w in writers:
             w.close()
     return paths
+
+
+def _record_problem(record: bytes, label: str, max_pixels: int | None, decode: bool) -> str | None:
+    """What is wrong with one serialized record (``None``: nothing): what :func:`parse_example`
+    and the training pipeline's decoder would fail on, as one line."""
+    try:
+        feature = tf.train.Example.FromString(record).features.feature
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+        return f"not a tf.train.Example ({type(exc).__name__})"
+
+    def values(key: str, kind: str):
+        if key not in feature:
+            return []
+        f = feature[key]
+        if f.WhichOneof("kind") not in (None, kind):
+            raise ValueError(f"{key} is a {f.WhichOneof('kind')}, expected a {kind}")
+        return getattr(f, kind).value
+
+    try:
+        encoded = values("image/encoded", "bytes_list")
+        if len(encoded) != 1:
+            return f"image/encoded holds {len(encoded)} values, expected one image"
+        boxes = np.asarray(values("face/bbox", "float_list"), np.float64)
+        landmarks = np.asarray(values("face/landmarks", "float_list"), np.float64)
+        has = values("face/has_landmarks", "int64_list")
+    except ValueError as exc:
+        return str(exc)
+    if len(boxes) % 4:
+        return f"face/bbox holds {len(boxes)} values, not a multiple of 4 (x1 y1 x2 y2 per face)"
+    faces = len(boxes) // 4
+    if len(landmarks) != faces * 2 * NUM_LANDMARKS or len(has) != faces:
+        return (f"{faces} faces but {len(landmarks)} face/landmarks values (expected {faces * 2 * NUM_LANDMARKS}) "
+                f"and {len(has)} face/has_landmarks (expected {faces})")
+    for key, array in (("face/bbox", boxes), ("face/landmarks", landmarks)):
+        if not np.isfinite(array).all() or (np.abs(array) > MAX_LABEL_VALUE).any():
+            return f"{key} holds a value that is not finite or out of range (+-{MAX_LABEL_VALUE:g})"
+    try:
+        header = probe_image_bytes(encoded[0], label, max_pixels=max_pixels)
+        if header.format not in TF_FORMATS:
+            return f"image/encoded is a {header.format}, which TensorFlow's decode_image cannot read"
+        if decode:
+            if header.format == "JPEG":
+                tf.io.decode_jpeg(encoded[0], channels=3, ratio=8)
+            else:
+                tf.io.decode_image(encoded[0], channels=3, expand_animations=False)
+    except ImageError as exc:
+        return f"image/encoded: {str(exc)[len(label) + 2:]}"
+    except (tf.errors.OpError, MemoryError) as exc:
+        return f"image/encoded: TensorFlow cannot decode this {header.format} ({first_line(exc)[:200]})"
+    return None
+
+
+def check_tfrecords(file_pattern: str | Sequence[str], *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                    decode: bool = True) -> int:
+    """Read every record of every shard matching ``file_pattern`` before training, so a bad one
+    fails at once with one line naming the shard and the record (and its image/filename), not as
+    a TensorFlow traceback in the first step: a shard that is not a regular file, truncated or
+    damaged (CRC), a record that is not an Example, face lists of inconsistent lengths, values not
+    finite, an image that is not a JPEG/PNG/BMP/GIF/WebP, larger than ``max_pixels`` or (with
+    ``decode``, 1/8 scale for JPEG as for label files) not decodable. Returns the number of
+    records; :class:`TFRecordError` when none."""
+    patterns = [file_pattern] if isinstance(file_pattern, (str, os.PathLike)) else list(file_pattern)
+    patterns = [os.fspath(p) for p in patterns]
+    shards = sorted(tf.io.gfile.glob(patterns))
+    if not shards:
+        raise TFRecordError(f"no TFRecord files match {', '.join(patterns)}")
+    total = 0
+    for shard in shards:
+        if "://" not in shard:  # a local shard: only a regular file (a FIFO would hang)
+            try:
+                with open_regular_file(shard, "TFRecord shard"):
+                    pass
+            except ImageError as exc:
+                raise TFRecordError(str(exc)) from None
+        index = 0
+        try:
+            for index, record in enumerate(tf.data.TFRecordDataset(shard).as_numpy_iterator()):
+                label = f"{shard}: record {index}"
+                problem = _record_problem(record, label, max_pixels, decode)
+                if problem:
+                    name = _filename(record)
+                    raise TFRecordError(f"{label}{f' ({name})' if name else ''}: {problem}")
+                index += 1
+        except tf.errors.OpError as exc:
+            raise TFRecordError(f"{shard}: record {index}: cannot be read, the shard is truncated or damaged "
+                                f"({first_line(exc)[:200]})") from None
+        total += index
+    if not total:
+        raise TFRecordError(f"{', '.join(patterns)}: the shards hold no record")
+    return total
+
+
+def _filename(record: bytes) -> str:
+    try:
+        value = tf.train.Example.FromString(record).features.feature["image/filename"].bytes_list.value
+        return value[0].decode("utf-8", "backslashreplace")[:200] if value else ""
+    except Exception:  # noqa: BLE001
+        return ""
 
 
 def parse_example(serialized):

@@ -44,10 +44,15 @@ import tensorflow as tf
 
 from retinaface_tf.constants import NUM_LANDMARKS
 from retinaface_tf.errors import BadImagesError, ImageError, LabelFileError, MissingImagesError
-from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, probe_image
+from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, open_regular_file, probe_image, read_regular_file
 from retinaface_tf.ops.faces import Faces
 
 MIN_NUMBERS, MAX_NUMBERS = 4, 20
+# Label values are pixel coordinates: beyond this they are damage, and near float32's limit
+# (3.4e38) ``x + w`` overflows to inf in the shards. Label and .mat files are read only when they
+# are regular files of at most MAX_LABEL_BYTES (the WIDER FACE train labels are 20 MB).
+MAX_LABEL_VALUE = 1e9
+MAX_LABEL_BYTES = 512 << 20
 # Positions of the 10 landmark coordinates in a label.txt line (flags at 6, 9, 12, 15, 18).
 _LANDMARK_POSITIONS = (4, 5, 7, 8, 10, 11, 13, 14, 16, 17)
 
@@ -139,9 +144,12 @@ def _numbers(tokens: Sequence[str], where: str) -> list[float]:
         try:
             v = float(tok)
         except ValueError:
-            raise LabelFileError(f"{where}: {tok!r} is not a number") from None
+            raise LabelFileError(f"{where}: {tok[:40]!r} is not a number") from None
         if not math.isfinite(v):
-            raise LabelFileError(f"{where}: {tok!r} is not a finite number")
+            raise LabelFileError(f"{where}: {tok[:40]!r} is not a finite number")
+        if abs(v) > MAX_LABEL_VALUE:
+            raise LabelFileError(f"{where}: {tok[:40]!r} is out of range (a pixel coordinate within "
+                                 f"+-{MAX_LABEL_VALUE:g})")
         values.append(v)
     return values
 
@@ -154,10 +162,12 @@ def _warn_dropped(source: str, dropped: int) -> None:
 
 def _open_lines(path: str) -> list[str]:
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().splitlines()
-    except OSError as exc:
-        raise LabelFileError(f"{path}: cannot read label file: {exc.strerror}") from None
+        raw = read_regular_file(path, max_bytes=MAX_LABEL_BYTES, what="label file", error=LabelFileError)
+    except LabelFileError as exc:
+        reason = str(exc)[len(path) + 2:] if str(exc).startswith(f"{path}: ") else str(exc)
+        raise LabelFileError(f"{path}: cannot read label file: {reason}") from None
+    try:
+        return raw.decode("utf-8").splitlines()
     except UnicodeDecodeError as exc:
         raise LabelFileError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
 
@@ -269,7 +279,13 @@ def load_mat(path: str | os.PathLike, *, error: type[Exception] = LabelFileError
     """A MATLAB ``.mat`` file as ``scipy.io.loadmat`` reads it; an unreadable file is ``error``
     naming it."""
     try:
-        return scipy.io.loadmat(os.fspath(path))
+        with open_regular_file(path, ".mat file") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_LABEL_BYTES:
+                raise error(f"{path}: {size} bytes, more than a .mat file may hold ({MAX_LABEL_BYTES} bytes)")
+            return scipy.io.loadmat(f)
+    except ImageError as exc:  # not a regular file, missing
+        raise error(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - scipy raises several unrelated types for bad files
         raise error(f"{path}: cannot read .mat file: {exc}") from None
 

@@ -44,6 +44,8 @@ from retinaface_tf.ops.boxes import iou_matrix_np, xywh_to_xyxy
 SETTINGS = ("easy", "medium", "hard")
 GROUND_TRUTH_FILES = ("wider_face_val.mat", "wider_easy_val.mat", "wider_medium_val.mat", "wider_hard_val.mat")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# one prediction file lists one image's faces (a few kB); only regular files up to this are read
+MAX_PREDICTION_BYTES = 64 << 20
 
 ImageKey = tuple  # (event, image name without extension)
 
@@ -200,10 +202,12 @@ def read_prediction_file(path: str | os.PathLike) -> tuple[str, np.ndarray]:
     naming the file and line when it is malformed or the count disagrees.
     """
     path = Path(path)
+    raw = fileio.read_regular_file(path, max_bytes=MAX_PREDICTION_BYTES, what="prediction file",
+                                   error=PredictionError)
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PredictionError(f"{path}: cannot read: {exc}") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PredictionError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
     lines = text.splitlines()
     if len(lines) < 2:
         raise PredictionError(f"{path}: expected an image-name line and a count line, got {len(lines)} line(s)")

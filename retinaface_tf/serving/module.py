@@ -24,6 +24,8 @@ SIGNATURES = ("serving_default", "with_thresholds", "image_bytes", "image_bytes_
 # told to leave them in float32 (their TFLite tensor names contain them).
 PREPROCESS_SCOPE = "preprocess"
 POSTPROCESS_SCOPE = "postprocess"
+# K and the pre-NMS candidates are padded output / working sizes baked into the graph
+MAX_DETECTIONS_LIMIT = 100_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +50,8 @@ class ExportSettings:
             raise ExportError(f"score threshold must be in [0, 1], got {self.score_threshold}")
         if not 0.0 < self.iou_threshold <= 1.0:
             raise ExportError(f"IoU threshold must be in (0, 1], got {self.iou_threshold}")
-        if self.max_detections < 1 or self.pre_nms_top_k < 1:
-            raise ExportError(f"max detections and pre-NMS top-k must be >= 1, got "
+        if not (1 <= self.max_detections <= MAX_DETECTIONS_LIMIT and 1 <= self.pre_nms_top_k <= MAX_DETECTIONS_LIMIT):
+            raise ExportError(f"max detections and pre-NMS top-k must be in [1, {MAX_DETECTIONS_LIMIT}], got "
                               f"{self.max_detections} and {self.pre_nms_top_k}")
 
     @classmethod
@@ -60,8 +62,8 @@ class ExportSettings:
         post = config.postprocess
         return cls(channel_order=channel_order, score_threshold=float(score_threshold),
                    iou_threshold=float(post.iou_threshold if iou_threshold is None else iou_threshold),
-                   pre_nms_top_k=int(pre_nms_top_k or post.pre_nms_top_k),
-                   max_detections=int(max_detections or post.max_detections))
+                   pre_nms_top_k=int(post.pre_nms_top_k if pre_nms_top_k is None else pre_nms_top_k),
+                   max_detections=int(post.max_detections if max_detections is None else max_detections))
 
 
 class ExportModule(tf.Module):

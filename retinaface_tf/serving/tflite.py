@@ -55,6 +55,28 @@ def letterbox(image_bgr: np.ndarray, input_size: tuple[int, int], *, channel_ord
     return np.ascontiguousarray(canvas[None]), scale
 
 
+# A fixed TFLite input: the converter and the interpreter allocate every activation for it, so
+# sizes from outside are bounded (8192 a side, 4096x4096 pixels: 4K video fits with room).
+MAX_INPUT_SIDE = 8192
+MAX_INPUT_PIXELS = 4096 * 4096
+
+
+def check_input_size(input_size) -> tuple[int, int]:
+    """``(height, width)`` of a TFLite input, each side 32..:data:`MAX_INPUT_SIDE` and at most
+    :data:`MAX_INPUT_PIXELS` pixels; else a one-line :class:`ExportError`."""
+    height, width = int(input_size[0]), int(input_size[1])
+    if min(height, width) < 32:
+        raise ExportError(f"input size must be at least 32x32, got {width}x{height}")
+    if max(height, width) > MAX_INPUT_SIDE or height * width > MAX_INPUT_PIXELS:
+        raise ExportError(f"input size {width}x{height} is too large: at most {MAX_INPUT_SIDE} pixels a side and "
+                          f"{MAX_INPUT_PIXELS // 1024 // 1024}M pixels ({int(MAX_INPUT_PIXELS ** 0.5)}x"
+                          f"{int(MAX_INPUT_PIXELS ** 0.5)})")
+    return height, width
+
+
+CALIBRATION_HINT = "give smaller calibration images"
+
+
 def calibration_dataset(images: Sequence, input_size: tuple[int, int], *, channel_order: str = "rgb",
                         count: int | None = None) -> Callable[[], Iterable[dict]]:
     """Representative dataset for int8 calibration: real images (paths or BGR arrays) through
@@ -67,7 +89,7 @@ def calibration_dataset(images: Sequence, input_size: tuple[int, int], *, channe
 
     def generate():
         for image in images:
-            bgr = read_image(image) if isinstance(image, (str, os.PathLike)) else image
+            bgr = read_image(image, hint=CALIBRATION_HINT) if isinstance(image, (str, os.PathLike)) else image
             yield {"images": letterbox(bgr, input_size, channel_order=channel_order)[0]}
 
     return generate
@@ -196,9 +218,7 @@ def export_tflite(model, config, output: str | os.PathLike, settings: ExportSett
     if output.is_dir():
         raise ExportError(f"{output}: is a folder; give a .tflite file name")
     _check_tflite_outputs(output)
-    height, width = int(input_size[0]), int(input_size[1])
-    if min(height, width) < 32:
-        raise ExportError(f"input size must be at least 32x32, got {width}x{height}")
+    height, width = check_input_size(input_size)
     if quantize not in QUANTIZE_MODES:
         raise ExportError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
     rep = None

@@ -3,13 +3,14 @@ checks that a folder holds this run (to resume) or nothing (to start)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import yaml
 
 from retinaface_tf.config import Config
 from retinaface_tf.errors import ConfigError, TrainingError
-from retinaface_tf.fileio import write_text_atomic
+from retinaface_tf.fileio import is_lock_file, write_text_atomic
 from retinaface_tf.models.weights import CONFIG_FILE, WEIGHTS_FILE
 
 RUN_FILE = "run.yaml"
@@ -47,7 +48,7 @@ def prepare_output(output_dir: Path, config: Config, data: dict, *, write: bool 
         if write:
             _remove_orphan_temporaries(output_dir)
         return True
-    if output_dir.exists() and any(output_dir.iterdir()):
+    if output_dir.exists() and any(not is_lock_file(item.name) for item in output_dir.iterdir()):
         raise TrainingError(f"{output_dir}: folder is not empty and holds no run.yaml; choose another --output")
     if output_dir.exists() and not output_dir.is_dir():
         raise TrainingError(f"{output_dir}: exists and is not a folder; choose another --output")
@@ -56,6 +57,27 @@ def prepare_output(output_dir: Path, config: Config, data: dict, *, write: bool 
         config.to_yaml(output_dir / CONFIG_FILE)
         write_text_atomic(run_file, yaml.safe_dump(identity, sort_keys=False))
     return False
+
+
+def remove_failed_start(output_dir: Path) -> bool:
+    """After a new run stopped before its first epoch was saved (no ``backup/state.json``, no
+    weights): remove what its start wrote (``run.yaml``, ``config.yaml``, the TensorBoard logs,
+    the empty backup folder, a partial history) and the folder itself when that leaves it empty,
+    so the corrected rerun (other data, other settings) is not refused as a different run.
+    Returns whether it did; a folder holding anything else is left as it is."""
+    if (output_dir / BACKUP_FOLDER / STATE_FILE).exists() or (output_dir / WEIGHTS_FILE).exists():
+        return False
+    for name in (RUN_FILE, CONFIG_FILE, HISTORY_FILE, BEST_FILE):
+        (output_dir / name).unlink(missing_ok=True)
+    for name in ("logs", BACKUP_FOLDER):
+        if (output_dir / name).is_dir():
+            shutil.rmtree(output_dir / name, ignore_errors=True)
+    _remove_orphan_temporaries(output_dir)
+    try:
+        output_dir.rmdir()
+    except OSError:
+        pass
+    return True
 
 
 def _current_names(identity, source: str):

@@ -19,9 +19,10 @@ import tensorflow as tf
 
 from retinaface_tf.config import Config
 from retinaface_tf.data.pipeline import build_dataset, dataset_kwargs
+from retinaface_tf.data.tfrecord import check_tfrecords
 from retinaface_tf.data.widerface import check_images, read_annotations
 from retinaface_tf.errors import TrainingError
-from retinaface_tf.fileio import DEFAULT_MAX_PIXELS
+from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, first_line
 from retinaface_tf.losses import MultiBoxLoss
 from retinaface_tf.models.retinaface import build_from_config
 from retinaface_tf.models.weights import load_initial_weights
@@ -29,7 +30,8 @@ from retinaface_tf.training.callbacks import (AtomicBackupAndRestore, HistoryWri
                                               StopOnNonFiniteLoss, ValidationCallback, WeightsCheckpoint)
 from retinaface_tf.training.distribution import DistributedTrainingModel, is_chief, make_strategy
 from retinaface_tf.training.optimizer import make_optimizer
-from retinaface_tf.training.run_folder import BACKUP_FOLDER, HISTORY_FILE, STATE_FILE, prepare_output
+from retinaface_tf.training.run_folder import (BACKUP_FOLDER, HISTORY_FILE, STATE_FILE, prepare_output,
+                                              remove_failed_start)
 
 
 def build_training_model(config: Config, *, steps_per_epoch: int, global_batch: int) -> keras.Model:
@@ -67,6 +69,8 @@ def _data_source(*, label_file, images_dir, tfrecord_pattern, steps_per_epoch: i
         if steps_per_epoch is None:
             raise TrainingError("--steps-per-epoch is required with --tfrecords")
         num_images = steps_per_epoch * global_batch
+        # every record of every shard, before anything is written: one line naming shard and record
+        check_tfrecords(tfrecord_pattern, max_pixels=max_pixels)
         source = {"tfrecord_pattern": tfrecord_pattern}
     if num_images < global_batch and steps_per_epoch is None:
         raise TrainingError(f"{label_file}: {num_images} images cannot fill one batch of {global_batch}; "
@@ -136,13 +140,24 @@ def train(config: Config, *, output_dir, label_file=None, images_dir=None, tfrec
         model = build_training_model(config, steps_per_epoch=steps, global_batch=global_batch)
         init = "resumed from backup" if resuming else load_initial_weights(
             model, weights=weights, backbone_weights=backbone_weights)
+    fresh = chief and not resuming and not (output_dir / "run.yaml").exists()
     if chief:  # everything that can fail at start has passed: now the run folder is written
         prepare_output(output_dir, config, data_desc)
     if chief and verbose:
         print(f"training {config.name} on {num_images} images, {steps} steps/epoch of {global_batch} "
               f"({strategy.num_replicas_in_sync} replica(s)), {t.epochs} epochs, init: {init}", file=sys.stderr)
-    history = model.fit(dataset, epochs=t.epochs, steps_per_epoch=steps, verbose=verbose,
-                        callbacks=_callbacks(log_dir, output_dir, validation, extra_callbacks))
+    try:
+        history = model.fit(dataset, epochs=t.epochs, steps_per_epoch=steps, verbose=verbose,
+                            callbacks=_callbacks(log_dir, output_dir, validation, extra_callbacks))
+    except BaseException as exc:
+        # a run that stops before its first epoch is saved leaves nothing that blocks the rerun
+        removed = fresh and remove_failed_start(output_dir)
+        if isinstance(exc, tf.errors.OpError):  # the data broke inside a step (a shard damaged since the check)
+            source_name = tfrecord_pattern or label_file
+            note = "; the run folder was removed (no epoch finished)" if removed else ""
+            raise TrainingError(f"{source_name}: training stopped, the data cannot be read "
+                                f"({type(exc).__name__}: {first_line(exc)[:300]}){note}") from None
+        raise
     if not chief:
         shutil.rmtree(log_dir, ignore_errors=True)
     return history
