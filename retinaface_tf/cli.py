@@ -25,18 +25,25 @@ from retinaface_tf.errors import RetinaFaceError
 # without a GPU) is noise for a command-line user; TF_CPP_MIN_LOG_LEVEL set by the user wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-# name -> one-line help. Add a subcommand by adding its module and a line here.
+# name -> one-line help, in the order a user meets them. Add a subcommand by adding its module and a line here.
 COMMANDS = {
-    "detect": "find faces in images (files or folders) and write annotated images / JSON",
-    "convert": "convert reference PyTorch .pth checkpoints into Keras weights (no torch needed)",
-    "train": "train RetinaFace with model.fit under tf.distribute (resumable; any config value overridable)",
-    "evaluate": "WIDER FACE easy/medium/hard AP (official protocol), PR curves, test-time augmentation",
-    "explain": "saliency and Grad-CAM++ maps of one face's score over the photo (tf-keras-vis)",
-    "plot-run": "loss curves (box / class / landmark / total) and learning rate of a training run as one PNG",
-    "show-anchors": "anchors matched to each face of a training image after augmentation, and faces left without one",
+    "detect": "find faces in photos, folders and videos; write annotated copies, detections.json and aligned crops",
     "export": "deployment: TF Serving SavedModel or TFLite (float32/fp16/dynamic/int8), decode + NMS inside",
+    "evaluate": "WIDER FACE easy/medium/hard AP (official protocol), PR curves, test-time augmentation",
+    "train": "train or fine-tune RetinaFace with model.fit under tf.distribute (resumable; any config value overridable)",
+    "plot-run": "loss curves, learning rate and val AP of one or more training runs as one PNG",
     "make-tfrecords": "write the TFRecord shards that `train --tfrecords` reads from a label file and its images",
+    "show-anchors": "anchors matched to each face of a training image after augmentation, and faces left without one",
+    "explain": "saliency and Grad-CAM++ maps of one face's score over the photo (tf-keras-vis)",
+    "convert": "convert reference PyTorch .pth checkpoints into Keras weights (no torch needed)",
 }
+
+EXAMPLES = """examples:
+  retinaface-tf detect photo.jpg photos/ clip.mp4     faces in a photo, a folder and a video -> ./detections/
+  retinaface-tf export --format tflite                 -> exported/retinaface_fp32_640x640.tflite
+  retinaface-tf evaluate --images data/widerface/val/images --ground-truth data/widerface/ground_truth
+
+Run `retinaface-tf COMMAND --help` for a command's flags. Documentation: README.md and docs/."""
 
 
 # ---------------------------------------------------------------------- TensorFlow start-up lines
@@ -142,18 +149,21 @@ def _command_name(argv: list[str]) -> str | None:
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser with every subcommand. A command's module is imported only when needed: the one
     ``argv`` names (none for ``retinaface-tf --help``), or all of them when ``argv`` is None."""
-    parser = argparse.ArgumentParser(prog="retinaface-tf", description="RetinaFace face detection in Keras 3 / TensorFlow")
+    parser = argparse.ArgumentParser(prog="retinaface-tf", description="RetinaFace face detection in Keras 3 / TensorFlow",
+                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"retinaface-tf {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     wanted = None if argv is None else _command_name(argv)
     for name, help_text in COMMANDS.items():
         if argv is not None and name != wanted:
-            sub.add_parser(name, help=help_text, description=help_text)  # listed by --help, never run
+            sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:])  # listed, never run
             continue
         module = importlib.import_module(f"retinaface_tf.commands.{name.replace('-', '_')}")
         p = module.add_parser(sub, name, help_text)
         p.set_defaults(_run=module.run)
+        if p.description:  # one sentence style: the one-line help starts lower case, a description upper case
+            p.description = p.description[0].upper() + p.description[1:]
     return parser
 
 

@@ -12,9 +12,10 @@ def add_parser(sub, name, help_text):
         "mobilenet0.25 model (mobilenet0.25_Final.pth -> OUTPUT/model.weights.h5) or the ImageNet "
         "MobileNetV1-0.25 backbone (mobilenetV1X0.25_pretrain.tar -> OUTPUT/backbone.weights.h5). "
         "A checkpoint that asks to import anything but tensors and containers is refused."))
-    p.add_argument("checkpoint", help="reference .pth / .tar checkpoint")
-    p.add_argument("--output", "-o", required=True, help="output folder (written atomically)")
-    p.add_argument("--config", default="mobilenet025", help="preset name or YAML (default mobilenet025)")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="reference .pth / .tar checkpoint")
+    p.add_argument("--output", "-o", required=True, metavar="DIR", help="output folder, written atomically (required)")
+    p.add_argument("--config", default="mobilenet025", metavar="CONFIG",
+                   help="config name or YAML file (default mobilenet025)")
     return p
 
 

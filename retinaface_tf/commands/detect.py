@@ -40,7 +40,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from retinaface_tf import fileio
-from retinaface_tf.commands import add_model_args, add_runtime_arg
+from retinaface_tf.commands import add_model_args, add_quiet_arg, add_runtime_arg, add_threshold_args
 from retinaface_tf.constants import LANDMARK_NAMES
 from retinaface_tf.errors import ImageError, RetinaFaceError, UsageError
 from retinaface_tf.inference import Detector
@@ -56,19 +56,21 @@ _FATAL_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 
 
 def add_parser(sub, name, help_text):
-    p = sub.add_parser(name, help=help_text, description=help_text)
+    p = sub.add_parser(name, help=help_text, description=help_text + ". Without a path it runs on the bundled "
+                       "demo photo.")
     p.add_argument("paths", nargs="*", metavar="PATH",
-                   help="image files or folders (default: the bundled demo photo)")
-    p.add_argument("--output", "-o", default="detections",
-                   help="folder for annotated images and detections.json (default: ./detections); it must be "
+                   help="image files, folders (walked recursively for images) or video files (clip.mp4: an "
+                        "annotated copy + one JSON line per frame); default: the bundled demo photo")
+    p.add_argument("--output", "-o", default="detections", metavar="DIR",
+                   help="folder for annotated images and detections.json (default ./detections); it must be "
                         "new, empty, or an earlier detect output, and may not hold any input")
-    p.add_argument("--threshold", type=float, default=0.5, help="minimum face score (default 0.5)")
-    p.add_argument("--max-size", type=int, default=None,
-                   help="downscale images whose long side exceeds this many pixels (default: original size)")
+    add_threshold_args(p, score_default=0.5, dest="threshold")
+    p.add_argument("--max-size", type=int, default=None, metavar="N",
+                   help="downscale images whose long side exceeds N pixels (default: original size)")
     p.add_argument("--max-pixels", type=fileio.max_pixels_arg, default=fileio.DEFAULT_MAX_PIXELS, metavar="N",
                    help=f"refuse images larger than this from their header, before decoding (default "
                         f"{fileio.DEFAULT_MAX_PIXELS // 10**6}M = {fileio.DEFAULT_MAX_PIXELS} pixels; K/M/G suffixes allowed)")
-    p.add_argument("--batch-size", type=int, default=8,
+    p.add_argument("--batch-size", type=int, default=8, metavar="N",
                    help="images per inference batch; different sizes are padded into one canvas, detections "
                         "unchanged (default 8)")
     p.add_argument("--crops", metavar="DIR", default=None,
@@ -79,6 +81,7 @@ def add_parser(sub, name, help_text):
                    help="videos: detect every N-th frame (the frames between show the last detections; default 1)")
     p.add_argument("--json", action="store_true", help="print the detections as JSON on stdout")
     p.add_argument("--no-draw", action="store_true", help="do not write annotated images")
+    add_quiet_arg(p)
     add_model_args(p)
     add_runtime_arg(p)
     return p
@@ -354,7 +357,9 @@ def _image_outputs(i: int, image, result, record: dict, report: _Report, names, 
 
 def _check_args(args) -> None:
     if not (math.isfinite(args.threshold) and 0 <= args.threshold <= 1):
-        raise UsageError(f"--threshold must be in [0, 1], got {args.threshold}")
+        raise UsageError(f"--score-threshold must be in [0, 1], got {args.threshold}")
+    if args.iou_threshold is not None and not (math.isfinite(args.iou_threshold) and 0 <= args.iou_threshold <= 1):
+        raise UsageError(f"--iou-threshold must be in [0, 1], got {args.iou_threshold}")
     if args.max_size is not None and args.max_size < 32:
         raise UsageError(f"--max-size must be >= 32, got {args.max_size}")
     if args.batch_size < 1:
@@ -381,7 +386,8 @@ def run(args) -> int:
         check_crops_folder(crops, roots, paths)
 
     # the model first: bad --weights leave no output folder behind
-    detector = Detector(args.weights, args.config, score_threshold=args.threshold, max_size=args.max_size,
+    detector = Detector(args.weights, args.config, score_threshold=args.threshold, iou_threshold=args.iou_threshold,
+                        max_size=args.max_size,
                         batch_size=args.batch_size, max_pixels=args.max_pixels, runtime=args.runtime)
     _prepare_output(out_dir)
     report = _Report(out_dir, paths, args, {n: h for n, h in previous.items() if (out_dir / n).is_file()})
@@ -401,7 +407,7 @@ def run(args) -> int:
             yield originals[i]
 
     failed = 0
-    progress = tqdm(total=len(image_indices), unit="img", disable=len(image_indices) < 2, file=sys.stderr)
+    progress = tqdm(total=len(image_indices), unit="img", disable=len(image_indices) < 2 or args.quiet, file=sys.stderr)
     try:
         for k, result in detector.iter_detect(load()):
             i = image_indices[k]

@@ -35,7 +35,8 @@ INT8_FLOAT_LAYERS = ("stage1_",)
 
 def letterbox(image_bgr: np.ndarray, input_size: tuple[int, int], *, channel_order: str = "rgb",
               pad_value=BGR_MEAN) -> tuple[np.ndarray, float]:
-    """Fit a BGR uint8 ``[h, w, 3]`` image into a fixed ``(height, width)`` TFLite input.
+    """Fit a BGR uint8 ``[h, w, 3]`` image into a fixed TFLite input of ``input_size``
+    ``(width, height)`` (the order ``--input-size WxH`` gives it in).
 
     The image is scaled by ``scale = min(H / h, W / w)`` (aspect kept, ``cv2.INTER_LINEAR``),
     placed at the top-left and padded right / bottom with the BGR mean (which the model's
@@ -43,7 +44,7 @@ def letterbox(image_bgr: np.ndarray, input_size: tuple[int, int], *, channel_ord
     ``[1, H, W, 3]`` uint8 batch in ``channel_order`` and ``scale``: divide output pixel
     coordinates by it to get original-image pixels.
     """
-    height, width = input_size
+    width, height = int(input_size[0]), int(input_size[1])
     h, w = image_bgr.shape[:2]
     scale = min(height / h, width / w)
     nh, nw = min(height, max(1, round(h * scale))), min(width, max(1, round(w * scale)))
@@ -58,7 +59,7 @@ def letterbox(image_bgr: np.ndarray, input_size: tuple[int, int], *, channel_ord
 def calibration_dataset(images: Sequence, input_size: tuple[int, int], *, channel_order: str = "rgb",
                         count: int | None = None) -> Callable[[], Iterable[dict]]:
     """Representative dataset for int8 calibration: real images (paths or BGR arrays) through
-    :func:`letterbox`, i.e. exactly what the exported model is fed. The model's own
+    :func:`letterbox` into ``input_size`` ``(width, height)``, i.e. exactly what the exported model is fed. The model's own
     preprocessing (mean subtraction, no /255 scaling) runs inside the graph, so the calibrated
     ranges are those of the real network input. Yields ``{"images": uint8 [1, H, W, 3]}``."""
     images = list(images)[:count] if count else list(images)
@@ -173,7 +174,7 @@ def export_tflite(model, config, output: str | os.PathLike, settings: ExportSett
                   input_size: tuple[int, int] = (640, 640), quantize: str = "none", raw: bool = False,
                   calibration_images: Sequence | None = None, calibration_count: int = 100,
                   fuse: bool = True, keep_float: Sequence[str] = INT8_FLOAT_LAYERS) -> Path:
-    """Write a TFLite model for a fixed ``input_size`` ``(height, width)`` and batch 1.
+    """Write a TFLite model for a fixed ``input_size`` ``(width, height)`` and batch 1.
 
     The network converted is :func:`tflite_network` of ``model`` (``fuse=False``: ``model`` as it
     is, the slower graph of earlier versions, kept for comparison). ``keep_float``: the layers an
@@ -196,14 +197,14 @@ def export_tflite(model, config, output: str | os.PathLike, settings: ExportSett
     if output.is_dir():
         raise ExportError(f"{output}: is a folder; give a .tflite file name")
     _check_tflite_outputs(output)
-    height, width = int(input_size[0]), int(input_size[1])
+    width, height = int(input_size[0]), int(input_size[1])
     if min(height, width) < 32:
         raise ExportError(f"input size must be at least 32x32, got {width}x{height}")
     if quantize not in QUANTIZE_MODES:
         raise ExportError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
     rep = None
     if quantize == "int8":
-        rep = calibration_dataset(calibration_images or [], (height, width), channel_order=settings.channel_order,
+        rep = calibration_dataset(calibration_images or [], (width, height), channel_order=settings.channel_order,
                                   count=calibration_count)
     network, order = tflite_network(model, config, settings.channel_order) if fuse else (model, "bgr")
     module = build_export_module(network, config, settings, input_size=(height, width), network_order=order)
