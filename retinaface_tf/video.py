@@ -65,6 +65,20 @@ class VideoSummary:
     error: str | None = None
 
 
+def declared_frames(path) -> int | None:
+    """The frame count the video's header declares (for a progress bar), or ``None`` when it
+    declares none or cannot be opened (:func:`detect_video` reports that)."""
+    try:
+        cap = _open(os.fspath(path))
+    except ImageError:
+        return None
+    try:
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        cap.release()
+    return count if count > 0 else None
+
+
 def _open(path: str):
     if not os.path.isfile(path):
         raise ImageError(f"{path}: no such file" if not os.path.exists(path) else f"{path}: not a regular file")

@@ -44,7 +44,7 @@ from retinaface_tf.commands import add_model_args, add_quiet_arg, add_runtime_ar
 from retinaface_tf.constants import LANDMARK_NAMES
 from retinaface_tf.errors import ImageError, RetinaFaceError, UsageError
 from retinaface_tf.inference import Detector
-from retinaface_tf.video import annotated_video_name, detect_video, is_video
+from retinaface_tf.video import annotated_video_name, declared_frames, detect_video, is_video
 from retinaface_tf.vis.draw import draw_detections
 
 REPORT_NAME = "detections.json"
@@ -145,7 +145,8 @@ def _run_video(detector, path: str, out_dir: Path, outputs: tuple[str, str], arg
     are added to ``written`` (name → sha256)."""
     video_name, jsonl_name = outputs
     annotated = None if args.no_draw else out_dir / video_name
-    bar = tqdm(unit="frame", desc=os.path.basename(path), file=sys.stderr, leave=False)
+    bar = tqdm(total=declared_frames(path), unit="frame", desc=os.path.basename(path), file=sys.stderr, leave=False,
+               disable=args.quiet)
     try:
         summary = detect_video(detector, path, annotated=annotated, jsonl=out_dir / jsonl_name, every=args.every,
                                on_frame=lambda _: bar.update(1))
@@ -355,6 +356,24 @@ def _image_outputs(i: int, image, result, record: dict, report: _Report, names, 
     return outputs
 
 
+def _summary(records: list, image_indices: list[int], video_indices: list[int], threshold: float) -> str:
+    """``2/2 images, 56 faces; 1/1 videos, 6 frames detected, 150 faces over those frames (score > 0.5)``:
+    images and videos counted apart (a video's faces are summed over its frames)."""
+    parts = []
+    if image_indices or not video_indices:
+        done = [records[i] for i in image_indices if records[i] is not None]
+        ok = sum("error" not in r for r in done)
+        parts.append(f"{ok}/{len(image_indices)} images, {sum(len(r.get('faces', [])) for r in done)} faces")
+    if video_indices:
+        done = [records[i] for i in video_indices if records[i] is not None]
+        ok = sum("error" not in r for r in done)
+        frames = sum(r.get("video", {}).get("frames_detected", 0) for r in done)
+        faces = sum(r.get("video", {}).get("faces", 0) for r in done)
+        parts.append(f"{ok}/{len(video_indices)} video{'s' if len(video_indices) != 1 else ''}, {frames} frames "
+                     f"detected, {faces} faces over those frames")
+    return "; ".join(parts) + f" (score > {threshold})"
+
+
 def _check_args(args) -> None:
     if not (math.isfinite(args.threshold) and 0 <= args.threshold <= 1):
         raise UsageError(f"--score-threshold must be in [0, 1], got {args.threshold}")
@@ -376,6 +395,8 @@ def run(args) -> int:
     paths = fileio.expand_image_paths(roots, exclude=[out_dir] + ([crops] if crops is not None else []))
     if not paths:
         raise UsageError(f"no images found in {', '.join(_show(r) for r in roots)}")
+    if not any(os.path.lexists(p) for p in paths):  # nothing to read: no output folder, no report
+        raise UsageError(f"{', '.join(_show(p) for p in paths[:3])}: no such file (nothing was written)")
     names = _output_names(paths, roots)
     videos = {i: _video_output_names(path, names[i]) for i, path in enumerate(paths) if is_video(path)}
     image_indices = [i for i in range(len(paths)) if i not in videos]
@@ -450,9 +471,9 @@ def run(args) -> int:
     if args.json:
         print(report.text)
     else:
-        faces = sum(len(r.get("faces", [])) + r.get("video", {}).get("faces", 0) for r in report.records)
-        print(f"{len(paths) - failed}/{len(paths)} images, {faces} faces (score > {args.threshold}); "
-              f"results in {_show(report.path)}" + ("" if args.no_draw else f" and annotated images in {_show(out_dir)}/"))
+        print(_summary(report.records, image_indices, list(videos), args.threshold) + f"; results in "
+              f"{_show(report.path)}" + ("" if args.no_draw else f" and annotated {'files' if videos else 'images'} "
+                                                                 f"in {_show(out_dir)}/"))
     if failed:
         print(f"{failed} of {len(paths)} images failed", file=sys.stderr)
     return 1 if failed else 0

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
+from retinaface_tf import filtered_fd
 from retinaface_tf.constants import BGR_MEAN
 from retinaface_tf.errors import ExportError
 from retinaface_tf.fileio import read_image, write_bytes_atomic, write_text_atomic
@@ -98,6 +99,10 @@ def _float_nodes(calibrated_model: bytes, keep_float: Sequence[str] = INT8_FLOAT
     return sorted(nodes | outputs), sorted(post_ops - net_ops)
 
 
+def _is_quantizer_noise(line: str) -> bool:
+    return line.startswith("fully_quantize: ") and "inference_type: " in line
+
+
 def convert_tflite(saved_model_dir: str | os.PathLike, *, quantize: str = "none",
                    representative_dataset: Callable | None = None,
                    keep_float: Sequence[str] = INT8_FLOAT_LAYERS) -> bytes:
@@ -128,10 +133,15 @@ def convert_tflite(saved_model_dir: str | os.PathLike, *, quantize: str = "none"
             warnings.simplefilter("ignore")  # the debugger builds a (deprecated) tf.lite.Interpreter
             # The public selective-quantization path: calibrate once, then quantize everything
             # except the post-processing.
-            debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=representative_dataset)
-            nodes, ops = _float_nodes(debugger.calibrated_model, keep_float)
-            debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=nodes, denylisted_ops=ops)
-            return debugger.get_nondebug_quantized_model()
+            # The quantizer's C++ prints "fully_quantize: 0, inference_type: 6, ..." on stderr
+            # once per pass: noise for a user, dropped (every other line is kept).
+            with filtered_fd(2, _is_quantizer_noise):
+                debugger = tf.lite.experimental.QuantizationDebugger(converter=converter,
+                                                                     debug_dataset=representative_dataset)
+                nodes, ops = _float_nodes(debugger.calibrated_model, keep_float)
+                debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=nodes,
+                                                                                 denylisted_ops=ops)
+                return debugger.get_nondebug_quantized_model()
     return converter.convert()
 
 
