@@ -107,3 +107,14 @@ def test_int8_quantizer_lines_are_dropped_and_others_kept(capfd):
     with filtered_fd(2, _is_quantizer_noise):
         os.write(2, noise + b"a real warning\n" + noise)
     assert capfd.readouterr().err == "a real warning\n"
+
+
+def test_detect_summary_counts_images_and_videos_apart():
+    from retinaface_tf.commands.detect import _summary
+
+    records = [{"faces": [{}, {}]}, {"image": "bad.jpg", "error": "bad.jpg: not an image"},
+               {"video": {"frames_detected": 6, "faces": 150}}]
+    assert _summary(records, [0, 1], [2], 0.5) == ("1/2 images, 2 faces; 1/1 video, 6 frames detected, 150 faces "
+                                                   "over those frames (score > 0.5)")
+    assert _summary(records[2:], [], [0], 0.3) == "1/1 video, 6 frames detected, 150 faces over those frames (score > 0.3)"
+    assert _summary(records[:1], [0], [], 0.5) == "1/1 images, 2 faces (score > 0.5)"
