@@ -514,7 +514,7 @@ def test_tflite_export_is_atomic(bundled_model, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("argv, message", [
     (["--format", "tflite", "--quantize", "int8"], "--quantize int8 needs --calibration-images"),
-    (["--format", "tflite", "--input-size", "640by480"], "--input-size must be WIDTHxHEIGHT"),
+    (["--format", "tflite", "--input-size", "640by480"], "--input-size must be WxH"),
     (["--format", "tflite", "--input-size", "16x16"], "input size must be at least 32x32"),
     (["--format", "saved_model", "--raw"], "--raw: only for --format tflite"),
     (["--format", "tflite", "--version", "3"], "--version: only for --format saved_model"),
@@ -534,9 +534,9 @@ def test_default_output_names():
     from retinaface_tf.commands.export import default_output
     assert default_output("saved_model") == Path("exported/retinaface")
     assert default_output("tflite") == Path("exported/retinaface_fp32_640x640.tflite")
-    assert default_output("tflite", "int8", (480, 640), raw=True) == Path("exported/retinaface_int8_640x480_raw.tflite")
+    assert default_output("tflite", "int8", (640, 480), raw=True) == Path("exported/retinaface_int8_640x480_raw.tflite")
 
 
 def test_parse_size():
     from retinaface_tf.commands.export import parse_size
-    assert parse_size("640x480") == (480, 640) and parse_size("320") == (320, 320)
+    assert parse_size("640x480") == (640, 480) and parse_size("320") == (320, 320)  # (width, height)
