@@ -97,7 +97,7 @@ def tflite_rows(repeats: int = 50, *, input_size: tuple[int, int] = (640, 640), 
     settings = ExportSettings.from_config(config, score_threshold=0.5)
     batch, _ = letterbox(cv2.imread(str(bundled_image())), input_size)
     calibration = _calibration_images()
-    h, w = input_size
+    w, h = input_size
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(out_dir or tmp)

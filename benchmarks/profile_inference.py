@@ -346,7 +346,7 @@ def export_variant(folder: Path, name: str, network: str, quantize: str, keep_fl
     model, config = models
     settings = mod.ExportSettings.from_config(config, score_threshold=score_threshold)
     extra = {} if keep_float is None else {"keep_float": tuple(keep_float)}
-    mod.export_tflite(model, config, path, settings, input_size=size, quantize=quantize, raw=raw,
+    mod.export_tflite(model, config, path, settings, input_size=(w, h), quantize=quantize, raw=raw,
                       calibration_images=_calibration_images(100), fuse=network == "fused", **extra)
     return path
 
@@ -402,7 +402,7 @@ def tflite_experiments(rounds: int, folder: Path, size=(640, 640), threads: int 
     paths = {name: export_variant(folder, name, net, q, keep, size=size, models=models)
              for name, net, q, keep in variants}
     structure = {name: tflite_structure(path, threads) for name, path in paths.items()}
-    batch, _ = mod.letterbox(cv2.imread(str(bundled_image())), size)
+    batch, _ = mod.letterbox(cv2.imread(str(bundled_image())), size[::-1])  # size is (height, width) here
     runners = {name: mod.tflite_runner(path, num_threads=threads) for name, path in paths.items()}
     timings = ab({name: (lambda r=r: r(images=batch)) for name, r in runners.items()}, rounds)
     result = {"size": list(size), "threads": threads, "rounds": rounds,

@@ -634,6 +634,15 @@ def bundled_model_dir() -> Path:
     return Path(str(files("retinaface_tf.saved_models") / "mobilenet025"))
 
 
+def bundled_model(name) -> Path | None:
+    """The bundled model folder a bare name such as ``mobilenet025`` names (as ``--config
+    mobilenet025`` names a bundled config), or ``None`` when ``name`` names none."""
+    if not isinstance(name, str) or not name or os.sep in name or "/" in name or name.startswith("."):
+        return None
+    folder = bundled_model_dir().parent / name
+    return folder if (folder / "model.weights.h5").is_file() else None
+
+
 def bundled_image() -> Path:
     """The reference's MIT-licensed demo photo, bundled for the README's first command."""
     return Path(str(files("retinaface_tf.assets") / "biubug6_test.jpg"))

@@ -85,6 +85,18 @@ class VideoInterrupted(KeyboardInterrupt):
 def _declared(cap, prop) -> int:
     value = cap.get(prop) or 0.0
     return int(value) if np.isfinite(value) and 0 < value < 2**31 else 0
+def declared_frames(path) -> int | None:
+    """The frame count the video's header declares (for a progress bar), or ``None`` when it
+    declares none or cannot be opened (:func:`detect_video` reports that)."""
+    try:
+        cap = _open(os.fspath(path))
+    except ImageError:
+        return None
+    try:
+        count = _declared(cap, cv2.CAP_PROP_FRAME_COUNT)
+    finally:
+        cap.release()
+    return count or None
 
 
 def _open(path: str):

@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     size = parse_size(args.input_size)
     results = evaluate_variants(args.widerface, modes=args.modes.split(","), input_size=size, keras=args.keras,
                                 calibration_count=args.calibration_count, limit=args.limit, out_dir=args.out)
-    print(f"WIDER val subset, letterboxed to {size[1]}x{size[0]}, score > 0.02, NMS 0.4")
+    print(f"WIDER val subset, letterboxed to {size[0]}x{size[1]}, score > 0.02, NMS 0.4")
     print(f"{'model':<16} {'easy':>7} {'medium':>7} {'hard':>7} {'ms/img':>7} images")
     for name, r in results.items():
         print(f"{name:<16} {100 * r['easy']:7.2f} {100 * r['medium']:7.2f} {100 * r['hard']:7.2f} {r['ms']:7.1f} {r['images']}")

@@ -1,7 +1,7 @@
 """The package's architecture: dependencies point one way, there is no import cycle, and
 imports sit at the top of modules.
 
-Layers, lowest first (README "Layout"). A module may import only from its own layer or lower
+Layers, lowest first (docs/architecture.md "Layout"). A module may import only from its own layer or lower
 ones; within a layer, packages and modules do not import each other except as listed in
 ``SAME_LAYER``. Imports inside functions are allowed only for heavy optional dependencies that
 are deliberately lazy (matplotlib, tf-keras-vis, LiteRT, Ray and pyarrow) and in the package's own ``__getattr__``
@@ -67,7 +67,7 @@ def _layer(module: str) -> int:
     for i, units in enumerate(LAYERS):
         if unit in units:
             return i
-    raise AssertionError(f"{module}: not in any layer of LAYERS (add its package to the table and the README)")
+    raise AssertionError(f"{module}: not in any layer of LAYERS (add its package to the table and to docs/architecture.md "Layout")")
 
 
 def _imports(path: Path, modules: dict[str, Path]):

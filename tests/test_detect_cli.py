@@ -59,7 +59,7 @@ def test_detect_batch_with_bad_files(tmp_path, capsys, photo):
     notes.write_text("hello")
     missing = tmp_path / "nope.jpg"
     out = tmp_path / "out"
-    rc = main(["detect", str(tmp_path / "in"), str(notes), str(missing), "--output", str(out), "--threshold", "0.6"])
+    rc = main(["detect", str(tmp_path / "in"), str(notes), str(missing), "--output", str(out), "--score-threshold", "0.6"])
     captured = capsys.readouterr()
     assert rc == 1
     errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
@@ -91,8 +91,8 @@ def test_detect_json_stdout_and_max_size(tmp_path, capsys):
 
 
 def test_cli_usage_errors(capsys):
-    assert main(["detect", "--threshold", "2"]) == 2
-    assert "--threshold must be in [0, 1]" in capsys.readouterr().err
+    assert main(["detect", "--score-threshold", "2"]) == 2
+    assert "--score-threshold must be in [0, 1]" in capsys.readouterr().err
 
 
 def test_console_script_help():

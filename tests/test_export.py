@@ -252,10 +252,8 @@ def test_saved_model_files_and_cli_listing(saved_model):
 
 
 def _readme_section() -> str:
-    text = (REPO / "README.md").read_text()
-    start = text.index("## Deployment: TF Serving and TFLite")
-    end = text.find("\n## ", start + 10)
-    return text[start:end if end > 0 else None]
+    """The deployment page (docs/deployment.md), where the README's deployment section moved."""
+    return (REPO / "docs" / "deployment.md").read_text()
 
 
 def _tf_serving_predict(model, body: dict) -> dict:
@@ -303,7 +301,7 @@ def test_readme_rest_example_against_loaded_model(loaded, reference_dir, detecto
     monkeypatch.chdir(tmp_path)
     (tmp_path / "photo.jpg").write_bytes(photo.read_bytes())
     scope: dict = {}
-    exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 - the README's own example
+    exec(compile(block, "docs/deployment.md", "exec"), scope)  # noqa: S102 - the docs' own example
     assert seen["body"]["signature_name"] == "image_bytes" and len(seen["body"]["instances"]) == 1
     expected = detectors[0.5].detect(_decode_rgb(photo.read_bytes())[..., ::-1])
     assert scope["n"] == len(expected) == 28
@@ -516,7 +514,7 @@ def test_tflite_export_is_atomic(bundled_model, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("argv, message", [
     (["--format", "tflite", "--quantize", "int8"], "--quantize int8 needs --calibration-images"),
-    (["--format", "tflite", "--input-size", "640by480"], "--input-size must be WIDTHxHEIGHT"),
+    (["--format", "tflite", "--input-size", "640by480"], "--input-size must be WxH"),
     (["--format", "tflite", "--input-size", "16x16"], "input size must be at least 32x32"),
     (["--format", "saved_model", "--raw"], "--raw: only for --format tflite"),
     (["--format", "tflite", "--version", "3"], "--version: only for --format saved_model"),
@@ -536,9 +534,9 @@ def test_default_output_names():
     from retinaface_tf.commands.export import default_output
     assert default_output("saved_model") == Path("exported/retinaface")
     assert default_output("tflite") == Path("exported/retinaface_fp32_640x640.tflite")
-    assert default_output("tflite", "int8", (480, 640), raw=True) == Path("exported/retinaface_int8_640x480_raw.tflite")
+    assert default_output("tflite", "int8", (640, 480), raw=True) == Path("exported/retinaface_int8_640x480_raw.tflite")
 
 
 def test_parse_size():
     from retinaface_tf.commands.export import parse_size
-    assert parse_size("640x480") == (480, 640) and parse_size("320") == (320, 320)
+    assert parse_size("640x480") == (640, 480) and parse_size("320") == (320, 320)  # (width, height)

@@ -299,8 +299,8 @@ def test_output_that_holds_inputs_or_foreign_files_is_refused_before_any_work(tm
         (["detect", str(files[0]), "--output", str(foreign)],
          f"--output {foreign}: folder is not empty and holds no detections.json from an earlier detect"),
         (["detect", str(files[0]), "--output", str(fake)], "detections.json was not written by retinaface-tf detect"),
-        (["detect", str(files[0]), "--threshold", "nan"], "--threshold must be in [0, 1], got nan"),
-        (["detect", str(files[0]), "--threshold", "inf"], "--threshold must be in [0, 1], got inf"),
+        (["detect", str(files[0]), "--score-threshold", "nan"], "--score-threshold must be in [0, 1], got nan"),
+        (["detect", str(files[0]), "--score-threshold", "inf"], "--score-threshold must be in [0, 1], got inf"),
         (["detect", str(files[0]), "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     ]
     for argv, needle in cases:
@@ -463,7 +463,7 @@ def test_evaluate_refuses_bad_values_and_outputs_before_any_work(tmp_path, capsy
     notes = tmp_path / "notes.png"
     notes.write_bytes(b"not a plot")
     base = ["evaluate", "-g", str(tmp_path / "gt"), "--images", str(tmp_path / "images")]
-    cases = [(["--nms-threshold", "nan"], "--nms-threshold must be in [0, 1], got nan"),
+    cases = [(["--iou-threshold", "nan"], "--iou-threshold must be in [0, 1], got nan"),
              (["--score-threshold", "nan"], "--score-threshold must be in [0, 1], got nan"),
              (["--save-predictions", str(keep), "--no-plot"], f"--save-predictions {keep}: folder is not empty"),
              (["--save-predictions", str(notes), "--no-plot"], "exists and is not a folder"),

@@ -90,7 +90,7 @@ def test_plot_run_writes_png_with_losses_and_lr(tmp_path):
     out = plot_run(run)
     assert out == run / "training.png"
     img = _png_size(out)
-    assert img.shape[:2] == (700, 900)  # 9x7 inches at 100 dpi: losses + learning-rate panel
+    assert img.shape[:2] == (700, 1050)  # 10.5x7 inches at 100 dpi (legend beside the plot): losses + learning-rate panel
     # colours of the curves are there: blue box loss, orange class, green landmark, red LR
     rgb = img[..., :3][..., ::-1].reshape(-1, 3).astype(int)
     for colour in ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)):
@@ -103,7 +103,7 @@ def test_plot_run_without_lr_is_single_panel(tmp_path):
     p = tmp_path / "history.csv"
     p.write_text("epoch,loss\n0,5\n1,4\n2,3.5\n")
     out = plot_run(p, tmp_path / "sub" / "plot.png")
-    assert _png_size(out).shape[:2] == (500, 900)
+    assert _png_size(out).shape[:2] == (500, 1050)
 
 
 def test_plot_run_cli(tmp_path, capsys):
@@ -116,7 +116,7 @@ def test_plot_run_cli(tmp_path, capsys):
     _write_history(run / "history.csv", _history(5))
     assert main(["plot-run", str(run), "-o", str(tmp_path / "t.png")]) == 0
     assert f"wrote {tmp_path / 't.png'}" in capsys.readouterr().out
-    assert _png_size(tmp_path / "t.png").shape[:2] == (700, 900)
+    assert _png_size(tmp_path / "t.png").shape[:2] == (700, 1050)
 
 
 def test_write_png_is_atomic_and_reports_unwritable(tmp_path):
@@ -145,7 +145,7 @@ def test_all_zero_landmark_loss_keeps_log_axis(tmp_path):
     assert history_figure(h).axes[0].get_yscale() == "linear"
     h["learning_rate"] = np.geomspace(1e-3, 1e-6, 10)
     assert history_figure(h).axes[1].get_yscale() == "log"
-    assert _png_size(plot_history(h, tmp_path / "p.png")).shape[:2] == (700, 900)
+    assert _png_size(plot_history(h, tmp_path / "p.png")).shape[:2] == (700, 1050)
 
 
 def test_brief_names_and_ap_panel(tmp_path):
@@ -163,7 +163,7 @@ def test_brief_names_and_ap_panel(tmp_path):
     assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["total", "box", "class", "landmark"]
     assert [len(line.get_xdata()) for line in ap_ax.get_lines()] == [3, 3, 3]
     np.testing.assert_array_equal(ap_ax.get_lines()[0].get_xdata(), [4, 8, 12])  # epochs counted from 1
-    assert _png_size(plot_run(tmp_path)).shape[:2] == (900, 900)
+    assert _png_size(plot_run(tmp_path)).shape[:2] == (900, 1050)
 
 
 def test_reads_what_keras_csvlogger_writes(tmp_path):
@@ -206,7 +206,7 @@ def test_plot_run_compares_several_runs(tmp_path, capsys):
     assert main(["plot-run", str(ours), str(ref)]) == 2  # several runs need --output
     assert "--output PNG is required" in capsys.readouterr().err
     assert main(["plot-run", str(ours), str(ref), "--labels", "ours,reference", "-o", str(tmp_path / "c.png")]) == 0
-    assert _png_size(tmp_path / "c.png").shape[:2] == (1100, 1000)
+    assert _png_size(tmp_path / "c.png").shape[:2] == (1100, 1200)
     fig = comparison_figure({"ours": read_history(ours / "history.csv"), "reference": read_history(ref)})
     loss_ax, lr_ax, ap_ax = fig.axes
     assert {line.get_color() for line in loss_ax.get_lines()} == {"tab:blue", "tab:red"}

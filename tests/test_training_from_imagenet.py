@@ -1,7 +1,7 @@
 """Real data, from the ImageNet backbone: a few epochs of the short recipe
 (configs/mobilenet025_short.yaml) on a slice of WIDER train5 must raise WIDER val AP far above
 the untrained model's (slow: several minutes on 2 cores). The full 40-epoch runs, side by side
-with the reference's own training, are in README "Training from ImageNet"."""
+with the reference's own training, are in docs/training.md "Training from ImageNet"."""
 
 from __future__ import annotations
 

@@ -15,10 +15,10 @@ def add_parser(sub, name, help_text):
         "-> OUTPUT/model.weights.h5; or an ImageNet backbone (mobilenetV1X0.25_pretrain.tar, torchvision "
         "resnet18/34/50-*.pth, mobilenet_v2-*.pth) -> OUTPUT/backbone.weights.h5. "
         "A checkpoint that asks to import anything but tensors and containers is refused."))
-    p.add_argument("checkpoint", help="reference .pth / .tar checkpoint")
-    p.add_argument("--output", "-o", required=True, help="output folder (written atomically)")
-    p.add_argument("--config", default=None,
-                   help="config name or YAML; must build the checkpoint's network (default: that network's preset)")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="PyTorch .pth / .tar checkpoint (RetinaFace or ImageNet backbone)")
+    p.add_argument("--output", "-o", required=True, metavar="DIR", help="output folder, written atomically (required)")
+    p.add_argument("--config", default=None, metavar="CONFIG",
+                   help="config name or YAML file; must build the checkpoint's network (default: that network's preset)")
     return p
 
 

@@ -57,11 +57,11 @@ from tqdm import tqdm
 
 from retinaface_tf import fileio
 from retinaface_tf.alignment import align_faces
-from retinaface_tf.commands import add_model_args, add_runtime_arg
+from retinaface_tf.commands import add_model_args, add_quiet_arg, add_runtime_arg, add_threshold_args
 from retinaface_tf.constants import LANDMARK_NAMES
 from retinaface_tf.errors import ImageError, RetinaFaceError, UsageError
 from retinaface_tf.inference import Detector
-from retinaface_tf.video import VideoInterrupted, annotated_video_name, detect_video, is_video
+from retinaface_tf.video import VideoInterrupted, annotated_video_name, declared_frames, detect_video, is_video
 from retinaface_tf.vis.draw import draw_detections
 
 REPORT_NAME = "detections.json"
@@ -73,19 +73,21 @@ _FATAL_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 
 
 def add_parser(sub, name, help_text):
-    p = sub.add_parser(name, help=help_text, description=help_text)
+    p = sub.add_parser(name, help=help_text, description=help_text + ". Without a path it runs on the bundled "
+                       "demo photo.")
     p.add_argument("paths", nargs="*", metavar="PATH",
-                   help="image files or folders (default: the bundled demo photo)")
-    p.add_argument("--output", "-o", default="detections",
-                   help="folder for annotated images and detections.json (default: ./detections); it must be "
+                   help="image files, folders (walked recursively for images) or video files (clip.mp4: an "
+                        "annotated copy + one JSON line per frame); default: the bundled demo photo")
+    p.add_argument("--output", "-o", default="detections", metavar="DIR",
+                   help="folder for annotated images and detections.json (default ./detections); it must be "
                         "new, empty, or an earlier detect output, and may not hold any input")
-    p.add_argument("--threshold", type=float, default=0.5, help="minimum face score (default 0.5)")
-    p.add_argument("--max-size", type=int, default=None,
-                   help="downscale images whose long side exceeds this many pixels (default: original size)")
+    add_threshold_args(p, score_default=0.5, dest="threshold")
+    p.add_argument("--max-size", type=int, default=None, metavar="N",
+                   help="downscale images whose long side exceeds N pixels (default: original size)")
     p.add_argument("--max-pixels", type=fileio.max_pixels_arg, default=fileio.DEFAULT_MAX_PIXELS, metavar="N",
                    help=f"refuse images larger than this from their header, before decoding (default "
                         f"{fileio.DEFAULT_MAX_PIXELS // 10**6}M = {fileio.DEFAULT_MAX_PIXELS} pixels; K/M/G suffixes allowed)")
-    p.add_argument("--batch-size", type=int, default=8,
+    p.add_argument("--batch-size", type=int, default=8, metavar="N",
                    help="images per inference batch; different sizes are padded into one canvas, detections "
                         "unchanged (default 8)")
     p.add_argument("--crops", metavar="DIR", default=None,
@@ -96,6 +98,7 @@ def add_parser(sub, name, help_text):
                    help="videos: detect every N-th frame (the frames between show the last detections; default 1)")
     p.add_argument("--json", action="store_true", help="print the detections as JSON on stdout")
     p.add_argument("--no-draw", action="store_true", help="do not write annotated images")
+    add_quiet_arg(p)
     add_model_args(p)
     add_runtime_arg(p)
     return p
@@ -180,7 +183,8 @@ def _run_video(detector, path: str, out_dir: Path, outputs: tuple[str, str], arg
     ``on_interrupt(record)`` gets the partial record, and the interrupt goes on."""
     video_name, jsonl_name = outputs
     annotated = None if args.no_draw else out_dir / video_name
-    bar = tqdm(unit="frame", desc=os.path.basename(path), file=sys.stderr, leave=False)
+    bar = tqdm(total=declared_frames(path), unit="frame", desc=os.path.basename(path), file=sys.stderr, leave=False,
+               disable=args.quiet)
     try:
         summary = detect_video(detector, path, annotated=annotated, jsonl=out_dir / jsonl_name, every=args.every,
                                on_frame=lambda _: bar.update(1))
@@ -457,9 +461,29 @@ def _image_outputs(i: int, image, result, record: dict, report: _Report, names, 
     return outputs
 
 
+def _summary(records: list, image_indices: list[int], video_indices: list[int], threshold: float) -> str:
+    """``2/2 images, 56 faces; 1/1 videos, 6 frames detected, 150 faces over those frames (score > 0.5)``:
+    images and videos counted apart (a video's faces are summed over its frames)."""
+    parts = []
+    if image_indices or not video_indices:
+        done = [records[i] for i in image_indices if records[i] is not None]
+        ok = sum("error" not in r for r in done)
+        parts.append(f"{ok}/{len(image_indices)} images, {sum(len(r.get('faces', [])) for r in done)} faces")
+    if video_indices:
+        done = [records[i] for i in video_indices if records[i] is not None]
+        ok = sum("error" not in r for r in done)
+        frames = sum(r.get("video", {}).get("frames_detected", 0) for r in done)
+        faces = sum(r.get("video", {}).get("faces", 0) for r in done)
+        parts.append(f"{ok}/{len(video_indices)} video{'s' if len(video_indices) != 1 else ''}, {frames} frames "
+                     f"detected, {faces} faces over those frames")
+    return "; ".join(parts) + f" (score > {threshold})"
+
+
 def _check_args(args) -> None:
     if not (math.isfinite(args.threshold) and 0 <= args.threshold <= 1):
-        raise UsageError(f"--threshold must be in [0, 1], got {args.threshold}")
+        raise UsageError(f"--score-threshold must be in [0, 1], got {args.threshold}")
+    if args.iou_threshold is not None and not (math.isfinite(args.iou_threshold) and 0 <= args.iou_threshold <= 1):
+        raise UsageError(f"--iou-threshold must be in [0, 1], got {args.iou_threshold}")
     if args.max_size is not None and args.max_size < 32:
         raise UsageError(f"--max-size must be >= 32, got {args.max_size}")
     if args.batch_size < 1:
@@ -482,6 +506,8 @@ def _run(args, out_dir: Path, crops: Path | None) -> int:
     paths = fileio.expand_image_paths(roots, exclude=[out_dir] + ([crops] if crops is not None else []))
     if not paths:
         raise UsageError(f"no images found in {', '.join(_show(r) for r in roots)}")
+    if not any(os.path.lexists(p) for p in paths):  # nothing to read: no output folder, no report
+        raise UsageError(f"{', '.join(_show(p) for p in paths[:3])}: no such file (nothing was written)")
     input_names = _input_names(paths, roots)
     names = _output_names(paths, roots)
     image_indices = [i for i, path in enumerate(paths) if not is_video(path)]
@@ -503,7 +529,8 @@ def _run(args, out_dir: Path, crops: Path | None) -> int:
         check_crops_folder(crops, roots, paths)
 
     # the model first: bad --weights leave no output folder behind
-    detector = Detector(args.weights, args.config, score_threshold=args.threshold, max_size=args.max_size,
+    detector = Detector(args.weights, args.config, score_threshold=args.threshold, iou_threshold=args.iou_threshold,
+                        max_size=args.max_size,
                         batch_size=args.batch_size, max_pixels=args.max_pixels, runtime=args.runtime)
     _prepare_output(out_dir)
     report = _Report(out_dir, paths, args, {n: h for n, h in previous.items() if (out_dir / n).is_file()})
@@ -523,7 +550,7 @@ def _run(args, out_dir: Path, crops: Path | None) -> int:
             yield originals[i]
 
     failed = 0
-    progress = tqdm(total=len(image_indices), unit="img", disable=len(image_indices) < 2, file=sys.stderr)
+    progress = tqdm(total=len(image_indices), unit="img", disable=len(image_indices) < 2 or args.quiet, file=sys.stderr)
     try:
         for k, result in detector.iter_detect(load()):
             i = image_indices[k]
@@ -568,9 +595,9 @@ def _run(args, out_dir: Path, crops: Path | None) -> int:
     if args.json:
         print(report.text)
     else:
-        faces = sum(len(r.get("faces", [])) + r.get("video", {}).get("faces", 0) for r in report.records)
-        print(f"{len(paths) - failed}/{len(paths)} images, {faces} faces (score > {args.threshold}); "
-              f"results in {_show(report.path)}" + ("" if args.no_draw else f" and annotated images in {_show(out_dir)}/"))
+        print(_summary(report.records, image_indices, list(videos), args.threshold) + f"; results in "
+              f"{_show(report.path)}" + ("" if args.no_draw else f" and annotated {'files' if videos else 'images'} "
+                                                                 f"in {_show(out_dir)}/"))
     if failed:
         print(f"{failed} of {len(paths)} images failed", file=sys.stderr)
     return 1 if failed else 0

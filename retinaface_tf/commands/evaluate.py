@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from retinaface_tf.commands import add_model_args, add_runtime_arg
+from retinaface_tf.commands import add_model_args, add_quiet_arg, add_runtime_arg, add_threshold_args
 from retinaface_tf.errors import RetinaFaceError, UsageError
 from retinaface_tf.evaluation import widerface as W
 from retinaface_tf.evaluation.tta import TestTimeAugmentation, predict_images
@@ -45,18 +45,18 @@ def add_parser(sub, name, help_text):
     p.add_argument("--complete", action="store_true",
                    help="require a prediction for every ground-truth image (official full-val scoring)")
     p.add_argument("--scale", choices=("original", "reference", "pyramid"), default="original",
+                   metavar="{original,reference,pyramid}",
                    help="test scale: original size (default); the reference's short side 1600 / long side 2150; "
                         "or the RetinaFace pyramid (short sides 500..1700) with flip and box voting")
     flip = p.add_mutually_exclusive_group()
     flip.add_argument("--flip", dest="flip", action="store_true", default=None,
                       help="also run each scale horizontally flipped (default: only with --scale pyramid)")
-    flip.add_argument("--no-flip", dest="flip", action="store_false")
-    p.add_argument("--merge", choices=("vote", "nms"), default="vote",
+    flip.add_argument("--no-flip", dest="flip", action="store_false", help="never run flipped passes")
+    p.add_argument("--merge", choices=("vote", "nms"), default="vote", metavar="{vote,nms}",
                    help="how several passes are merged: box voting (default) or NMS")
-    p.add_argument("--score-threshold", type=float, default=0.02,
-                   help="keep detections above this score (default 0.02, the reference's evaluation setting)")
-    p.add_argument("--nms-threshold", type=float, default=None, help="NMS IoU (default: the config's, 0.4)")
-    p.add_argument("--max-detections", type=int, default=5000,
+    add_threshold_args(p, score_default=0.02, old_score=None,
+                       score_help="keep detections above this score (default 0.02, the reference's evaluation setting)")
+    p.add_argument("--max-detections", type=int, default=5000, metavar="N",
                    help="detections kept per image (default 5000: the reference's test_widerface.py keeps "
                         "every box after NMS of the top 5000)")
     p.add_argument("--max-pixels", type=max_pixels_arg, default=DEFAULT_MAX_PIXELS, metavar="N",
@@ -66,7 +66,7 @@ def add_parser(sub, name, help_text):
                    help=f"save the PR curves here (default ./{DEFAULT_PLOT})")
     p.add_argument("--no-plot", action="store_true", help="do not save PR curves")
     p.add_argument("--json", action="store_true", help="print the APs (and counts) as JSON on stdout")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_quiet_arg(p)
     add_model_args(p)
     add_runtime_arg(p)
     return p
@@ -169,8 +169,8 @@ def _check_args(args) -> None:
         raise UsageError("--save-predictions needs the detector (--images without --predictions)")
     if not (math.isfinite(args.score_threshold) and 0 <= args.score_threshold <= 1):
         raise UsageError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
-    if args.nms_threshold is not None and not (math.isfinite(args.nms_threshold) and 0 <= args.nms_threshold <= 1):
-        raise UsageError(f"--nms-threshold must be in [0, 1], got {args.nms_threshold}")
+    if args.iou_threshold is not None and not (math.isfinite(args.iou_threshold) and 0 <= args.iou_threshold <= 1):
+        raise UsageError(f"--iou-threshold must be in [0, 1], got {args.iou_threshold}")
     if args.max_detections < 1:
         raise UsageError(f"--max-detections must be >= 1, got {args.max_detections}")
 
@@ -204,7 +204,7 @@ def _detected_predictions(args, gt, events, log) -> tuple[dict, str, float]:
     tta = TestTimeAugmentation(scale=args.scale, flip=args.flip, merge=args.merge,
                                max_detections=args.max_detections)
     detector = Detector(args.weights, args.config, score_threshold=args.score_threshold,
-                        iou_threshold=args.nms_threshold, max_detections=args.max_detections,
+                        iou_threshold=args.iou_threshold, max_detections=args.max_detections,
                         max_pixels=args.max_pixels, runtime=args.runtime)
     if args.save_predictions:
         _create_folder(Path(args.save_predictions), "--save-predictions")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from retinaface_tf.commands import add_model_args
+from retinaface_tf.commands import add_model_args, add_threshold_args
 from retinaface_tf.errors import UsageError
 from retinaface_tf.fileio import bundled_image, read_image
 from retinaface_tf.models.weights import load_model
@@ -50,17 +50,17 @@ def add_parser(sub, name, help_text):
                        help="explain the anchor whose predicted box best fits this pixel box instead of a detection "
                             "(e.g. a face the detector misses)")
     p.add_argument("--output", "-o", default="explain", metavar="DIR", help="output folder (default ./explain)")
-    p.add_argument("--threshold", type=float, default=0.5, help="minimum face score of detections (default 0.5)")
-    p.add_argument("--target", choices=("logodds", "probability"), default="logodds",
+    add_threshold_args(p, score_default=0.5, iou=False, dest="threshold")
+    p.add_argument("--target", choices=("logodds", "probability"), default="logodds", metavar="{logodds,probability}",
                    help="explained value: the anchor's face log-odds (default; keeps gradients for confident faces) "
                         "or its softmax face probability")
-    p.add_argument("--smooth-samples", type=int, default=16,
+    p.add_argument("--smooth-samples", type=int, default=16, metavar="N",
                    help="SmoothGrad noisy copies averaged (default 16; 0 = plain gradient)")
-    p.add_argument("--smooth-noise", type=float, default=0.1,
+    p.add_argument("--smooth-noise", type=float, default=0.1, metavar="F",
                    help="SmoothGrad noise std as a fraction of the input's value range (default 0.1)")
-    p.add_argument("--seed", type=int, default=0, help="SmoothGrad noise seed (default 0)")
-    p.add_argument("--max-size", type=int, default=None,
-                   help="downscale images whose long side exceeds this before the network (maps are drawn at "
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="SmoothGrad noise seed (default 0)")
+    p.add_argument("--max-size", type=int, default=None, metavar="N",
+                   help="downscale images whose long side exceeds N pixels before the network (maps are drawn at "
                         "the original size)")
     add_model_args(p)
     return p
@@ -69,7 +69,7 @@ def add_parser(sub, name, help_text):
 def run(args) -> int:
 
     if not 0 <= args.threshold <= 1:
-        raise UsageError(f"--threshold must be in [0, 1], got {args.threshold}")
+        raise UsageError(f"--score-threshold must be in [0, 1], got {args.threshold}")
     if args.smooth_samples < 0:
         raise UsageError(f"--smooth-samples must be >= 0, got {args.smooth_samples}")
     if args.smooth_noise < 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from retinaface_tf.commands import add_model_args
+from retinaface_tf.commands import add_model_args, add_threshold_args
 from retinaface_tf.errors import ExportError, UsageError
 from retinaface_tf.fileio import expand_image_paths, output_lock, probe_image
 from retinaface_tf.models.weights import load_model
@@ -15,56 +15,58 @@ from retinaface_tf.serving.tflite import CALIBRATION_HINT, check_input_size
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """``"640x480"`` (WIDTHxHEIGHT) or ``"640"`` → ``(height, width)``."""
+    """``"640x480"`` (WxH) or ``"640"`` → ``(width, height)``."""
 
     m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", text)
     if not m:
-        raise UsageError(f"--input-size must be WIDTHxHEIGHT (e.g. 640x640) or one number, got {text!r}")
+        raise UsageError(f"--input-size must be WxH (e.g. 640x480) or one number, got {text!r}")
     width = int(m.group(1))
     height = int(m.group(2) or m.group(1))
-    return height, width
+    return width, height
 
 
 def default_output(fmt: str, quantize: str = "none", size: tuple[int, int] = (640, 640), raw: bool = False) -> Path:
     """Where ``export`` writes without ``--output``: ``exported/retinaface`` (SavedModel folder) or
-    ``exported/retinaface_<fp32|fp16|dynamic|int8>_<W>x<H>[_raw].tflite``, relative to the working folder."""
+    ``exported/retinaface_<fp32|fp16|dynamic|int8>_<W>x<H>[_raw].tflite``, relative to the working folder
+    (``size``: ``(width, height)``)."""
 
     if fmt == "saved_model":
         return Path("exported") / "retinaface"
     kind = "fp32" if quantize == "none" else quantize
-    return Path("exported") / f"retinaface_{kind}_{size[1]}x{size[0]}{'_raw' if raw else ''}.tflite"
+    return Path("exported") / f"retinaface_{kind}_{size[0]}x{size[1]}{'_raw' if raw else ''}.tflite"
 
 
 def add_parser(sub, name, help_text):
-    p = sub.add_parser(name, help=help_text, description=help_text)
-    p.add_argument("--format", default="saved_model", choices=("saved_model", "tflite"),
+    p = sub.add_parser(name, help=help_text, description=help_text + ". On its defaults it writes the bundled "
+                       "model as a TF Serving SavedModel into ./exported/retinaface/1/.")
+    p.add_argument("--format", default="saved_model", choices=("saved_model", "tflite"), metavar="{saved_model,tflite}",
                    help="saved_model (default): TF Serving model folder OUTPUT/<version>/; tflite: one .tflite file")
-    p.add_argument("--output", "-o", default=None,
+    p.add_argument("--output", "-o", default=None, metavar="PATH",
                    help="saved_model: model folder (default exported/retinaface); tflite: file (.tflite added if "
                         "missing; default exported/retinaface_<fp32|fp16|dynamic|int8>_<W>x<H>[_raw].tflite)")
     add_model_args(p)
     g = p.add_argument_group("detection settings baked into the export")
-    g.add_argument("--channel-order", choices=("rgb", "bgr"), default="rgb",
+    g.add_argument("--channel-order", choices=("rgb", "bgr"), default="rgb", metavar="{rgb,bgr}",
                    help="channel order of the uint8 'images' input (default rgb; image_bytes are always decoded to RGB)")
-    g.add_argument("--score-threshold", type=float, default=0.5,
-                   help="minimum face score of signatures without threshold inputs (default 0.5)")
-    g.add_argument("--iou-threshold", type=float, default=None, help="NMS IoU threshold (default: the config's, 0.4)")
-    g.add_argument("--max-detections", type=int, default=None,
+    add_threshold_args(g, score_default=0.5,
+                       score_help="minimum face score of signatures without threshold inputs (default 0.5)")
+    g.add_argument("--max-detections", type=int, default=None, metavar="K",
                    help="K, the padded number of detections per image (default: the config's, 750)")
-    g.add_argument("--pre-nms-top-k", type=int, default=None,
+    g.add_argument("--pre-nms-top-k", type=int, default=None, metavar="N",
                    help="candidates per image before NMS (default: the config's, 5000)")
     s = p.add_argument_group("saved_model")
-    s.add_argument("--version", type=int, default=None,
+    s.add_argument("--version", type=int, default=None, metavar="N",
                    help="version folder number (default: next free one, 1 for a new model; an existing one is replaced)")
     t = p.add_argument_group("tflite")
-    t.add_argument("--input-size", default="640x640", help="fixed input WIDTHxHEIGHT (default 640x640)")
+    t.add_argument("--input-size", default="640x640", metavar="WxH", help="fixed input size (default 640x640)")
     t.add_argument("--quantize", choices=("none", "fp16", "dynamic", "int8"), default="none",
+                   metavar="{none,fp16,dynamic,int8}",
                    help="none: float32; fp16: float16 weights; dynamic: int8 weights; int8: full-integer network "
                         "(needs --calibration-images)")
     t.add_argument("--raw", action="store_true", help="output the three head outputs instead of detections")
     t.add_argument("--calibration-images", nargs="+", metavar="PATH", default=None,
                    help="int8: real images (files or folders) to calibrate on, fed exactly as the model is (letterboxed)")
-    t.add_argument("--calibration-count", type=int, default=100, help="int8: use at most this many images (default 100)")
+    t.add_argument("--calibration-count", type=int, default=100, metavar="N", help="int8: use at most this many images (default 100)")
     return p
 
 
@@ -120,5 +122,5 @@ def _export(args, output, size, calibration) -> int:
                              raw=args.raw, calibration_images=calibration, calibration_count=args.calibration_count)
         what = "head outputs" if args.raw else f"detections, K = {settings.max_detections}"
         print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {args.quantize}, input uint8 "
-              f"[1, {size[0]}, {size[1]}, 3] {settings.channel_order.upper()}, {what}) and {path.with_suffix('.yaml')}")
+              f"[1, {size[1]}, {size[0]}, 3] {settings.channel_order.upper()}, {what}) and {path.with_suffix('.yaml')}")
     return 0

@@ -19,8 +19,9 @@ def add_parser(sub, name, help_text):
     p.add_argument("label_file", metavar="LABEL_FILE", help="retinaface_gt label.txt (or wider_face_*_bbx_gt.txt / .mat)")
     p.add_argument("images", metavar="IMAGES", help="folder the label file's image paths are relative to")
     p.add_argument("--output", "-o", required=True, metavar="PREFIX",
-                   help="shard prefix: writes PREFIX-00000-of-0000N.tfrecord ... (no shards of that prefix may exist)")
-    p.add_argument("--shards", type=int, default=8, help="number of shards (default 8; images dealt round-robin)")
+                   help="shard prefix: writes PREFIX-00000-of-0000N.tfrecord ... (no shards of that prefix may exist; "
+                        "required)")
+    p.add_argument("--shards", type=int, default=8, metavar="N", help="number of shards (default 8; images dealt round-robin)")
     return p
 
 

@@ -13,7 +13,7 @@ def add_parser(sub, name, help_text):
                    "several runs are drawn on one figure, a colour each (losses, learning rate, val AP)")
     p.add_argument("--output", "-o", default=None, metavar="PNG",
                    help="where to save (default RUN/training.png; required for several runs)")
-    p.add_argument("--labels", default=None, help="comma-separated legend names for several runs (default: folder names)")
+    p.add_argument("--labels", default=None, metavar="A,B", help="comma-separated legend names for several runs (default: folder names)")
     return p
 
 

@@ -19,19 +19,19 @@ def add_parser(sub, name, help_text):
     p = sub.add_parser(name, help=help_text, description=help_text + ". Runs one seeded training augmentation and "
                        "the anchor matcher exactly as the training pipeline does.")
     p.add_argument("image", metavar="IMAGE", help="a training image listed in the label file")
-    p.add_argument("--label-file", required=True, metavar="F",
-                   help="retinaface_gt label.txt (or wider_face_*_bbx_gt.txt / .mat) that lists IMAGE")
-    p.add_argument("--seed", type=int, default=0, help="augmentation seed (default 0); try several")
+    p.add_argument("--label-file", required=True, metavar="FILE",
+                   help="retinaface_gt label.txt (or wider_face_*_bbx_gt.txt / .mat) that lists IMAGE (required)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="augmentation seed (default 0); try several")
     p.add_argument("--no-augment", action="store_true",
                    help="no crop / colour / mirror: only pad to a square and resize (the validation path)")
-    p.add_argument("--config", default="mobilenet025",
-                   help="preset or YAML whose anchors / data / loss settings are used (default mobilenet025)")
+    p.add_argument("--config", default="mobilenet025", metavar="CONFIG",
+                   help="config name or YAML whose anchors / data / loss settings are used (default mobilenet025)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set anchors.min_sizes='[[8,16],[32,64],[128,256]]' "
                         "--set loss.match_threshold=0.3 --set data.image_size=320")
     p.add_argument("--output", "-o", default=None, metavar="PNG",
                    help="picture to write (default ./IMAGE-STEM_anchors.png)")
-    p.add_argument("--scale", type=float, default=1.0, help="enlarge the drawing (default 1)")
+    p.add_argument("--scale", type=float, default=1.0, metavar="F", help="enlarge the drawing (default 1)")
     return p
 
 

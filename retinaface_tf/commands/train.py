@@ -6,7 +6,7 @@ import json
 import os
 
 from retinaface_tf import fileio
-from retinaface_tf.commands import parse_overrides
+from retinaface_tf.commands import add_quiet_arg, parse_overrides
 from retinaface_tf.config import Config
 from retinaface_tf.errors import UsageError
 from retinaface_tf.evaluation.validation import WiderValidation
@@ -18,30 +18,40 @@ def add_parser(sub, name, help_text):
         "Train RetinaFace with model.fit on every GPU (MirroredStrategy; the CPU when there is none), or on "
         "several machines (MultiWorkerMirroredStrategy) when TF_CONFIG is set. Re-running the same command "
         "resumes an interrupted run from its last completed epoch."))
-    p.add_argument("--config", default="mobilenet025",
-                   help="config name (mobilenet025, mobilenet025_short, mobilenet025_short_plus, mobilenet050, mobilenet100, mobilenetv2, resnet18, resnet34, resnet50: shipped with the package) "
+    data = p.add_argument_group("training data (required: --label-file and --images, or --tfrecords)")
+    data.add_argument("--label-file", metavar="FILE",
+                      help="retinaface_gt label.txt (or wider_face_*_bbx_gt.txt / .mat); required without --tfrecords")
+    data.add_argument("--images", metavar="DIR",
+                      help="folder the label file's image paths are relative to; required with --label-file")
+    data.add_argument("--tfrecords", metavar="PATTERN",
+                      help="TFRecord shard pattern (make-tfrecords' output) instead of --label-file / --images")
+    p.add_argument("--output", "-o", required=True, metavar="DIR", help="run folder, e.g. runs/NAME (required)")
+    p.add_argument("--config", default="mobilenet025", metavar="CONFIG",
+                   help="config name (mobilenet025, mobilenet025_short, mobilenet025_short_plus, mobilenet050, mobilenet100, "
+                        "mobilenetv2, resnet18, resnet34, resnet50: shipped with the package) "
                         "or YAML file (default mobilenet025)")
-    p.add_argument("--label-file", help="retinaface_gt label.txt (or wider_face_*_bbx_gt.txt / .mat)")
-    p.add_argument("--images", help="folder the label file's image paths are relative to")
-    p.add_argument("--tfrecords", help="TFRecord shard pattern instead of --label-file/--images")
-    p.add_argument("--output", "-o", required=True, help="run folder, e.g. runs/NAME")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config value, e.g. --set train.batch_size=16 --set data.image_size=320")
-    p.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
-    p.add_argument("--batch-size", type=int, help="global batch; shortcut for --set train.batch_size=N")
+    p.add_argument("--epochs", type=int, metavar="N", help="shortcut for --set train.epochs=N")
+    p.add_argument("--batch-size", type=int, metavar="N", help="global batch; shortcut for --set train.batch_size=N")
     p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPU only)")
-    p.add_argument("--weights", help="initial full-model weights for fine-tuning (folder, .weights.h5 or .pth)")
-    p.add_argument("--backbone-weights", help="ImageNet backbone: converted backbone.weights.h5 (or folder), "
-                                              "or an ImageNet .pth: the reference mobilenetV1X0.25_pretrain.tar, torchvision resnet18/34/50-*.pth, mobilenet_v2-*.pth")
-    p.add_argument("--steps-per-epoch", type=int, help="default: images // batch")
-    p.add_argument("--val-images", help="WIDER val images folder (EVENT/NAME.jpg) for AP during training")
-    p.add_argument("--val-ground-truth", help="folder with wider_face_val.mat and wider_{easy,medium,hard}_val.mat")
-    p.add_argument("--val-every", type=int, default=0, help="evaluate AP every N epochs (0: never)")
+    p.add_argument("--weights", metavar="WEIGHTS",
+                   help="initial full-model weights for fine-tuning: mobilenet025 (the bundled model), a model or "
+                        "run folder, a .weights.h5 or a RetinaFace .pth")
+    p.add_argument("--backbone-weights", metavar="WEIGHTS",
+                   help="ImageNet backbone: converted backbone.weights.h5 (or its folder), or an ImageNet .pth: the "
+                        "reference mobilenetV1X0.25_pretrain.tar, torchvision resnet18/34/50-*.pth, mobilenet_v2-*.pth")
+    p.add_argument("--steps-per-epoch", type=int, metavar="N",
+                   help="default: ceil(images / batch size); required with --tfrecords")
+    p.add_argument("--val-images", metavar="DIR", help="WIDER val images folder (EVENT/NAME.jpg) for AP during training")
+    p.add_argument("--val-ground-truth", metavar="DIR",
+                   help="folder with wider_face_val.mat and wider_{easy,medium,hard}_val.mat")
+    p.add_argument("--val-every", type=int, default=0, metavar="N", help="evaluate AP every N epochs (default 0: never)")
+    p.add_argument("--val-max-images", type=int, metavar="N", help="evaluate on the first N val images only")
     p.add_argument("--max-pixels", type=fileio.max_pixels_arg, default=fileio.DEFAULT_MAX_PIXELS, metavar="N",
                    help=f"refuse training images larger than this, from their header, before any step (default "
                         f"{fileio.DEFAULT_MAX_PIXELS // 10**6}M; K/M/G suffixes allowed)")
-    p.add_argument("--val-max-images", type=int, help="evaluate on the first N val images only")
-    p.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
+    add_quiet_arg(p, "one line per epoch instead of a progress bar")
     return p
 
 

@@ -18,7 +18,7 @@ from retinaface_tf.config import Config
 from retinaface_tf.convert.mapping import BACKBONE, FULL, CheckpointInfo, assign_checkpoint, identify_checkpoint
 from retinaface_tf.convert.torch_weights import load_torch_checkpoint
 from retinaface_tf.errors import CheckpointError, WeightsError
-from retinaface_tf.fileio import atomic_directory, bundled_model_dir, check_output_folder
+from retinaface_tf.fileio import atomic_directory, bundled_model, bundled_model_dir, check_output_folder
 from retinaface_tf.models.backbones import build_backbone
 from retinaface_tf.models.retinaface import build_from_config
 
@@ -31,13 +31,16 @@ REFERENCE_SUFFIXES = (".pth", ".pt", ".tar")  # read as the reference's PyTorch 
 def resolve_weights(weights: str | os.PathLike | None, config: Config | str | os.PathLike | None = None):
     """Find the weights file and its config.
 
-    ``weights`` may be ``None`` (bundled model), a folder holding ``model.weights.h5`` and
+    ``weights`` may be ``None`` or a bundled model's name (``"mobilenet025"``, from any folder;
+    an existing path of that name wins), a folder holding ``model.weights.h5`` and
     ``config.yaml`` (what ``convert`` and ``train`` write), a ``.weights.h5`` file (config from
     ``config`` or a ``config.yaml`` beside it), or a PyTorch RetinaFace ``.pth`` of either family
     (converted in memory; config: its network's preset unless ``config`` is given).
     Returns ``(path, Config)``.
     """
     path = Path(weights) if weights is not None else bundled_model_dir()
+    if weights is not None and not os.path.lexists(path):
+        path = bundled_model(weights) or path
     if not path.exists():
         raise WeightsError(f"{path}: no such weights file or folder")
     if path.is_dir():

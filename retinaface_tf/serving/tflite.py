@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
+from retinaface_tf import filtered_fd
 from retinaface_tf.constants import BGR_MEAN
 from retinaface_tf.errors import ExportError
 from retinaface_tf.fileio import read_image, write_bytes_atomic, write_text_atomic
@@ -35,7 +36,8 @@ INT8_FLOAT_LAYERS = ("stage1_",)
 
 def letterbox(image_bgr: np.ndarray, input_size: tuple[int, int], *, channel_order: str = "rgb",
               pad_value=BGR_MEAN) -> tuple[np.ndarray, float]:
-    """Fit a BGR uint8 ``[h, w, 3]`` image into a fixed ``(height, width)`` TFLite input.
+    """Fit a BGR uint8 ``[h, w, 3]`` image into a fixed TFLite input of ``input_size``
+    ``(width, height)`` (the order ``--input-size WxH`` gives it in).
 
     The image is scaled by ``scale = min(H / h, W / w)`` (aspect kept, ``cv2.INTER_LINEAR``),
     placed at the top-left and padded right / bottom with the BGR mean (which the model's
@@ -43,7 +45,7 @@ def letterbox(image_bgr: np.ndarray, input_size: tuple[int, int], *, channel_ord
     ``[1, H, W, 3]`` uint8 batch in ``channel_order`` and ``scale``: divide output pixel
     coordinates by it to get original-image pixels.
     """
-    height, width = input_size
+    width, height = int(input_size[0]), int(input_size[1])
     h, w = image_bgr.shape[:2]
     scale = min(height / h, width / w)
     nh, nw = min(height, max(1, round(h * scale))), min(width, max(1, round(w * scale)))
@@ -62,16 +64,16 @@ MAX_INPUT_PIXELS = 4096 * 4096
 
 
 def check_input_size(input_size) -> tuple[int, int]:
-    """``(height, width)`` of a TFLite input, each side 32..:data:`MAX_INPUT_SIDE` and at most
+    """``(width, height)`` of a TFLite input, each side 32..:data:`MAX_INPUT_SIDE` and at most
     :data:`MAX_INPUT_PIXELS` pixels; else a one-line :class:`ExportError`."""
-    height, width = int(input_size[0]), int(input_size[1])
+    width, height = int(input_size[0]), int(input_size[1])
     if min(height, width) < 32:
         raise ExportError(f"input size must be at least 32x32, got {width}x{height}")
     if max(height, width) > MAX_INPUT_SIDE or height * width > MAX_INPUT_PIXELS:
         raise ExportError(f"input size {width}x{height} is too large: at most {MAX_INPUT_SIDE} pixels a side and "
                           f"{MAX_INPUT_PIXELS // 1024 // 1024}M pixels ({int(MAX_INPUT_PIXELS ** 0.5)}x"
                           f"{int(MAX_INPUT_PIXELS ** 0.5)})")
-    return height, width
+    return width, height
 
 
 CALIBRATION_HINT = "give smaller calibration images"
@@ -80,7 +82,7 @@ CALIBRATION_HINT = "give smaller calibration images"
 def calibration_dataset(images: Sequence, input_size: tuple[int, int], *, channel_order: str = "rgb",
                         count: int | None = None) -> Callable[[], Iterable[dict]]:
     """Representative dataset for int8 calibration: real images (paths or BGR arrays) through
-    :func:`letterbox`, i.e. exactly what the exported model is fed. The model's own
+    :func:`letterbox` into ``input_size`` ``(width, height)``, i.e. exactly what the exported model is fed. The model's own
     preprocessing (mean subtraction, no /255 scaling) runs inside the graph, so the calibrated
     ranges are those of the real network input. Yields ``{"images": uint8 [1, H, W, 3]}``."""
     images = list(images)[:count] if count else list(images)
@@ -119,6 +121,10 @@ def _float_nodes(calibrated_model: bytes, keep_float: Sequence[str] = INT8_FLOAT
     return sorted(nodes | outputs), sorted(post_ops - net_ops)
 
 
+def _is_quantizer_noise(line: str) -> bool:
+    return line.startswith("fully_quantize: ") and "inference_type: " in line
+
+
 def convert_tflite(saved_model_dir: str | os.PathLike, *, quantize: str = "none",
                    representative_dataset: Callable | None = None,
                    keep_float: Sequence[str] = INT8_FLOAT_LAYERS) -> bytes:
@@ -149,10 +155,15 @@ def convert_tflite(saved_model_dir: str | os.PathLike, *, quantize: str = "none"
             warnings.simplefilter("ignore")  # the debugger builds a (deprecated) tf.lite.Interpreter
             # The public selective-quantization path: calibrate once, then quantize everything
             # except the post-processing.
-            debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=representative_dataset)
-            nodes, ops = _float_nodes(debugger.calibrated_model, keep_float)
-            debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=nodes, denylisted_ops=ops)
-            return debugger.get_nondebug_quantized_model()
+            # The quantizer's C++ prints "fully_quantize: 0, inference_type: 6, ..." on stderr
+            # once per pass: noise for a user, dropped (every other line is kept).
+            with filtered_fd(2, _is_quantizer_noise):
+                debugger = tf.lite.experimental.QuantizationDebugger(converter=converter,
+                                                                     debug_dataset=representative_dataset)
+                nodes, ops = _float_nodes(debugger.calibrated_model, keep_float)
+                debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=nodes,
+                                                                                 denylisted_ops=ops)
+                return debugger.get_nondebug_quantized_model()
     return converter.convert()
 
 
@@ -195,7 +206,7 @@ def export_tflite(model, config, output: str | os.PathLike, settings: ExportSett
                   input_size: tuple[int, int] = (640, 640), quantize: str = "none", raw: bool = False,
                   calibration_images: Sequence | None = None, calibration_count: int = 100,
                   fuse: bool = True, keep_float: Sequence[str] = INT8_FLOAT_LAYERS) -> Path:
-    """Write a TFLite model for a fixed ``input_size`` ``(height, width)`` and batch 1.
+    """Write a TFLite model for a fixed ``input_size`` ``(width, height)`` and batch 1.
 
     The network converted is :func:`tflite_network` of ``model`` (``fuse=False``: ``model`` as it
     is, the slower graph of earlier versions, kept for comparison). ``keep_float``: the layers an
@@ -218,12 +229,12 @@ def export_tflite(model, config, output: str | os.PathLike, settings: ExportSett
     if output.is_dir():
         raise ExportError(f"{output}: is a folder; give a .tflite file name")
     _check_tflite_outputs(output)
-    height, width = check_input_size(input_size)
+    width, height = check_input_size(input_size)
     if quantize not in QUANTIZE_MODES:
         raise ExportError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
     rep = None
     if quantize == "int8":
-        rep = calibration_dataset(calibration_images or [], (height, width), channel_order=settings.channel_order,
+        rep = calibration_dataset(calibration_images or [], (width, height), channel_order=settings.channel_order,
                                   count=calibration_count)
     network, order = tflite_network(model, config, settings.channel_order) if fuse else (model, "bgr")
     module = build_export_module(network, config, settings, input_size=(height, width), network_order=order)

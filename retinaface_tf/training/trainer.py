@@ -147,7 +147,9 @@ def train(config: Config, *, output_dir, label_file=None, images_dir=None, tfrec
         print(f"training {config.name} on {num_images} images, {steps} steps/epoch of {global_batch} "
               f"({strategy.num_replicas_in_sync} replica(s)), {t.epochs} epochs, init: {init}", file=sys.stderr)
     try:
-        history = model.fit(dataset, epochs=t.epochs, steps_per_epoch=steps, verbose=verbose,
+        # shuffle=False: the dataset shuffles itself (a full permutation every pass); Keras would only warn
+        # that its own shuffle=True is ignored for a tf.data input
+        history = model.fit(dataset, epochs=t.epochs, steps_per_epoch=steps, verbose=verbose, shuffle=False,
                             callbacks=_callbacks(log_dir, output_dir, validation, extra_callbacks))
     except BaseException as exc:
         # a run that stops before its first epoch is saved leaves nothing that blocks the rerun

@@ -29,17 +29,48 @@ def fit_font_scale(text: str, scale: float, max_width: int) -> float:
     return scale
 
 
+def place_labels(boxes, sizes, image_shape) -> list[tuple[int, int]]:
+    """Top-left corners for labels of ``sizes`` ``[(w, h)]`` beside pixel ``xyxy`` ``boxes`` (in
+    drawing order): above the box, else inside its top edge, else below it, whichever is the first
+    to lie inside the image and clear of the labels placed before (else the first inside the image)."""
+    height, width = image_shape[:2]
+    placed: list[tuple[int, int, int, int]] = []
+    corners = []
+    for (x1, y1, x2, y2), (tw, th) in zip(boxes, sizes):
+        x = int(min(max(0, round(x1)), max(0, width - tw)))
+        candidates = [round(y1) - th - 2, round(y1) + 2, round(y2) + 2]  # above, inside the top, below
+        inside = [y for y in candidates if 0 <= y and y + th <= height] or [min(max(0, candidates[0]), max(0, height - th))]
+        free = [y for y in inside if not any(x < px2 and px < x + tw and y < py2 and py < y + th
+                                             for px, py, px2, py2 in placed)]
+        y = int((free or inside)[0])
+        placed.append((x, y, x + tw, y + th))
+        corners.append((x, y))
+    return corners
+
+
 def draw_detections(image: np.ndarray, detections, *, box_color=(0, 0, 255)) -> np.ndarray:
-    """Return a copy of BGR uint8 ``image`` with every detection drawn (pixel ``xyxy`` boxes)."""
+    """Return a copy of BGR uint8 ``image`` with every detection drawn (pixel ``xyxy`` boxes): the
+    box, its score on a filled label that stays inside the picture and clear of its neighbours'
+    labels where there is room (:func:`place_labels`), and the five landmarks."""
     out = image.copy()
     thickness = line_thickness(image)
-    for box, score, lms in zip(detections.boxes, detections.scores, detections.landmarks):
+    scale, text_thickness = 0.4 * thickness, max(1, thickness // 2)
+    texts = [f"{score:.2f}" for score in detections.scores]
+    sizes = []
+    for text in texts:
+        (tw, th), base = cv2.getTextSize(text, FONT, scale, text_thickness)
+        sizes.append((tw + 2, th + base + 2))
+    corners = place_labels(detections.boxes, sizes, image.shape)
+    for box, lms in zip(detections.boxes, detections.landmarks):
         x1, y1, x2, y2 = (int(round(v)) for v in box)
         cv2.rectangle(out, (x1, y1), (x2, y2), box_color, thickness)
-        cv2.putText(out, f"{score:.2f}", (x1, max(0, y1 - 4)), FONT, 0.4 * thickness,
-                    (255, 255, 255), max(1, thickness // 2))
         for (x, y), color in zip(lms, LANDMARK_COLORS):
             cv2.circle(out, (int(round(x)), int(round(y))), thickness + 1, color, -1)
+    for text, (x, y), (tw, th) in zip(texts, corners, sizes):  # labels last: never under another box
+        cv2.rectangle(out, (x, y), (x + tw - 1, y + th - 1), box_color, -1)
+        baseline = cv2.getTextSize(text, FONT, scale, text_thickness)[1]
+        cv2.putText(out, text, (x + 1, y + th - 1 - baseline), FONT, scale, (255, 255, 255), text_thickness,
+                    cv2.LINE_AA)
     return out
 
 

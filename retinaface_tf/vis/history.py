@@ -78,6 +78,22 @@ def _finite(history, name):
     return values if values is not None and np.isfinite(values).any() else None
 
 
+def _tidy_axes(axes, legends) -> None:
+    """Whole epochs on the shared x axis; on a log y axis one set of plain tick labels (1, 2, 5 per
+    decade; no second set from the minor ticks); legends outside the plotting area, on the right,
+    so they never cover a curve."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    for a in axes:
+        if a.get_yscale() == "log":
+            a.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            a.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+            a.yaxis.set_minor_formatter(NullFormatter())
+    for a, kwargs in legends:
+        a.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kwargs)
+
+
 def history_figure(history: dict[str, np.ndarray], *, title: str | None = None):
     """A matplotlib ``Figure``: the loss curves (total, box, class, landmark; ``val_*`` dashed,
     same colour) on a log axis (linear if any drawn loss is < 0), then the learning rate and the
@@ -87,7 +103,8 @@ def history_figure(history: dict[str, np.ndarray], *, title: str | None = None):
     lr_name = next((c for c in LR_COLUMNS if _finite(history, c) is not None), None)
     aps = [(label, history[c]) for label, c in AP_COLUMNS if _finite(history, c) is not None]
     ratios = [3] + [1] * bool(lr_name) + [1.2] * bool(aps)
-    fig = new_figure(figsize=(9, 5 + 2 * (len(ratios) - 1)))
+    fig = new_figure(figsize=(10.5, 5 + 2 * (len(ratios) - 1)))
+    legends = []
     axes = list(np.atleast_1d(fig.subplots(len(ratios), 1, sharex=True, height_ratios=ratios)))
     ax = axes[0]
     drawn = 0
@@ -108,7 +125,7 @@ def history_figure(history: dict[str, np.ndarray], *, title: str | None = None):
     if drawn:
         if positive:
             ax.set_yscale("log")
-        ax.legend(loc="upper right", fontsize=9)
+        legends.append((ax, {"fontsize": 9}))
     else:
         ax.text(0.5, 0.5, "no loss columns in history.csv", ha="center", va="center", transform=ax.transAxes)
     ax.set_ylabel("loss")
@@ -130,9 +147,10 @@ def history_figure(history: dict[str, np.ndarray], *, title: str | None = None):
             seen = np.isfinite(values)  # AP is computed every N epochs only
             aax.plot(epochs[seen], values[seen], "o-", color=colour, label=label, markersize=3)
         aax.set_ylabel("WIDER val AP")
-        aax.legend(loc="lower right", fontsize=9)
+        legends.append((aax, {"fontsize": 9}))
         aax.grid(True, alpha=0.3)
     axes[-1].set_xlabel("epoch")
+    _tidy_axes(axes, legends)
     fig.tight_layout()
     return fig
 
@@ -142,7 +160,8 @@ def comparison_figure(histories: dict[str, dict[str, np.ndarray]], *, title: str
     dotted), the learning rate, and WIDER val AP (easy / medium / hard: circle / square /
     triangle markers) at the epochs where it was measured."""
     colours = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown")
-    fig = new_figure(figsize=(10, 11))
+    fig = new_figure(figsize=(12, 11))
+    legends = []
     ax, lax, aax = fig.subplots(3, 1, sharex=True, height_ratios=[3, 1, 2])
     for (label, history), colour in zip(histories.items(), colours * 4):
         epochs = history["epoch"] + 1
@@ -160,7 +179,7 @@ def comparison_figure(histories: dict[str, dict[str, np.ndarray]], *, title: str
                          label=f"{label}: {setting}")
     ax.set_yscale("log")
     ax.set_ylabel("loss")
-    ax.legend(loc="upper right", fontsize=8, ncol=2)
+    legends.append((ax, {"fontsize": 8}))
     ax.set_title(title or "training runs compared")
     lax.set_ylabel("learning rate")
     rates = np.concatenate([line.get_ydata() for line in lax.get_lines()] or [np.ones(1)])
@@ -168,12 +187,13 @@ def comparison_figure(histories: dict[str, dict[str, np.ndarray]], *, title: str
         lax.set_yscale("log")
     aax.set_ylabel("WIDER val AP")
     if aax.get_lines():
-        aax.legend(loc="lower right", fontsize=8, ncol=2)
+        legends.append((aax, {"fontsize": 8}))
     else:
         aax.text(0.5, 0.5, "no val AP measured", ha="center", va="center", transform=aax.transAxes)
     aax.set_xlabel("epoch")
     for a in (ax, lax, aax):
         a.grid(True, which="both", alpha=0.3)
+    _tidy_axes([ax, lax, aax], legends)
     fig.tight_layout()
     return fig
 
