@@ -67,7 +67,7 @@ def _layer(module: str) -> int:
     for i, units in enumerate(LAYERS):
         if unit in units:
             return i
-    raise AssertionError(f"{module}: not in any layer of LAYERS (add its package to the table and to docs/architecture.md "Layout")")
+    raise AssertionError(f"{module}: not in any layer of LAYERS (add its package to the table and to docs/architecture.md 'Layout')")
 
 
 def _imports(path: Path, modules: dict[str, Path]):
