@@ -1,4 +1,4 @@
-"""``retinaface-tf export``: a TF Serving SavedModel or a TFLite model, post-processing inside."""
+"""``retinaface-tf export``: a TF Serving SavedModel, a TFLite model or an ONNX model, post-processing inside."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from retinaface_tf.commands import add_model_args
 from retinaface_tf.errors import UsageError
 from retinaface_tf.fileio import expand_image_paths
 from retinaface_tf.models.weights import load_model
-from retinaface_tf.serving import ExportSettings, export_saved_model, export_tflite
+from retinaface_tf.serving import ExportSettings, export_onnx, export_saved_model, export_tflite, require_onnx_export
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -23,23 +23,29 @@ def parse_size(text: str) -> tuple[int, int]:
     return height, width
 
 
-def default_output(fmt: str, quantize: str = "none", size: tuple[int, int] = (640, 640), raw: bool = False) -> Path:
-    """Where ``export`` writes without ``--output``: ``exported/retinaface`` (SavedModel folder) or
-    ``exported/retinaface_<fp32|fp16|dynamic|int8>_<W>x<H>[_raw].tflite``, relative to the working folder."""
+def default_output(fmt: str, quantize: str = "none", size: tuple[int, int] = (640, 640), raw: bool = False,
+                   threshold_inputs: bool = False) -> Path:
+    """Where ``export`` writes without ``--output``: ``exported/retinaface`` (SavedModel folder),
+    ``exported/retinaface_<fp32|fp16|dynamic|int8>_<W>x<H>[_raw].tflite`` or
+    ``exported/retinaface[_raw|_thresholds].onnx``, relative to the working folder."""
 
     if fmt == "saved_model":
         return Path("exported") / "retinaface"
+    if fmt == "onnx":
+        return Path("exported") / f"retinaface{'_raw' if raw else ''}{'_thresholds' if threshold_inputs else ''}.onnx"
     kind = "fp32" if quantize == "none" else quantize
     return Path("exported") / f"retinaface_{kind}_{size[1]}x{size[0]}{'_raw' if raw else ''}.tflite"
 
 
 def add_parser(sub, name, help_text):
     p = sub.add_parser(name, help=help_text, description=help_text)
-    p.add_argument("--format", default="saved_model", choices=("saved_model", "tflite"),
-                   help="saved_model (default): TF Serving model folder OUTPUT/<version>/; tflite: one .tflite file")
+    p.add_argument("--format", default="saved_model", choices=("saved_model", "tflite", "onnx"),
+                   help="saved_model (default): TF Serving model folder OUTPUT/<version>/; tflite: one .tflite file; "
+                        "onnx: one .onnx file for any batch and size (needs the onnx extra)")
     p.add_argument("--output", "-o", default=None,
                    help="saved_model: model folder (default exported/retinaface); tflite: file (.tflite added if "
-                        "missing; default exported/retinaface_<fp32|fp16|dynamic|int8>_<W>x<H>[_raw].tflite)")
+                        "missing; default exported/retinaface_<fp32|fp16|dynamic|int8>_<W>x<H>[_raw].tflite); onnx: "
+                        "file (.onnx added if missing; default exported/retinaface[_raw|_thresholds].onnx)")
     add_model_args(p)
     g = p.add_argument_group("detection settings baked into the export")
     g.add_argument("--channel-order", choices=("rgb", "bgr"), default="rgb",
@@ -55,14 +61,18 @@ def add_parser(sub, name, help_text):
     s.add_argument("--version", type=int, default=None,
                    help="version folder number (default: next free one, 1 for a new model; an existing one is replaced)")
     t = p.add_argument_group("tflite")
-    t.add_argument("--input-size", default="640x640", help="fixed input WIDTHxHEIGHT (default 640x640)")
+    t.add_argument("--input-size", default=None, help="fixed input WIDTHxHEIGHT (default 640x640)")
     t.add_argument("--quantize", choices=("none", "fp16", "dynamic", "int8"), default="none",
                    help="none: float32; fp16: float16 weights; dynamic: int8 weights; int8: full-integer network "
                         "(needs --calibration-images)")
-    t.add_argument("--raw", action="store_true", help="output the three head outputs instead of detections")
+    t.add_argument("--raw", action="store_true",
+                   help="tflite, onnx: output the three head outputs instead of detections")
     t.add_argument("--calibration-images", nargs="+", metavar="PATH", default=None,
                    help="int8: real images (files or folders) to calibrate on, fed exactly as the model is (letterboxed)")
     t.add_argument("--calibration-count", type=int, default=100, help="int8: use at most this many images (default 100)")
+    o = p.add_argument_group("onnx")
+    o.add_argument("--threshold-inputs", action="store_true",
+                   help="the model takes score_threshold and iou_threshold (float32 scalars) as inputs")
     return p
 
 
@@ -75,7 +85,18 @@ def run(args) -> int:
             raise UsageError(f"{', '.join(tflite_only)}: only for --format tflite")
     elif args.version is not None:
         raise UsageError("--version: only for --format saved_model")
-    size = parse_size(args.input_size)
+    if args.format == "onnx":
+        tflite_only = [flag for flag, used in (("--input-size", args.input_size is not None),
+                                               ("--quantize", args.quantize != "none"),
+                                               ("--calibration-images", args.calibration_images)) if used]
+        if tflite_only:
+            raise UsageError(f"{', '.join(tflite_only)}: only for --format tflite (an ONNX model takes any size)")
+        if args.threshold_inputs and args.raw:
+            raise UsageError("--threshold-inputs: a --raw export has no thresholds")
+        require_onnx_export()  # before the model is loaded
+    elif args.threshold_inputs:
+        raise UsageError("--threshold-inputs: only for --format onnx (the SavedModel has a with_thresholds signature)")
+    size = parse_size(args.input_size or "640x640")
     calibration = None
     if args.format == "tflite" and args.quantize == "int8":
         if not args.calibration_images:
@@ -86,7 +107,8 @@ def run(args) -> int:
         if not calibration:
             raise UsageError(f"no images found in {', '.join(args.calibration_images)}")
 
-    output = args.output if args.output is not None else default_output(args.format, args.quantize, size, args.raw)
+    output = (args.output if args.output is not None
+              else default_output(args.format, args.quantize, size, args.raw, args.threshold_inputs))
     model, config = load_model(args.weights, args.config)
     settings = ExportSettings.from_config(config, channel_order=args.channel_order, score_threshold=args.score_threshold,
                                           iou_threshold=args.iou_threshold, pre_nms_top_k=args.pre_nms_top_k,
@@ -95,6 +117,12 @@ def run(args) -> int:
         path = export_saved_model(model, config, output, settings, version=args.version)
         print(f"wrote {path} (signatures serving_default, with_thresholds, image_bytes, "
               f"image_bytes_with_thresholds, raw; K = {settings.max_detections})")
+    elif args.format == "onnx":
+        path = export_onnx(model, config, output, settings, raw=args.raw, threshold_inputs=args.threshold_inputs)
+        what = ("head outputs" if args.raw else f"detections, K = {settings.max_detections}"
+                + (", thresholds as inputs" if args.threshold_inputs else ""))
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, input uint8 [batch, height, width, 3] "
+              f"{settings.channel_order.upper()}, {what}) and {path.with_suffix('.yaml')}")
     else:
         path = export_tflite(model, config, output, settings, input_size=size, quantize=args.quantize,
                              raw=args.raw, calibration_images=calibration, calibration_count=args.calibration_count)
