@@ -306,3 +306,74 @@ def test_wider_ap_through_onnx_equals_the_detector(runners, detector, widerface_
     a, b = W.evaluate_predictions(ours, gt), W.evaluate_predictions(theirs, gt)
     for setting in ("easy", "medium", "hard"):
         assert abs(a.ap[setting] - b.ap[setting]) < 1e-4, (setting, a.ap, b.ap)
+
+
+# ---------------------------------------------------------------------- every layer type of the networks
+def _layer_cases():
+    """``(id, build)``: ``build(x)`` adds layers to the Keras input ``x`` ([B, H, W, 8] float32, or
+    uint8 [B, H, W, 3] for ``MeanBorder``) and returns the output: every layer type the fused
+    networks use, and those a ResNet backbone adds (7x7 stride-2 convolution, ReLU6, residual
+    addition, 3x3 stride-2 max pooling after a one-pixel zero padding)."""
+    from keras import layers
+
+    from retinaface_tf.models.fused import FusedConv, MeanBorder, SplitHeads, UpsampleLikeConcat
+    from retinaface_tf.models.layers import UpsampleLike
+
+    cases = []
+    for k, stride, padding in ((1, 1, "valid"), (3, 1, "same"), (3, 2, "same"), (3, 2, "symmetric"),
+                               (3, 2, "valid"), (7, 2, "symmetric")):
+        for activation in (None, "relu", "leaky_relu"):
+            cases.append((f"conv{k}x{k}/{stride}-{padding}-{activation}", lambda x, k=k, s=stride, p=padding, a=activation:
+                          FusedConv(5, k, strides=s, padding=p, activation=a, negative_slope=0.1)(x)))
+    for depthwise in ("grouped", "native"):
+        for stride in (1, 2):
+            cases.append((f"depthwise-{depthwise}/{stride}", lambda x, d=depthwise, s=stride: FusedConv(
+                8, 3, strides=s, padding="symmetric", activation="leaky_relu", negative_slope=0.1, depthwise=d)(x)))
+    cases += [
+        ("mean_border", lambda x: FusedConv(4, 3, strides=2, padding="valid", activation="relu")(
+            MeanBorder((104, 117, 123), pad=1)(x))),
+        ("upsample_like", lambda x: UpsampleLike()([FusedConv(8, 3, strides=2, padding="symmetric")(x), x])),
+        ("upsample_like_concat", lambda x: UpsampleLikeConcat()([FusedConv(8, 3, strides=2, padding="symmetric")(x), x])),
+        ("add_concatenate", lambda x: layers.Concatenate(axis=-1)([layers.Add()([x, x * 0.5]), x])),
+        ("reshape_concatenate_split", lambda x: SplitHeads(["a", "b"], [2, 6])(layers.Concatenate(axis=1)(
+            [layers.Reshape((-1, 8))(x), layers.Reshape((-1, 8))(FusedConv(8, 1)(x))]))),
+        ("relu_leaky_relu", lambda x: layers.LeakyReLU(negative_slope=0.1)(layers.ReLU()(x) - 0.5 * x)),
+        ("relu6_residual", lambda x: layers.ReLU(max_value=6.0)(layers.Add()([FusedConv(8, 3)(x), x * 4.0]))),
+        ("relu6_activation", lambda x: layers.Activation("relu6")(FusedConv(8, 1)(x) * 4.0)),
+        ("zero_padding_max_pooling", lambda x: layers.MaxPooling2D(3, strides=2)(layers.ZeroPadding2D(1)(x))),
+    ]
+    return cases
+
+
+@pytest.mark.parametrize("case", [c[0] for c in _layer_cases()])
+def test_each_layer_type_converts_exactly(case):
+    import keras
+    import tensorflow as tf
+
+    from retinaface_tf.runtimes.onnx import OnnxSession, to_onnx
+
+    build = dict(_layer_cases())[case]
+    uint8 = case == "mean_border"
+    x = keras.Input((None, None, 3 if uint8 else 8), dtype="uint8" if uint8 else "float32")
+    model = keras.Model(x, build(x))
+    rng = np.random.default_rng(len(case))
+    for layer in model.layers:  # FusedConv has zero weights until set: random ones
+        if layer.weights:
+            layer.set_weights([rng.normal(size=w.shape).astype(np.float32) for w in layer.weights])
+    spec = tf.TensorSpec([None, None, None, x.shape[-1]], x.dtype, name="x")
+
+    @tf.function(input_signature=[spec])
+    def fn(t):
+        out = model(t, training=False)
+        return out if isinstance(out, dict) else {"y": out}
+
+    session = OnnxSession(to_onnx(fn.get_concrete_function()).SerializeToString(), num_threads=1)
+    for shape in ((1, 16, 16), (2, 17, 23)):  # even and odd sizes (asymmetric "same" padding, odd upsampling)
+        data = (rng.integers(0, 256, (*shape, 3)).astype(np.uint8) if uint8
+                else rng.normal(size=(*shape, 8)).astype(np.float32))
+        got = session(x=data)
+        want = {k: v.numpy() for k, v in fn(tf.constant(data)).items()}
+        assert sorted(got) == sorted(want)
+        for key in want:
+            assert got[key].shape == want[key].shape, (case, shape, key)
+            np.testing.assert_allclose(got[key], want[key], atol=1e-4, rtol=1e-5, err_msg=f"{case} {shape} {key}")
