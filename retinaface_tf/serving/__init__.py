@@ -35,18 +35,23 @@ or an int8 network (int8 weights and activations, calibrated on real images thro
 own preprocessing) whose pre- / post-processing and first backbone stage stay float32 (see
 :func:`~retinaface_tf.serving.tflite.convert_tflite`).
 
+ONNX (:func:`~retinaface_tf.serving.onnx.export_onnx`): the ``serving_default``,
+``with_thresholds`` or ``raw`` graph converted by tf2onnx, any batch and size, same names.
+
 Modules: :mod:`~retinaface_tf.serving.module` (the settings and the exported ``tf.Module`` with
 its signatures), :mod:`~retinaface_tf.serving.saved_model` (TF Serving folders),
-:mod:`~retinaface_tf.serving.tflite` (letterboxing, calibration, conversion, LiteRT runner).
+:mod:`~retinaface_tf.serving.tflite` (letterboxing, calibration, conversion, LiteRT runner),
+:mod:`~retinaface_tf.serving.onnx` (ONNX export, ONNX Runtime runner).
 """
 
 from retinaface_tf.serving.module import (DETECTION_KEYS, RAW_KEYS, SIGNATURES, ExportModule, ExportSettings,
                                           build_export_module, network_order)
+from retinaface_tf.serving.onnx import export_onnx, onnx_network, onnx_runner, require_onnx_export
 from retinaface_tf.serving.saved_model import export_saved_model, next_version, saved_model_network
 from retinaface_tf.serving.tflite import (INT8_FLOAT_LAYERS, QUANTIZE_MODES, calibration_dataset, convert_tflite,
                                           export_tflite, letterbox, tflite_network, tflite_runner)
 
 __all__ = ["DETECTION_KEYS", "INT8_FLOAT_LAYERS", "QUANTIZE_MODES", "RAW_KEYS", "SIGNATURES", "ExportModule",
-           "ExportSettings", "build_export_module", "calibration_dataset", "convert_tflite", "export_saved_model",
-           "export_tflite", "letterbox", "network_order", "next_version", "saved_model_network", "tflite_network",
-           "tflite_runner"]
+           "ExportSettings", "build_export_module", "calibration_dataset", "convert_tflite", "export_onnx",
+           "export_saved_model", "export_tflite", "letterbox", "network_order", "next_version", "onnx_network",
+           "onnx_runner", "require_onnx_export", "saved_model_network", "tflite_network", "tflite_runner"]

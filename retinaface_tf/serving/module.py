@@ -156,50 +156,62 @@ class ExportModule(tf.Module):
                 tensor = tf.identity(tensor)
         return tensor
 
-    def signatures(self) -> dict:
+    def signatures(self, names=None) -> dict:
         """``{signature name: concrete function}`` (all five for any size; ``serving_default``
-        and ``raw`` for a fixed size)."""
+        and ``raw`` for a fixed size). ``names``: only these (each traced only if asked for; the
+        ONNX export converts two of them)."""
         s = self._settings
         order = s.channel_order
         single = self._input_size is not None
+        available = ("serving_default", "raw") if single else SIGNATURES
+        names = available if names is None else tuple(names)
+        unknown = [name for name in names if name not in available]
+        if unknown:
+            raise ValueError(f"ExportModule.signatures: no signature {unknown[0]!r} (have {', '.join(available)})")
         score_spec = tf.TensorSpec([], tf.float32, name="score_threshold")
         iou_spec = tf.TensorSpec([], tf.float32, name="iou_threshold")
         bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
 
-        @tf.function(input_signature=[self._images_spec()])
-        def serving_default(images):
-            images = self._checked(images, self._images_spec())
-            return self._detect(images, s.score_threshold, s.iou_threshold, channel_order=order, single_image=single)
+        def serving_default():
+            @tf.function(input_signature=[self._images_spec()])
+            def serving_default(images):
+                images = self._checked(images, self._images_spec())
+                return self._detect(images, s.score_threshold, s.iou_threshold, channel_order=order,
+                                    single_image=single)
+            return serving_default
 
-        @tf.function(input_signature=[self._images_spec()])
-        def raw(images):
-            images = self._checked(images, self._images_spec())
-            out = self._network(images, order)
-            return {key: out[key] for key in RAW_KEYS}
+        def raw():
+            @tf.function(input_signature=[self._images_spec()])
+            def raw(images):
+                images = self._checked(images, self._images_spec())
+                out = self._network(images, order)
+                return {key: out[key] for key in RAW_KEYS}
+            return raw
 
-        sigs = {"serving_default": serving_default.get_concrete_function(), "raw": raw.get_concrete_function()}
-        if single:
-            return sigs
+        def with_thresholds():
+            @tf.function(input_signature=[self._images_spec(), score_spec, iou_spec])
+            def with_thresholds(images, score_threshold, iou_threshold):
+                images = self._checked(images, self._images_spec())
+                return self._detect(images, score_threshold, iou_threshold, channel_order=order)
+            return with_thresholds
 
-        @tf.function(input_signature=[self._images_spec(), score_spec, iou_spec])
-        def with_thresholds(images, score_threshold, iou_threshold):
-            images = self._checked(images, self._images_spec())
-            return self._detect(images, score_threshold, iou_threshold, channel_order=order)
+        def image_bytes():
+            @tf.function(input_signature=[bytes_spec])
+            def image_bytes(image_bytes):
+                image_bytes = self._checked(image_bytes, bytes_spec)
+                return self._detect_encoded(image_bytes, s.score_threshold, s.iou_threshold)
+            return image_bytes
 
-        @tf.function(input_signature=[bytes_spec])
-        def image_bytes(image_bytes):
-            image_bytes = self._checked(image_bytes, bytes_spec)
-            return self._detect_encoded(image_bytes, s.score_threshold, s.iou_threshold)
+        def image_bytes_with_thresholds():
+            @tf.function(input_signature=[bytes_spec, score_spec, iou_spec])
+            def image_bytes_with_thresholds(image_bytes, score_threshold, iou_threshold):
+                image_bytes = self._checked(image_bytes, bytes_spec)
+                return self._detect_encoded(image_bytes, score_threshold, iou_threshold)
+            return image_bytes_with_thresholds
 
-        @tf.function(input_signature=[bytes_spec, score_spec, iou_spec])
-        def image_bytes_with_thresholds(image_bytes, score_threshold, iou_threshold):
-            image_bytes = self._checked(image_bytes, bytes_spec)
-            return self._detect_encoded(image_bytes, score_threshold, iou_threshold)
-
-        sigs.update(with_thresholds=with_thresholds.get_concrete_function(),
-                    image_bytes=image_bytes.get_concrete_function(),
-                    image_bytes_with_thresholds=image_bytes_with_thresholds.get_concrete_function())
-        return {name: sigs[name] for name in SIGNATURES}
+        builders = {"serving_default": serving_default, "raw": raw, "with_thresholds": with_thresholds,
+                    "image_bytes": image_bytes, "image_bytes_with_thresholds": image_bytes_with_thresholds}
+        return {name: builders[name]().get_concrete_function() for name in available if name in names}
 
 
 def network_order(config, channel_order: str) -> str:
