@@ -28,8 +28,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from retinaface_tf.models.fused import fuse_for_inference, is_mobilenet, merged_heads
-from retinaface_tf.ops.image import fast_preprocess
+from retinaface_tf.models.fused import fuse_for_inference, merged_heads
 from retinaface_tf.ops.nms import detect_from_heads
 
 ONNX_MISSING = ("the ONNX export and runtime need the onnx, onnxruntime and tf2onnx packages: "
@@ -186,9 +185,8 @@ class OnnxNetwork:
       "variances", "min_sizes", "steps", "clip"}``, fixed here.
 
     The network is :func:`~retinaface_tf.models.fused.fuse_for_inference`'s with native depthwise
-    convolutions (ONNX ``Conv`` with ``group = channels`` either way); for MobileNetV1-0.25 it
-    takes the uint8 image itself (the mean folded into the first convolution), another
-    backbone's starts with :func:`~retinaface_tf.ops.image.fast_preprocess`. ``model`` is the
+    convolutions (ONNX ``Conv`` with ``group = channels`` either way), on the uint8 image itself
+    (the mean folded into the first convolution, any backbone). ``model`` is the
     trained RetinaFace; its weights are a snapshot taken here. ``num_threads``: ONNX Runtime's
     intra-op threads (default: the cores this process may use). Needs the ``onnx`` extra:
     :class:`ImportError` naming it otherwise, before any conversion."""
@@ -197,12 +195,8 @@ class OnnxNetwork:
                  opset: int = OPSET):
         require_onnx()
         self.num_threads = _cores() if num_threads is None else int(num_threads)
-        uint8 = is_mobilenet(model)
-        network = fuse_for_inference(model, depthwise="native", input_order="bgr", uint8_input=uint8)
+        network = fuse_for_inference(model, depthwise="native", input_order="bgr", uint8_input=True)
         merged = merged_heads(network) or network
-
-        def prepared(images):
-            return images if uint8 else fast_preprocess(images, channel_order="bgr")
 
         images_spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
         dims = {("images", 0): "batch", ("images", 1): "height", ("images", 2): "width", ("output_scale", 0): "batch",
@@ -210,7 +204,7 @@ class OnnxNetwork:
 
         @tf.function(input_signature=[images_spec], autograph=False)
         def heads(images):
-            out = network(prepared(images), training=False)
+            out = network(images, training=False)
             return {key: out[key] for key in HEAD_KEYS}
 
         self.heads_model = to_onnx(heads.get_concrete_function(), opset=opset, dimension_names=dims,
@@ -225,7 +219,7 @@ class OnnxNetwork:
                                           tf.TensorSpec([], tf.float32, name="iou_threshold")], autograph=False)
             def detect(images, output_scale, score_threshold, iou_threshold):
                 shape = tf.shape(images)
-                return detect_from_heads(merged(prepared(images), training=False), input_size=(shape[1], shape[2]),
+                return detect_from_heads(merged(images, training=False), input_size=(shape[1], shape[2]),
                                          output_scale=output_scale, score_threshold=score_threshold,
                                          iou_threshold=iou_threshold, **post)
 

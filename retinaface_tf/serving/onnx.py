@@ -49,12 +49,11 @@ def onnx_network(model, config, channel_order: str = "rgb") -> tuple:
     """What :func:`export_onnx` converts: ``(network, network_order)``.
 
     :func:`~retinaface_tf.models.fused.fuse_for_inference` of ``model`` with native depthwise
-    convolutions and merged heads; for MobileNetV1-0.25 it takes the uint8 image itself (the mean
-    folded into the first convolution) and, for RGB input, the channel flip folded into the first
-    convolution as well (as the TFLite export's). Same outputs as ``model`` to float rounding."""
+    convolutions and merged heads, on the uint8 image itself (the mean folded into the first
+    convolution) and, for RGB input, the channel flip folded into the first convolution as well
+    (as the TFLite export's; any backbone). Same outputs as ``model`` to float rounding."""
     order = network_order(config, channel_order)
-    return fuse_for_inference(model, depthwise="native", input_order=order,
-                              uint8_input=config.model.backbone == "mobilenet025"), order
+    return fuse_for_inference(model, depthwise="native", input_order=order, uint8_input=True), order
 
 
 def _is_onnx_model(path: Path) -> bool:
