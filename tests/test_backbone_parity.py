@@ -309,3 +309,52 @@ def test_resnet34_state_dict_is_recognised(tmp_path):
                                   state["fx.layer3.5.conv2.weight"].transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(fresh.get_layer("ClassHead_2").kernel.numpy(),
                                   state["class_head.class_head.2.weight"].transpose(2, 3, 1, 0))
+
+# ---------------------------------------------------------------------- every path runs every network
+@pytest.mark.parametrize("name", [name if name == "resnet50" else pytest.param(name, marks=pytest.mark.slow)
+                                  for name in FIXTURES])
+def test_exports_and_litert_equal_the_source(reference_dir, photo, tmp_path, name):
+    """The SavedModel (``serving_default`` and ``image_bytes``), TFLite fp32 (raw outputs),
+    ``Detector(runtime="litert")`` and the ONNX export (in ONNX Runtime) of each converted
+    checkpoint reproduce its source at 640x640
+    (ResNet-50 in the default suite, the yakhyo networks in the slow one)."""
+    from retinaface_tf.cli import main
+    from retinaface_tf.inference import Detector
+    from retinaface_tf.serving import tflite_runner
+    path, ref, _, _ = _fixture(reference_dir, name)
+    model, cfg, _, _ = _loaded(reference_dir, name)
+    image = _image(photo, "640_")
+    expected = ref["640_dets"]
+
+    out = tmp_path / "sm"
+    assert main(["export", "--weights", str(path), "--output", str(out), "--score-threshold", "0.02",
+                 "--channel-order", "bgr"]) == 0
+    loaded = tf.saved_model.load(str(out / "1"))
+    got = loaded.signatures["serving_default"](images=tf.constant(image[None]))
+    n = int(got["num_detections"][0])
+    assert_detections_equal(got["detection_boxes"][0, :n], got["detection_scores"][0, :n],
+                            got["detection_landmarks"][0, :n], expected)
+    png = cv2.imencode(".png", image)[1].tobytes()  # lossless: the same pixels, decoded to RGB in the graph
+    got = loaded.signatures["image_bytes"](image_bytes=tf.constant([png]))
+    n = int(got["num_detections"][0])
+    assert_detections_equal(got["detection_boxes"][0, :n], got["detection_scores"][0, :n],
+                            got["detection_landmarks"][0, :n], expected)
+
+    raw = tmp_path / "r50_raw.tflite"
+    assert main(["export", "--weights", str(path), "--format", "tflite", "--raw", "--input-size", "640x640",
+                 "--channel-order", "bgr", "--output", str(raw)]) == 0
+    assert_raw_outputs_equal(tflite_runner(raw)(images=image[None]), ref, "640_")
+
+    litert = Detector(model=model, config=cfg, score_threshold=THRESHOLD, runtime="litert")
+    dets = litert.detect(image)
+    assert_detections_equal(dets.boxes, dets.scores, dets.landmarks, expected)
+
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    from retinaface_tf.serving.onnx import onnx_runner
+    onnx = tmp_path / "model.onnx"
+    assert main(["export", "--weights", str(path), "--format", "onnx", "--score-threshold", "0.02",
+                 "--channel-order", "bgr", "--output", str(onnx)]) == 0
+    got = onnx_runner(onnx)(images=image[None])
+    n = int(got["num_detections"][0])
+    assert_detections_equal(got["detection_boxes"][0, :n], got["detection_scores"][0, :n],
+                            got["detection_landmarks"][0, :n], expected)
