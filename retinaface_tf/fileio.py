@@ -718,6 +718,9 @@ def _locked(path: Path, target, flag: str, command: str | None):
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         except OSError as exc:
+            if exc.errno in (errno.ENOTDIR, errno.EEXIST):  # a file where a folder should be: the command says so
+                yield None
+                return
             if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 print(f"warning: {flag} {target}: cannot create the lock file {path} ({exc.strerror}); "
                       "a second run into it at the same time would not be stopped", file=sys.stderr)

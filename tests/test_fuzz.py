@@ -1,12 +1,17 @@
-"""Fuzzing the two readers of untrusted files: checkpoints (``load_torch_checkpoint``) and images
-(``fileio.read_image``).
+"""Fuzzing the readers of untrusted files: checkpoints (``load_torch_checkpoint``), images
+(``fileio.read_image``), videos (``video.detect_video``), TFRecord shards
+(``data.tfrecord.check_tfrecords`` and then the pipeline's parsing and decoding) and YAML configs
+(``Config.load``).
 
 A few hundred seeded random mutations of the real reference checkpoints (legacy ``.pth`` and
-``.tar``, and a zip re-packing of the ``.pth`` built here) and of real WIDER FACE JPEGs plus a PNG.
-Each is read in a subprocess limited to 2 GiB of address space and a timeout, many per process;
-a process that dies is re-run input by input to name the culprit. Every input must either load or
-be refused with one line naming the file: no signal, no hang, no traceback. Slow: run with
-``pytest -m slow tests/test_fuzz.py -s`` to see the counts.
+``.tar``, and a zip re-packing of the ``.pth`` built here), of real WIDER FACE JPEGs plus a PNG, of
+MJPG ``.avi`` and ``mp4v`` ``.mp4`` videos, TFRecord shards and config YAML built here. Each is read
+in a subprocess limited to 2 GiB of address space and a timeout, many per process; a process that
+dies is re-run input by input to name the culprit. Every input must either load or be refused with
+one line naming the file: no signal, no hang, no traceback (a video that fails also leaves no file
+behind; a shard the check passes must then parse and decode). Videos run through a stand-in
+detector that finds no face (the reader is fuzzed, not the network), with ``max_pixels`` 10 M.
+Slow: run with ``pytest -m slow tests/test_fuzz.py -s`` to see the counts.
 """
 
 from __future__ import annotations
@@ -28,31 +33,78 @@ pytestmark = pytest.mark.slow
 
 SEED = 20240611
 RLIMIT_AS = 2 << 30
+# TensorFlow's thread pools (tf.data, one per core) reserve address space for their stacks: the
+# TFRecord reader gets more address space (not more memory in use) than the others
+RLIMIT_AS_TF = 6 << 30
 BATCH = 40
 BATCH_TIMEOUT = 300
 ONE_TIMEOUT = 60
 MAX_SECONDS_PER_INPUT = 20.0
 
 _DRIVER = r"""
-import resource, sys, time
+import os, resource, sys, time
 resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]), int(sys.argv[1])))
 from retinaface_tf.errors import RetinaFaceError
-if sys.argv[2] == "checkpoint":
+kind = sys.argv[2]
+if kind == "checkpoint":
     from retinaface_tf.convert.torch_weights import load_torch_checkpoint as load
-else:
+elif kind == "image":
     from retinaface_tf.fileio import read_image as load
+elif kind == "video":
+    import numpy as np
+    from retinaface_tf.video import detect_video
+
+    class NoFaces:
+        boxes, scores, landmarks = np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))
+        def __len__(self):
+            return 0
+        def to_list(self):
+            return []
+
+    class StandIn:  # the reader is fuzzed, not the network
+        batch_size, max_pixels, batch_pixels = 4, 10_000_000, 24_000_000
+        def detect_batch(self, frames):
+            return [NoFaces() for _ in frames]
+
+    def load(path):
+        out = path + ".out"
+        os.makedirs(out, exist_ok=True)
+        try:
+            return detect_video(StandIn(), path, annotated=os.path.join(out, "v.avi"), jsonl=os.path.join(out, "v.jsonl"))
+        except RetinaFaceError:
+            if os.listdir(out):
+                raise AssertionError("files left behind by a failed video: " + ", ".join(os.listdir(out)))
+            raise
+elif kind == "tfrecord":
+    import tensorflow as tf
+    from retinaface_tf.data.tfrecord import check_tfrecords, read_tfrecords
+
+    def load(path):
+        count = check_tfrecords(path)
+        for encoded, faces in read_tfrecords(path, shuffle_files=False):  # what the check passed must be usable
+            tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        return count
+else:
+    from retinaface_tf.config import Config
+    load = Config.load
 for path in sys.argv[3:]:
     t = time.perf_counter()
     try:
         out = load(path)
-        if sys.argv[2] == "image":
+        if kind == "image":
             ok = out.dtype.name == "uint8" and out.ndim == 3 and out.shape[2] == 3 and out.size > 0
-        else:
+        elif kind == "checkpoint":
             ok = isinstance(out, dict) and all(hasattr(v, "dtype") for v in out.values())
+        elif kind == "video":
+            ok = out.frames_read >= 1 and (out.error is None or out.error.startswith(path + ": "))
+        elif kind == "tfrecord":
+            ok = out >= 1
+        else:
+            ok = out.name is not None
         result = "OK" if ok else "BADRESULT " + type(out).__name__
     except RetinaFaceError as exc:
         msg = str(exc)
-        if "\n" in msg or not msg.startswith(path + ": "):
+        if "\n" in msg or not msg.startswith(path + ": ") or len(msg) > 600:
             result = "BADMESSAGE " + " ".join(msg.split())[:300]
         else:
             result = "ERR " + msg[len(path) + 2:]
@@ -212,11 +264,133 @@ def image_mutations(widerface_dir: Path, rng: random.Random):
             yield f"{Path(name).stem}-dims-{j}{suffix}", bytes(b), desc
 
 
+def _synthetic_frames(count: int = 6, size=(96, 64)):
+    import cv2
+
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    frames = []
+    for k in range(count):
+        f = np.stack([(xx + 7 * k) % 256, (yy * 3) % 256, (xx + yy + 20 * k) % 256], axis=-1).astype(np.uint8)
+        cv2.circle(f, (20 + 8 * k, 30), 12, (40, 200, 90), -1)
+        frames.append(f)
+    return frames
+
+
+def _video_bytes(workdir: Path, name: str, fourcc: str) -> bytes:
+    import cv2
+
+    frames = _synthetic_frames()
+    path = workdir / name
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 10.0, frames[0].shape[1::-1])
+    assert writer.isOpened()
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
+def video_mutations(workdir: Path, rng: random.Random):
+    """MJPG .avi and mp4v .mp4 built here: raw and header mutations, and the declared frame size
+    (AVI ``avih`` / ``strf``, the first JPEG's SOF) set huge or zero."""
+    sources = [("clip.avi", _video_bytes(workdir, "src.avi", "MJPG")),
+               ("clip.mp4", _video_bytes(workdir, "src.mp4", "mp4v"))]
+    for name, data in sources:
+        stem, suffix = Path(name).stem, Path(name).suffix
+        yield f"{stem}-clean{suffix}", data, "unchanged (must load)"
+        for i in range(45):
+            yield (f"{stem}-raw-{i}{suffix}", *mutate(data, rng))
+        for i in range(35):
+            yield (f"{stem}-head-{i}{suffix}", *mutate(data, rng, (0, min(len(data), 4096))))
+    avi = sources[0][1]
+    for j, (w, h) in enumerate([(8000, 8000), (40000, 40000), (0, 0), (65535, 1), (12000, 12000)]):
+        b = bytearray(avi)
+        at = avi.find(b"avih")
+        b[at + 40:at + 48] = struct.pack("<II", w, h)
+        at = avi.find(b"strf")
+        b[at + 12:at + 20] = struct.pack("<ii", w, h)
+        yield f"clip-declared-{j}.avi", bytes(b), f"avih/strf declare {w}x{h}"
+        b = bytearray(avi)
+        sof = avi.find(b"\xff\xc0")
+        b[sof + 5:sof + 9] = struct.pack(">HH", h % 65536, w % 65536)
+        yield f"clip-sof-{j}.avi", bytes(b), f"first frame's SOF {w}x{h}"
+
+
+def tfrecord_mutations(workdir: Path, rng: random.Random):
+    """Shards of a synthetic dataset: raw bytes mutated (CRCs break), and records whose
+    serialized Example (labels, the JPEG inside) is mutated under valid CRCs."""
+    import tensorflow as tf
+
+    from synthetic import make_dataset
+
+    from retinaface_tf.data.tfrecord import write_tfrecords
+    from retinaface_tf.data.widerface import read_annotations
+
+    label, images = make_dataset(workdir / "data", images=4, size=(64, 80))
+    shard = Path(write_tfrecords(read_annotations(label), images, workdir / "src" / "train", num_shards=1)[0])
+    data = shard.read_bytes()
+    records = list(tf.data.TFRecordDataset(str(shard)).as_numpy_iterator())
+
+    def rewrap(recs) -> bytes:
+        out = workdir / "rewrap.tfrecord"
+        with tf.io.TFRecordWriter(str(out)) as w:
+            for r in recs:
+                w.write(r)
+        raw = out.read_bytes()
+        out.unlink()
+        return raw
+
+    yield "train-clean.tfrecord", data, "unchanged (must load)"
+    for i in range(40):
+        yield (f"train-raw-{i}.tfrecord", *mutate(data, rng))
+    for i in range(15):
+        yield (f"train-head-{i}.tfrecord", *mutate(data, rng, (0, 64)))
+    for i in range(60):
+        k = rng.randrange(len(records))
+        rec = records[k]
+        jpeg_at = rec.find(b"\xff\xd8")
+        region = (jpeg_at, len(rec)) if i % 2 and jpeg_at >= 0 else (0, len(rec))
+        new, desc = mutate(rec, rng, region)
+        yield f"train-record-{i}.tfrecord", rewrap(records[:k] + [new] + records[k + 1:]), f"record {k}: {desc}"
+
+
+_YAML_VALUES = ["1e39", "-1", ".nan", "[]", "{}", "*a", "&a x", "!!python/object/apply:os.system [ls]", "~",
+                "99999999999999999999999999", "[[[[[[[[[[", "'x' * 10", "!!binary aGVsbG8=", "<<: *a", "\"\\x00\""]
+
+
+def yaml_mutations(rng: random.Random):
+    """The packaged mobilenet025_short.yaml: raw byte mutations, values replaced by hostile YAML,
+    alias bombs and deep nesting."""
+    from retinaface_tf.config import _packaged_configs
+
+    text = Path(_packaged_configs()["mobilenet025_short"]).read_text()
+    data = text.encode()
+    yield "short-clean.yaml", data, "unchanged (must load)"
+    for i in range(60):
+        yield (f"short-raw-{i}.yaml", *mutate(data, rng))
+    lines = text.splitlines()
+    values = [i for i, ln in enumerate(lines) if ":" in ln and not ln.lstrip().startswith("#")]
+    for i in range(40):
+        k, v = rng.choice(values), rng.choice(_YAML_VALUES)
+        new = list(lines)
+        new[k] = new[k].split(":", 1)[0] + ": " + v
+        yield f"short-value-{i}.yaml", ("\n".join(new) + "\n").encode(), f"line {k + 1} := {v}"
+    for levels in (3, 6, 9, 12):
+        bomb = ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+        bomb += [f"{chr(97 + i)}: &{chr(97 + i)} [" + ", ".join([f"*{chr(96 + i)}"] * 9) + "]" for i in range(1, levels)]
+        yield f"bomb-{levels}.yaml", ("\n".join(bomb) + f"\nbase: *{chr(96 + levels)}\n").encode(), f"{levels} alias levels"
+    for depth in (100, 5000, 100000):
+        yield f"deep-{depth}.yaml", ("base: " + "[" * depth + "]" * depth + "\n").encode(), f"nesting {depth}"
+
+
 # ------------------------------------------------------------------ running them
 def _run(kind: str, paths: list[Path], timeout: float):
-    cmd = [sys.executable, "-c", _DRIVER, str(RLIMIT_AS), kind, *map(str, paths)]
+    cmd = [sys.executable, "-c", _DRIVER, str(RLIMIT_AS_TF if kind == "tfrecord" else RLIMIT_AS), kind,
+           *map(str, paths)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout)
     except subprocess.TimeoutExpired:
         return None, None, ""
     return proc.returncode, proc.stdout.splitlines(), proc.stderr
@@ -239,7 +413,7 @@ def fuzz(kind: str, cases, workdir: Path) -> tuple[collections.Counter, list[str
             problems.append(f"{name} ({desc}): {seconds} s")
         if outcome == "ERR":
             counts["err:" + _category(result)] += 1
-        if name.endswith(("-clean", "-clean.jpg", "-clean.png")) and outcome != "OK":
+        if Path(name).stem.endswith("-clean") and outcome != "OK":
             problems.append(f"{name}: the unmutated input does not load: {result}")
 
     def flush():
@@ -315,4 +489,28 @@ def test_fuzz_images(widerface_dir, tmp_path, capsys):
     counts, problems, seconds = fuzz("image", image_mutations(widerface_dir, rng), tmp_path)
     tried = _report(capsys, "image fuzz", counts, problems, seconds)
     assert tried >= 300
+    assert not problems, "\n".join(problems[:30])
+
+
+def test_fuzz_videos(tmp_path, capsys):
+    rng = random.Random(SEED + 2)
+    counts, problems, seconds = fuzz("video", list(video_mutations(tmp_path, rng)), tmp_path)
+    tried = _report(capsys, "video fuzz", counts, problems, seconds)
+    assert tried >= 150
+    assert not problems, "\n".join(problems[:30])
+
+
+def test_fuzz_tfrecords(tmp_path, capsys):
+    rng = random.Random(SEED + 3)
+    counts, problems, seconds = fuzz("tfrecord", list(tfrecord_mutations(tmp_path, rng)), tmp_path)
+    tried = _report(capsys, "TFRecord fuzz", counts, problems, seconds)
+    assert tried >= 100
+    assert not problems, "\n".join(problems[:30])
+
+
+def test_fuzz_yaml(tmp_path, capsys):
+    rng = random.Random(SEED + 4)
+    counts, problems, seconds = fuzz("yaml", list(yaml_mutations(rng)), tmp_path)
+    tried = _report(capsys, "YAML fuzz", counts, problems, seconds)
+    assert tried >= 100
     assert not problems, "\n".join(problems[:30])

@@ -522,11 +522,11 @@ def _run(args, out_dir: Path, crops: Path | None) -> int:
     for i, (video, jsonl) in videos.items():
         planned += [(jsonl, f"the JSON Lines of {paths[i]}")]
         planned += [] if args.no_draw else [(video, f"the annotated video of {paths[i]}")]
-    check_planned_outputs(out_dir, planned, crops, [(input_names[i], paths[i]) for i in image_indices], paths)
     previous = check_output(out_dir, roots, paths, [names[i] for i in image_indices], draw=not args.no_draw,
                             always=always)
     if crops is not None:
         check_crops_folder(crops, roots, paths)
+    check_planned_outputs(out_dir, planned, crops, [(input_names[i], paths[i]) for i in image_indices], paths)
 
     # the model first: bad --weights leave no output folder behind
     detector = Detector(args.weights, args.config, score_threshold=args.threshold, iou_threshold=args.iou_threshold,

@@ -19,6 +19,7 @@ One ``tf.train.Example`` per image:
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -28,7 +29,7 @@ import tensorflow as tf
 from retinaface_tf.data.widerface import MAX_LABEL_VALUE, TF_FORMATS, Annotations, ImageAnnotation, check_images
 from retinaface_tf.constants import NUM_LANDMARKS
 from retinaface_tf.errors import ImageError, TFRecordError
-from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, first_line, open_regular_file, probe_image_bytes
+from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, open_regular_file, probe_image_bytes
 from retinaface_tf.ops.faces import Faces
 
 _FEATURES = {
@@ -137,7 +138,7 @@ def _record_problem(record: bytes, label: str, max_pixels: int | None, decode: b
     except ImageError as exc:
         return f"image/encoded: {str(exc)[len(label) + 2:]}"
     except (tf.errors.OpError, MemoryError) as exc:
-        return f"image/encoded: TensorFlow cannot decode this {header.format} ({first_line(exc)[:200]})"
+        return f"image/encoded: TensorFlow cannot decode this {header.format} ({_tf_reason(exc)})"
     return None
 
 
@@ -174,11 +175,18 @@ def check_tfrecords(file_pattern: str | Sequence[str], *, max_pixels: int | None
                 index += 1
         except tf.errors.OpError as exc:
             raise TFRecordError(f"{shard}: record {index}: cannot be read, the shard is truncated or damaged "
-                                f"({first_line(exc)[:200]})") from None
+                                f"({_tf_reason(exc)})") from None
         total += index
     if not total:
         raise TFRecordError(f"{', '.join(patterns)}: the shards hold no record")
     return total
+
+
+def _tf_reason(exc: BaseException) -> str:
+    """The first line of a TensorFlow error without its ``{{function_node ...}}`` prefix, cut."""
+    lines = [ln.strip() for ln in str(getattr(exc, "message", exc)).splitlines() if ln.strip()]
+    reason = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", lines[0] if lines else type(exc).__name__)
+    return reason[:200]
 
 
 def _filename(record: bytes) -> str:
