@@ -234,6 +234,7 @@ def test_without_ray_one_line_naming_the_extra(tmp_path):
 
 
 # ---------------------------------------------------------------------- a real local Ray
+@pytest.mark.slow  # a real local Ray start-up and job: ~100 s on 2 cores
 def test_local_job_equals_detect_and_keeps_refused_rows(tmp_path, ray_tmp, detector):
     """A real local Ray (2 CPUs, 127.0.0.1): every input has one row; the faces equal the
     in-process Detector's (same count, boxes within 0.01 px) on the bundled photo and WIDER val
