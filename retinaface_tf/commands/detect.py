@@ -250,25 +250,22 @@ def _input_names(paths: list[str], roots: list[str]) -> list[str]:
     """Relative names of the inputs, extension kept: folder inputs keep their sub-paths, files
     their base name; two inputs of one name (from two folders) get a numeric suffix
     (``a.jpg``, ``a_1.jpg``). Distinct for distinct inputs: crops and annotated files are named from them."""
-    names, taken = [], set()
-    for rel in _relative_names(paths, roots):
-        stem, ext = os.path.splitext(rel)
-        name, n = rel, 0
-        while name in taken:
-            n += 1
-            name = f"{stem}_{n}{ext}"
-        taken.add(name)
-        names.append(name)
-    return names
+    return _unique_names(paths, roots, annotated=False)
 
 
 def _output_names(paths: list[str], roots: list[str]) -> list[str]:
     """Relative names of the annotated files (see :func:`_relative_names`); other formats become
     ``.jpg``; clashes (also ``a.bmp`` vs ``a.jpg``) get a numeric suffix."""
+    return _unique_names(paths, roots, annotated=True)
+
+
+def _unique_names(paths: list[str], roots: list[str], *, annotated: bool) -> list[str]:
+    """The inputs' relative names made distinct with ``_1``, ``_2``, ... before the extension;
+    ``annotated``: extensions detect cannot write become ``.jpg`` first."""
     names, taken = [], set()
     for rel in _relative_names(paths, roots):
         stem, ext = os.path.splitext(rel)
-        if ext.lower() not in ANNOTATED_SUFFIXES:
+        if annotated and ext.lower() not in ANNOTATED_SUFFIXES:
             ext = ".jpg"
         name, n = stem + ext, 0
         while name in taken:
