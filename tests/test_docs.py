@@ -244,9 +244,9 @@ def test_docs_have_runnable_blocks_and_few_skips():
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 
 
-def _strip_code(text: str) -> list[tuple[int, str]]:
-    """``(line number, line)`` outside fenced blocks, inline code removed."""
-    out, fence = [], None
+def _outside_fences(text: str):
+    """``(line number, line)`` of the lines outside fenced blocks."""
+    fence = None
     for n, line in enumerate(text.splitlines(), 1):
         m = FENCE.match(line)
         if fence is None and m:
@@ -256,8 +256,12 @@ def _strip_code(text: str) -> list[tuple[int, str]]:
             if line.startswith(fence):
                 fence = None
             continue
-        out.append((n, re.sub(r"`[^`]*`", "", line)))
-    return out
+        yield n, line
+
+
+def _strip_code(text: str) -> list[tuple[int, str]]:
+    """``(line number, line)`` outside fenced blocks, inline code removed."""
+    return [(n, re.sub(r"`[^`]*`", "", line)) for n, line in _outside_fences(text)]
 
 
 def slug(heading: str) -> str:
@@ -271,16 +275,7 @@ def slug(heading: str) -> str:
 def anchors(path: Path) -> set[str]:
     seen: dict[str, int] = {}
     out = set()
-    fence = None
-    for line in path.read_text().splitlines():
-        m = FENCE.match(line)
-        if fence is None and m:
-            fence = m.group(1)
-            continue
-        if fence is not None:
-            if line.startswith(fence):
-                fence = None
-            continue
+    for _, line in _outside_fences(path.read_text()):
         h = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
         if h:
             base = slug(h.group(1))
