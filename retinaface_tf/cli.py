@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # name -> one-line help, in the order a user meets them. Add a subcommand by adding its module and a line here.
 COMMANDS = {
     "detect": "find faces in photos, folders and videos; write annotated copies, detections.json and aligned crops",
-    "export": "deployment: TF Serving SavedModel or TFLite (float32/fp16/dynamic/int8), decode + NMS inside",
+    "export": "deployment: TF Serving SavedModel, TFLite (float32/fp16/dynamic/int8) or ONNX, decode + NMS inside",
     "evaluate": "WIDER FACE easy/medium/hard AP (official protocol), PR curves, test-time augmentation",
     "train": "train or fine-tune RetinaFace with model.fit under tf.distribute (resumable; any config value overridable)",
     "plot-run": "loss curves, learning rate and val AP of one or more training runs as one PNG",
@@ -32,7 +32,7 @@ COMMANDS = {
     "make-tfrecords": "write the TFRecord shards that `train --tfrecords` reads from a label file and its images",
     "show-anchors": "anchors matched to each face of a training image after augmentation, and faces left without one",
     "explain": "saliency and Grad-CAM++ maps of one face's score over the photo (tf-keras-vis)",
-    "convert": "convert reference PyTorch .pth checkpoints into Keras weights (no torch needed)",
+    "convert": "convert PyTorch RetinaFace checkpoints (biubug6, yakhyo) or ImageNet backbones into Keras weights (no torch needed)",
 }
 
 EXAMPLES = """examples:
