@@ -24,11 +24,11 @@ from pathlib import Path
 import yaml
 
 from retinaface_tf.errors import ExportError
-from retinaface_tf.fileio import write_bytes_atomic, write_text_atomic
 from retinaface_tf.models.fused import fuse_for_inference
 from retinaface_tf.runtimes.onnx import OPSET, OnnxSession, require_onnx, to_onnx, versions
 from retinaface_tf.serving.module import (DETECTION_KEYS, RAW_KEYS, ExportSettings, build_export_module, export_info,
                                           network_order, resolved_config)
+from retinaface_tf.serving.tflite import write_model_and_description
 
 SUFFIX = ".onnx"
 # The first bytes of a serialized ModelProto: field 1 (ir_version, varint) then the tag of one of
@@ -135,12 +135,7 @@ def export_onnx(model, config, output: str | os.PathLike, settings: ExportSettin
                        converter=versions(), model_file=output.name, model_sha256=hashlib.sha256(data).hexdigest(),
                        model_bytes=len(data), config=resolved_config(config, settings).to_dict())
     _check_onnx_outputs(output)  # again: nothing foreign appeared while converting
-    # The pair is never mismatched: the old description goes first, then the model, then its new
-    # description (which names the model's sha256). A kill in between leaves a model without a yaml.
-    output.with_suffix(".yaml").unlink(missing_ok=True)
-    write_bytes_atomic(output, data)
-    write_text_atomic(output.with_suffix(".yaml"), yaml.safe_dump(info, sort_keys=False))
-    return output
+    return write_model_and_description(output, data, info)
 
 
 def onnx_runner(path: str | os.PathLike, *, num_threads: int | None = 2) -> OnnxSession:

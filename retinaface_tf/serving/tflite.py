@@ -250,12 +250,7 @@ def export_tflite(model, config, output: str | os.PathLike, settings: ExportSett
                         model_file=output.name, model_sha256=hashlib.sha256(flatbuffer).hexdigest(),
                         model_bytes=len(flatbuffer), config=resolved_config(config, settings).to_dict())
     _check_tflite_outputs(output)  # again: nothing foreign appeared while converting
-    # The pair is never mismatched: the old description goes first, then the model, then its new
-    # description (which names the model's sha256). A kill in between leaves a model without a yaml.
-    output.with_suffix(".yaml").unlink(missing_ok=True)
-    write_bytes_atomic(output, flatbuffer)
-    write_text_atomic(output.with_suffix(".yaml"), yaml.safe_dump(info, sort_keys=False))
-    return output
+    return write_model_and_description(output, flatbuffer, info)
 
 
 def tflite_runner(path: str | os.PathLike, *, num_threads: int = 2):
@@ -265,3 +260,13 @@ def tflite_runner(path: str | os.PathLike, *, num_threads: int = 2):
 
     interpreter = Interpreter(model_path=os.fspath(path), num_threads=num_threads)
     return interpreter.get_signature_runner("serving_default")
+
+
+def write_model_and_description(output: Path, model: bytes, info: dict) -> Path:
+    """Write an exported model file and its ``.yaml`` description so the pair is never
+    mismatched: the old description goes first, then the model, then its new description (which
+    names the model's sha256). A kill in between leaves a model without a yaml."""
+    output.with_suffix(".yaml").unlink(missing_ok=True)
+    write_bytes_atomic(output, model)
+    write_text_atomic(output.with_suffix(".yaml"), yaml.safe_dump(info, sort_keys=False))
+    return output
