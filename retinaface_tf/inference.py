@@ -9,7 +9,10 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
+import importlib.metadata
+import importlib.util
 import math
 import os
 from typing import Iterable, Sequence
@@ -23,10 +26,12 @@ from retinaface_tf.alignment import AlignedFaces, align_faces
 from retinaface_tf.config import Config
 from retinaface_tf.constants import BGR_MEAN
 from retinaface_tf.errors import DetectorError, ImageError, RetinaFaceError
-from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, check_max_pixels, read_image, to_bgr_uint8
+from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, bundled_image, check_max_pixels, read_image, to_bgr_uint8
 from retinaface_tf.models.fused import fuse_for_inference, merged_heads
-from retinaface_tf.runtimes.litert import LiteRTNetwork
 from retinaface_tf.models.weights import load_model
+from retinaface_tf.runtimes import cache as runtime_cache
+from retinaface_tf.runtimes import onnx as onnx_runtime
+from retinaface_tf.runtimes.litert import LiteRTNetwork
 from retinaface_tf.ops.anchors import anchor_grid, anchors_inside, generate_anchors, reindex_anchors
 from retinaface_tf.ops.image import fast_preprocess
 from retinaface_tf.ops.nms import detect_from_heads, face_probability, postprocess
@@ -129,15 +134,24 @@ class Detector:
         rounding, about twice as fast on CPU) in a frozen graph: its weights are a **snapshot**
         of ``model`` taken here. ``fused=False`` runs ``model`` itself, reading its variables at
         every call (what validation during training needs).
-      runtime: what runs the detection. ``"tf"`` (default): TensorFlow (oneDNN on CPU, or the
-        GPU). ``"litert"``: the fused network with the same decode and NMS converted here, once
-        (5-10 s), to a float32 LiteRT model for any input size
-        (:class:`~retinaface_tf.runtimes.litert.LiteRTNetwork`), run by XNNPACK on
-        ``litert_threads`` threads (default: the cores this process may use), one image per
-        call. Same detections to float rounding. Faster than ``"tf"`` on some CPUs, slower on
-        others: measure on yours (``benchmarks/RESULTS.md``). Needs the ``tflite`` extra
-        (``ai-edge-litert``) and ``fused=True``; images of different sizes are not padded into
-        one batch (``mixed_sizes`` is off).
+      runtime: what runs the detection; the same detections to float rounding whichever runs.
+        ``"auto"`` (default): the fastest on this machine of the runtimes installed, timed once
+        on a 640x640 photo and remembered, with its converted model, in the on-disk cache of
+        :mod:`retinaface_tf.runtimes.cache` (keyed by the weights, the settings, the threads,
+        the versions and the CPU): the first ``Detector`` of a network on a machine spends
+        10-30 s converting and timing, later ones load the cached model in well under a second.
+        ``$RETINAFACE_TF_RUNTIME`` (``tf`` / ``litert`` / ``onnx``) overrides the choice;
+        ``fused=False`` or an already fused ``model`` is ``"tf"``. ``"tf"``: TensorFlow (oneDNN
+        on CPU, or the GPU). ``"litert"``: the fused network with the same decode and NMS
+        converted here, once (5-10 s), to a float32 LiteRT model for any input size
+        (:class:`~retinaface_tf.runtimes.litert.LiteRTNetwork`), run by XNNPACK, one image per
+        call; needs the ``tflite`` extra. ``"onnx"``: the same converted by tf2onnx and run by
+        ONNX Runtime (:class:`~retinaface_tf.runtimes.onnx.OnnxNetwork`), batches of equal
+        sizes in one call; needs the ``onnx`` extra. Both need ``fused=True``; with them images
+        of different sizes are not padded into one batch (``mixed_sizes`` is off).
+        :attr:`runtime` says which runs, :attr:`runtime_timings` what the choice measured.
+      threads: the LiteRT / ONNX Runtime threads (default: the cores this process may use;
+        TensorFlow's are its own settings). ``litert_threads`` is an older name for it.
 
     The graph also subtracts the mean as one vectorised row ``BiasAdd``
     (:func:`retinaface_tf.ops.image.fast_preprocess`, bit for bit the same), builds the anchors
@@ -151,8 +165,8 @@ class Detector:
                  iou_threshold: float | None = None, pre_nms_top_k: int | None = None,
                  max_detections: int | None = None, max_size: int | None = None, batch_size: int = 8,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, model=None, fused: bool = True,
-                 mixed_sizes: bool = True, runtime: str = "tf", litert_threads: int | None = None,
-                 batch_pixels: int = BATCH_PIXELS):
+                 mixed_sizes: bool = True, runtime: str = "auto", threads: int | None = None,
+                 batch_pixels: int = BATCH_PIXELS, litert_threads: int | None = None):
         score_threshold = check_fraction("score_threshold", score_threshold)
         if iou_threshold is not None:
             iou_threshold = check_fraction("iou_threshold", iou_threshold)
@@ -166,10 +180,11 @@ class Detector:
         self.batch_pixels = _positive_int("batch_pixels", batch_pixels)
         if runtime not in RUNTIMES:
             raise DetectorError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-        if runtime == "litert" and not fused:
-            raise DetectorError("runtime='litert' runs the fused network: it cannot be combined with fused=False")
-        if litert_threads is not None:
-            litert_threads = _positive_int("litert_threads", litert_threads)
+        if runtime in CONVERTED_RUNTIMES and not fused:
+            raise DetectorError(f"runtime={runtime!r} runs the fused network: it cannot be combined with fused=False")
+        threads = threads if threads is not None else litert_threads
+        if threads is not None:
+            threads = _positive_int("threads", threads)
         try:
             self.max_pixels = check_max_pixels(max_pixels)
         except RetinaFaceError as exc:
@@ -181,9 +196,8 @@ class Detector:
         self.model = model
         self.config = config
         self.fused = bool(fused)
-        self.runtime = runtime
-        if runtime == "litert" and model.name.endswith("_fused"):
-            raise DetectorError("runtime='litert' converts the trained model: pass it, not an already fused network")
+        if runtime in CONVERTED_RUNTIMES and model.name.endswith("_fused"):
+            raise DetectorError(f"runtime={runtime!r} converts the trained model: pass it, not an already fused network")
         self.network = fuse_for_inference(model) if self.fused and not model.name.endswith("_fused") else model
         self._forward = merged_heads(self.network) or self.network  # merged heads: split after gathering rows
         post = config.postprocess
@@ -193,22 +207,121 @@ class Detector:
         self.max_detections = int(post.max_detections if max_detections is None else max_detections)
         self.max_size = max_size
         self.batch_size = batch_size
-        self.mixed_sizes = bool(mixed_sizes) and self.fused and runtime == "tf"
         self._masked_network = None
         self._masked_forward = None
         self._grids: dict[tuple[int, int], dict] = {}
         self._anchors: dict[tuple[int, int], tf.Tensor] = {}
         self._graphs: dict[bool, tuple] = {}
-        self._litert = None
+        self._litert = self._onnx = None
+        self.threads = threads
+        self.runtime_timings: dict[str, float] = {}
         self._run_errors = (tf.errors.OpError, MemoryError)  # a batch that cannot run: per image, then its error
+        self.runtime = self._resolve_runtime(runtime)
+        self.mixed_sizes = bool(mixed_sizes) and self.fused and self.runtime == "tf"
+
+    # ------------------------------------------------------------------ runtimes
+    def _resolve_runtime(self, runtime: str) -> str:
+        """The runtime that will run (``"auto"`` resolved), its converted network opened."""
+        if runtime == "auto":
+            forced = os.environ.get(RUNTIME_ENV, "").strip()
+            if forced and forced not in RUNTIMES:
+                raise DetectorError(f"${RUNTIME_ENV} must be one of {', '.join(RUNTIMES)}, got {forced!r}")
+            runtime = forced or runtime
+        if runtime == "auto" and (not self.fused or self.model.name.endswith("_fused")):
+            runtime = "tf"
+        if runtime == "auto":
+            return self._choose_runtime()
+        try:
+            if runtime == "litert":
+                self._litert = LiteRTNetwork(self.model, num_threads=self.threads, postprocess=self._baked())
+            elif runtime == "onnx":
+                self._onnx = onnx_runtime.OnnxNetwork(self.model, num_threads=self.threads, heads=False,
+                                                      postprocess=self._baked(anchors=True))
+        except ImportError as exc:
+            raise DetectorError(str(exc)) from None
+        self._add_run_errors(runtime)
+        return runtime
+
+    def _baked(self, anchors: bool = False) -> dict:
+        """The post-processing settings a converted network holds (the ONNX one builds its anchors)."""
+        a = self.config.anchors
+        out = {"pre_nms_top_k": self.pre_nms_top_k, "max_detections": self.max_detections,
+               "variances": tuple(a.variances)}
+        if anchors:
+            out.update(min_sizes=[list(m) for m in a.min_sizes], steps=list(a.steps), clip=bool(a.clip))
+        return out
+
+    def _add_run_errors(self, runtime: str) -> None:
         if runtime == "litert":
             self._run_errors += (RuntimeError,)  # what the LiteRT interpreter raises
+        elif runtime == "onnx":
+            self._run_errors += onnx_runtime.run_errors()
+
+    def _choose_runtime(self) -> str:
+        """``runtime="auto"``: the cached choice for this network, settings and machine, or the
+        fastest runtime installed, timed now and cached (see :mod:`retinaface_tf.runtimes.cache`)."""
+        available = installed_runtimes()
+        threads = self.threads or runtime_cache.machine_identity()["cores"]
+        key = runtime_cache.entry_key({
+            "weights": runtime_cache.weights_digest(self.model), "postprocess": self._baked(anchors=True),
+            "threads": threads, "versions": _versions(), "machine": runtime_cache.machine_identity(),
+            "runtimes": available})
+        entry = runtime_cache.CacheEntry(key)
+        record = entry.load(available)
+        if record is not None:
             try:
-                self._litert = LiteRTNetwork(model, num_threads=litert_threads, postprocess={
-                    "pre_nms_top_k": self.pre_nms_top_k, "max_detections": self.max_detections,
-                    "variances": config.anchors.variances})
-            except ImportError as exc:
-                raise DetectorError(str(exc)) from None
+                if record["runtime"] == "litert":
+                    self._litert = LiteRTNetwork.from_flatbuffer(record["data"][LITERT_FILE], num_threads=self.threads)
+                elif record["runtime"] == "onnx":
+                    self._onnx = onnx_runtime.OnnxNetwork.from_detect_model(record["data"][ONNX_FILE],
+                                                                            num_threads=self.threads)
+            except Exception:  # noqa: BLE001 - a damaged entry the runtime refuses, in its own exception type: rebuilt
+                self._litert = self._onnx = None
+            else:
+                self.runtime_timings = dict(record.get("timings_ms", {}))
+                self._add_run_errors(record["runtime"])
+                return record["runtime"]
+        return self._probe_runtimes(entry, available)
+
+    def _probe_runtimes(self, entry, available: list[str]) -> str:
+        """Convert for every installed runtime, time each on the bundled photo at 640x640, keep the
+        fastest (and cache it)."""
+        networks, failed = {}, {}
+        for name in available:
+            try:
+                if name == "litert":
+                    networks[name] = LiteRTNetwork(self.model, num_threads=self.threads, postprocess=self._baked())
+                elif name == "onnx":
+                    networks[name] = onnx_runtime.OnnxNetwork(self.model, num_threads=self.threads, heads=False,
+                                                             postprocess=self._baked(anchors=True))
+            except Exception as exc:  # noqa: BLE001 - a converter that fails here leaves the others to choose from
+                failed[name] = _one_line(exc)
+        image = cv2.resize(read_image(bundled_image()), (PROBE_SIZE, PROBE_SIZE), interpolation=cv2.INTER_AREA)
+        images, scale = image[None], np.ones((1, 2), np.float32)
+        thr, iou = np.float32(self.score_threshold), np.float32(self.iou_threshold)
+
+        def runner(name):
+            def run():
+                self.runtime = name
+                self._litert, self._onnx = networks.get("litert"), networks.get("onnx")
+                self._infer(images, scale, thr, iou)
+            return run
+
+        timings = runtime_cache.time_candidates({name: runner(name) for name in available if name not in failed})
+        best = min(timings, key=timings.get)
+        self._litert = networks["litert"] if best == "litert" else None
+        self._onnx = networks["onnx"] if best == "onnx" else None
+        self.runtime_timings = {name: round(ms, 3) for name, ms in timings.items()}
+        files = {}
+        if best == "litert":
+            files[LITERT_FILE] = self._litert.flatbuffer
+        elif best == "onnx":
+            files[ONNX_FILE] = self._onnx.detect_model.SerializeToString()
+        entry.store({"runtime": best, "timings_ms": self.runtime_timings, "failed": failed,
+                     "probe": f"{PROBE_SIZE}x{PROBE_SIZE}",
+                     "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}, files)
+        self._add_run_errors(best)
+        return best
 
     # ------------------------------------------------------------------ graph
     def _graph_fn(self, images, output_scale, score_threshold, iou_threshold, anchors, *, single_image: bool):
@@ -285,7 +398,9 @@ class Detector:
 
     def _infer(self, images, output_scale, score_threshold, iou_threshold) -> dict:
         """uint8 ``[B, H, W, 3]`` BGR → the padded detections of :func:`~retinaface_tf.ops.nms.postprocess`."""
-        if self._litert is not None:  # decode and NMS inside the LiteRT model, one image per call
+        if self.runtime == "onnx":  # anchors, decode and NMS inside the ONNX model, one call per batch
+            return self._onnx.detect(images, output_scale, score_threshold, iou_threshold)
+        if self.runtime == "litert":  # decode and NMS inside the LiteRT model, one image per call
             images = np.asarray(images, np.uint8)
             anchors = self.anchors(images.shape[1], images.shape[2]).numpy()
             scales = np.asarray(output_scale, np.float32).reshape(-1, 2)
@@ -497,7 +612,29 @@ class Detector:
                     tf.constant(inside))
 
 
-RUNTIMES = ("tf", "litert")
+RUNTIMES = ("auto", "tf", "litert", "onnx")
+CONVERTED_RUNTIMES = ("litert", "onnx")  # the fused network converted to another runtime's model
+RUNTIME_ENV = "RETINAFACE_TF_RUNTIME"   # overrides runtime="auto"
+PROBE_SIZE = 640                        # runtime="auto" times each runtime on the bundled photo at this size
+LITERT_FILE = "network.tflite"
+ONNX_FILE = "detect.onnx"
+_RUNTIME_MODULES = {"litert": ("ai_edge_litert",), "onnx": ("onnx", "onnxruntime", "tf2onnx")}
+
+
+def installed_runtimes() -> list[str]:
+    """``"tf"`` and the runtimes whose optional extra is installed (``"litert"``, ``"onnx"``)."""
+    return ["tf"] + [name for name, modules in _RUNTIME_MODULES.items()
+                     if all(importlib.util.find_spec(m) is not None for m in modules)]
+
+
+def _versions() -> dict:
+    out = {}
+    for package in ("retinaface-tf", "tensorflow", "keras", "ai-edge-litert", "onnxruntime", "onnx", "tf2onnx"):
+        try:
+            out[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            out[package] = None
+    return out
 STRIDE = 32  # the coarsest feature stride: canvas sides are rounded up to a multiple of it
 HELD_PIXELS = 200_000_000  # mixed sizes: the look-ahead also stops at this many held pixels
 

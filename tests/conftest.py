@@ -7,10 +7,16 @@ that need it skip with a clear reason when it is absent (a user's clone has none
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Detector(runtime="auto") times every installed runtime (10-30 s) for each new network and caches
+# the choice: the suite runs TensorFlow, as the tests were written for, unless a test asks for
+# another runtime (tests/test_runtime_choice.py clears this), and never writes the user's cache.
+os.environ["RETINAFACE_TF_RUNTIME"] = "tf"
+os.environ["RETINAFACE_TF_CACHE"] = tempfile.mkdtemp(prefix="retinaface-tf-test-cache-")
 
 import pytest
 

@@ -94,9 +94,11 @@ def test_a_batch_litert_cannot_run_is_one_line_and_the_rest_go_on(detectors, pho
 
 
 @pytest.mark.parametrize("kwargs, needle", [
-    ({"runtime": "onnx"}, "runtime must be one of tf, litert, got 'onnx'"),
+    ({"runtime": "tensorrt"}, "runtime must be one of auto, tf, litert, onnx, got 'tensorrt'"),
     ({"runtime": "litert", "fused": False}, "cannot be combined with fused=False"),
-    ({"runtime": "litert", "litert_threads": 0}, "litert_threads"),
+    ({"runtime": "onnx", "fused": False}, "cannot be combined with fused=False"),
+    ({"runtime": "litert", "litert_threads": 0}, "threads must be a whole number >= 1"),
+    ({"runtime": "auto", "threads": 0}, "threads must be a whole number >= 1"),
 ])
 def test_bad_runtime_settings_fail_before_loading(kwargs, needle):
     with pytest.raises(DetectorError) as err:

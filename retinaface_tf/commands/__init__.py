@@ -7,6 +7,9 @@ import sys
 
 from retinaface_tf.errors import UsageError
 
+# Detector's runtimes (retinaface_tf.inference.RUNTIMES, not imported: this module stays free of TensorFlow)
+RUNTIME_CHOICES = ("auto", "tf", "litert", "onnx")
+
 
 class RenamedFlag(argparse.Action):
     """An old flag name, still accepted but hidden from ``--help``: stores its value under the new
@@ -58,10 +61,12 @@ def add_model_args(parser) -> None:
 
 def add_runtime_arg(parser) -> None:
     """``--runtime``, shared by the commands that run a :class:`~retinaface_tf.inference.Detector`."""
-    parser.add_argument("--runtime", choices=("tf", "litert"), default="tf", metavar="{tf,litert}",
-                        help="what runs the network: tf (TensorFlow, default) or litert (converted once to a "
-                             "float32 LiteRT model run by XNNPACK, 5-10 s at start; needs the tflite extra; "
-                             "faster on some CPUs, measure on yours)")
+    parser.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
+                        metavar="{" + ",".join(RUNTIME_CHOICES) + "}",
+                        help="what runs the network: auto (default: the fastest installed on this machine, timed "
+                             "once and cached with its converted model; $RETINAFACE_TF_RUNTIME overrides it), tf "
+                             "(TensorFlow), litert (LiteRT / XNNPACK; tflite extra) or onnx (ONNX Runtime; onnx "
+                             "extra); the same detections whichever runs")
 
 
 def parse_overrides(items) -> dict:

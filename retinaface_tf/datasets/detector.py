@@ -105,7 +105,7 @@ class FaceDetector:
       crop_size: also add aligned face crops (``(width, height)`` or ``112``): ``crops`` (PNG
         bytes per face), ``crop_matrices`` ([K, 2, 3] image → crop) and ``crop_from_landmarks``.
       threads: TensorFlow threads of this process (set before TensorFlow starts; ignored when it
-        already runs). ``None``: TensorFlow's default.
+        already runs) and the LiteRT / ONNX Runtime threads. ``None``: each runtime's default.
       channel_order: of an ``image`` column: ``"rgb"`` (what ``read_images`` gives) or ``"bgr"``.
       keep_pixels: keep the ``bytes`` / ``image`` column in the output (default: dropped).
 
@@ -114,7 +114,7 @@ class FaceDetector:
     """
 
     def __init__(self, weights=None, config=None, *, score_threshold: float = 0.5, max_size: int | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, runtime: str = "tf", batch_size: int = 8,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, runtime: str = "auto", batch_size: int = 8,
                  crop_size=None, threads: int | None = None, channel_order: str = "rgb",
                  keep_pixels: bool = False):
         if channel_order not in CHANNEL_ORDERS:
@@ -126,7 +126,7 @@ class FaceDetector:
             except RuntimeError:  # TensorFlow already started in this process: its threads stay
                 pass
         self.detector = Detector(weights, config, score_threshold=score_threshold, max_size=max_size,
-                                 max_pixels=max_pixels, runtime=runtime, batch_size=batch_size)
+                                 max_pixels=max_pixels, runtime=runtime, batch_size=batch_size, threads=threads)
         self.max_pixels = self.detector.max_pixels
         self.crop_size = None if crop_size is None else (
             (int(crop_size), int(crop_size)) if np.isscalar(crop_size) else (int(crop_size[0]), int(crop_size[1])))

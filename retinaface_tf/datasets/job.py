@@ -149,7 +149,7 @@ def settings_of(source: Location, *, score_threshold, max_size, max_pixels, weig
 
 def run_job(source: str, output: str, *, score_threshold: float = 0.5, max_size: int | None = None,
             max_pixels: int | None = DEFAULT_MAX_PIXELS, crops: bool = False, crop_size=(112, 112),
-            weights=None, config=None, runtime: str = "tf", workers: int | None = None,
+            weights=None, config=None, runtime: str = "auto", workers: int | None = None,
             threads_per_worker: int | None = None, gpus_per_worker: float = 0.0, address: str | None = None,
             num_cpus: int | None = None, quiet: bool = False, out=None) -> JobSummary:
     """Detect the faces of every input of ``source`` into ``output`` (see docs/datasets.md).

@@ -100,7 +100,7 @@ class LiteRTNetwork:
 
     def __init__(self, model, *, num_threads: int | None = None, postprocess: dict | None = None):
         try:
-            from ai_edge_litert.interpreter import Interpreter  # optional extra (tflite), deliberately lazy
+            from ai_edge_litert.interpreter import Interpreter  # noqa: F401  optional extra (tflite), deliberately lazy
         except ImportError:
             raise ImportError(LITERT_MISSING) from None
         self.num_threads = _cores() if num_threads is None else int(num_threads)
@@ -136,9 +136,31 @@ class LiteRTNetwork:
         signatures = {"heads": module.heads.get_concrete_function()}
         if post is not None:
             signatures["detect"] = module.detect.get_concrete_function()
-        self.flatbuffer = _litert_flatbuffer(module, signatures)
+        self._open(_litert_flatbuffer(module, signatures))
+
+    @classmethod
+    def from_flatbuffer(cls, flatbuffer: bytes, *, num_threads: int | None = None) -> "LiteRTNetwork":
+        """A network already converted (its :attr:`flatbuffer`, e.g. from the runtime cache),
+        opened without TensorFlow work. :class:`ValueError` if it does not hold the ``heads``
+        signature."""
+        try:
+            from ai_edge_litert.interpreter import Interpreter  # noqa: F401  optional extra (tflite), deliberately lazy
+        except ImportError:
+            raise ImportError(LITERT_MISSING) from None
+        self = cls.__new__(cls)
+        self.num_threads = _cores() if num_threads is None else int(num_threads)
+        self._open(bytes(flatbuffer))
+        if "heads" not in self._runners:
+            raise ValueError("LiteRTNetwork.from_flatbuffer: the model has no 'heads' signature")
+        return self
+
+    def _open(self, flatbuffer: bytes) -> None:
+        from ai_edge_litert.interpreter import Interpreter  # optional extra (tflite), deliberately lazy
+
+        self.flatbuffer = flatbuffer
         self._interpreter = Interpreter(model_content=self.flatbuffer, num_threads=self.num_threads)
-        self._runners = {key: self._interpreter.get_signature_runner(key) for key in signatures}
+        self._runners = {key: self._interpreter.get_signature_runner(key)
+                         for key in self._interpreter.get_signature_list()}
         self._lock = threading.Lock()
 
     def __call__(self, images) -> dict:

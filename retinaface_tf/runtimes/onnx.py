@@ -192,7 +192,7 @@ class OnnxNetwork:
     :class:`ImportError` naming it otherwise, before any conversion."""
 
     def __init__(self, model, *, num_threads: int | None = None, postprocess: dict | None = None,
-                 opset: int = OPSET):
+                 opset: int = OPSET, heads: bool = True):
         require_onnx()
         self.num_threads = _cores() if num_threads is None else int(num_threads)
         network = fuse_for_inference(model, depthwise="native", input_order="bgr", uint8_input=True)
@@ -202,15 +202,18 @@ class OnnxNetwork:
         dims = {("images", 0): "batch", ("images", 1): "height", ("images", 2): "width", ("output_scale", 0): "batch",
                 **{(key, 0): "batch" for key in HEAD_KEYS + DETECT_KEYS}}
 
+        keep_heads = heads
+
         @tf.function(input_signature=[images_spec], autograph=False)
         def heads(images):
             out = network(images, training=False)
             return {key: out[key] for key in HEAD_KEYS}
 
-        self.heads_model = to_onnx(heads.get_concrete_function(), opset=opset, dimension_names=dims,
-                                   doc=f"{model.name}: uint8 BGR images -> head outputs")
-        self._heads = OnnxSession(self.heads_model.SerializeToString(), num_threads=self.num_threads)
-        self.detect_model = self._detect = None
+        self.heads_model = self._heads = self.detect_model = self._detect = None
+        if keep_heads:
+            self.heads_model = to_onnx(heads.get_concrete_function(), opset=opset, dimension_names=dims,
+                                       doc=f"{model.name}: uint8 BGR images -> head outputs")
+            self._heads = OnnxSession(self.heads_model.SerializeToString(), num_threads=self.num_threads)
         if postprocess is not None:
             post = dict(postprocess)
 
@@ -227,8 +230,25 @@ class OnnxNetwork:
                                         doc=f"{model.name}: uint8 BGR images -> padded detections")
             self._detect = OnnxSession(self.detect_model.SerializeToString(), num_threads=self.num_threads)
 
+    @classmethod
+    def from_detect_model(cls, model_bytes: bytes, *, num_threads: int | None = None) -> "OnnxNetwork":
+        """Only the ``detect`` graph, already converted (``detect_model.SerializeToString()``, e.g.
+        from the runtime cache), opened without TensorFlow work. :class:`ValueError` if it does not
+        take ``images``, ``output_scale``, ``score_threshold`` and ``iou_threshold``."""
+        onnx, _, _ = require_onnx()
+        self = cls.__new__(cls)
+        self.num_threads = _cores() if num_threads is None else int(num_threads)
+        self.heads_model = self._heads = None
+        self.detect_model = onnx.load_model_from_string(bytes(model_bytes))
+        self._detect = OnnxSession(bytes(model_bytes), num_threads=self.num_threads)
+        if set(self._detect.input_names) != {"images", "output_scale", "score_threshold", "iou_threshold"}:
+            raise ValueError(f"OnnxNetwork.from_detect_model: not a detect graph (inputs {self._detect.input_names})")
+        return self
+
     def __call__(self, images) -> dict:
         """uint8 ``[B, H, W, 3]`` BGR → raw head outputs."""
+        if self._heads is None:
+            raise ValueError("OnnxNetwork: built without the heads graph (heads=False)")
         images = np.ascontiguousarray(images, np.uint8)
         if images.ndim != 4 or images.shape[-1] != 3 or 0 in images.shape:
             raise ValueError(f"OnnxNetwork: expected uint8 images [B, H, W, 3], got shape {images.shape}")
@@ -244,3 +264,11 @@ class OnnxNetwork:
         return self._detect(images=images, output_scale=np.asarray(output_scale, np.float32).reshape(-1, 2),
                             score_threshold=np.asarray(score_threshold, np.float32),
                             iou_threshold=np.asarray(iou_threshold, np.float32))
+
+
+def run_errors() -> tuple:
+    """What ONNX Runtime raises when a model cannot run an input (its own exception types, not
+    :class:`RuntimeError` subclasses)."""
+    _, ort, _ = require_onnx()
+    state = ort.capi.onnxruntime_pybind11_state
+    return (state.Fail, state.RuntimeException, state.InvalidArgument)
