@@ -19,8 +19,10 @@ figure per case over the rounds, and the table gives ``reference ms / ours ms``.
 
 Ours, per case (the bundled photo resized to the case, ms per image):
 - ``keras network``: the Keras model on a preprocessed float batch (what the reference's figure is);
-- ``Detector e2e``: the ``Detector``'s graph (its default, fused path), uint8 pixels →
-  detections at threshold 0.5;
+- ``Detector e2e``: what ``Detector()`` gives by default (``runtime="auto"``: the runtime it
+  chose on this machine, from the on-disk cache or timed at start, is printed), uint8 pixels →
+  detections at threshold 0.5; ``Detector e2e tf``: ``runtime="tf"``, the TensorFlow graph (fused);
+  ``Detector e2e onnx`` (``--onnx``): ``runtime="onnx"``, ONNX Runtime on 2 threads;
 - ``fused network``: the network of ``retinaface_tf.models.fused.fuse_for_inference``;
   ``unfused Detector e2e``: ``Detector(fused=False)``, the trained Keras network in the same graph;
 - ``litert network`` (``--litert``): the network as a fixed-size float32 LiteRT model (XNNPACK);
@@ -179,19 +181,22 @@ def worker(repeats: int, tflite_dir: str | None, litert: bool, threshold: float 
 
     model, config = load_model()
     fused = fuse_for_inference(model)
-    det = Detector(model=model, config=config, score_threshold=threshold)
+    det = Detector(model=model, config=config, score_threshold=threshold)  # the default: runtime="auto"
+    print(f"Detector() chose runtime={det.runtime!r} (timings at 640x640: {det.runtime_timings})", file=sys.stderr)
+    tf_det = Detector(model=model, config=config, score_threshold=threshold, runtime="tf")
     slow = Detector(model=model, config=config, score_threshold=threshold, fused=False)
     lite = Detector(model=model, config=config, score_threshold=threshold, runtime="litert",
                     litert_threads=2) if litert else None
     nets = {"keras network": tf.function(lambda x: model(x, training=False), reduce_retracing=True),
             "fused network": tf.function(lambda x: fused(x, training=False), reduce_retracing=True)}
     photo = cv2.imread(str(bundled_image()))
-    onnx_net = onnx_e2e = None
+    onnx_net = onnx_e2e = onnx_det = None
     if onnx:
         from retinaface_tf.runtimes.onnx import OnnxNetwork
         from retinaface_tf.serving import onnx_runner
 
         onnx_net = OnnxNetwork(model, num_threads=2)
+        onnx_det = Detector(model=model, config=config, score_threshold=threshold, runtime="onnx", threads=2)
         if export_dir and (Path(export_dir) / ONNX_EXPORT).exists():
             onnx_e2e = onnx_runner(Path(export_dir) / ONNX_EXPORT, num_threads=2)
     serving = None
@@ -205,8 +210,9 @@ def worker(repeats: int, tflite_dir: str | None, litert: bool, threshold: float 
         row = {}
         for name, net in nets.items():
             row[name] = _time(lambda net=net: [t.numpy() for t in net(x).values()], repeats) / batch
-        for name, d in (("Detector e2e", det), ("unfused Detector e2e", slow)):
-            row[name] = _time(lambda d=d: [t.numpy() for t in d._infer(  # noqa: SLF001
+        for name, d in (("Detector e2e", det), ("Detector e2e tf", tf_det), ("unfused Detector e2e", slow)) + (
+                (("Detector e2e onnx", onnx_det),) if onnx_det is not None else ()):
+            row[name] = _time(lambda d=d: [np.asarray(t) for t in d._infer(  # noqa: SLF001
                 images, scale, np.float32(threshold), np.float32(d.iou_threshold)).values()], repeats) / batch
         if serving is not None:
             rgb = tf.constant(images[..., ::-1])

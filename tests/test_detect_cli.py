@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -98,3 +99,53 @@ def test_cli_usage_errors(capsys):
 def test_console_script_help():
     out = subprocess.run([sys.executable, "-m", "retinaface_tf.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "detect" in out.stdout and "convert" in out.stdout
+
+
+def test_read_ahead_keeps_order_and_bounds_the_reads_in_flight():
+    """detect decodes up to READ_AHEAD images ahead on reader threads, yields them in input order,
+    and closing the generator (a failure downstream) stops the reads not yet started."""
+    import threading
+    import time
+
+    from retinaface_tf.commands.detect import READ_AHEAD, _read_ahead
+
+    started, lock = [], threading.Lock()
+
+    def read(i):
+        with lock:
+            started.append(i)
+        time.sleep(0.01 * (i % 3))  # out-of-order completion
+        return i * 10
+
+    assert list(_read_ahead(list(range(20)), read)) == [(i, i * 10) for i in range(20)]
+    started.clear()
+    gen = _read_ahead(list(range(100)), read)
+    assert next(gen) == (0, 0)
+    gen.close()
+    assert len(started) <= READ_AHEAD + 2  # the first, the ones ahead, and one refill
+
+
+def test_writes_after_a_fatal_error_are_not_made():
+    """The writer thread runs each image's writes in order; after a fatal one (disk full) the
+    images still queued are not written, as if the run had stopped there."""
+    import errno
+
+    from retinaface_tf.commands.detect import _Writes
+
+    made = []
+
+    def write_ok(name):
+        return lambda: made.append(name)
+
+    def write_full():
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writes = _Writes()
+    writes.submit(0, {"n": 0}, [("file", Path("a"), write_ok("a"))])
+    writes.submit(1, {"n": 1}, [("file", Path("b"), write_full)])
+    writes.submit(2, {"n": 2}, [("file", Path("c"), write_ok("c"))])
+    done = list(writes.drain())
+    writes.close()
+    assert made == ["a"] and [i for i, _, _ in done] == [0, 1]
+    assert done[0][2] == [(None, False)]
+    assert done[1][2][0][1] is True and "No space left on device" in done[1][2][0][0]

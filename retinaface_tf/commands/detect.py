@@ -41,15 +41,19 @@ and every image finished by then is in it.
 from __future__ import annotations
 
 import argparse
+import collections
 import errno
 import hashlib
+import itertools
 import json
 import math
 import os
 import re
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -449,13 +453,82 @@ def _image_outputs(i: int, image, result, record: dict, report: _Report, names, 
     if not args.no_draw:
         target = out_dir / names[i]
 
-        def annotate():
+        def annotate():  # may run on a writer thread: the report's file list is updated by its caller
             data = fileio.encode_image(draw_detections(image, result), target.suffix)
             fileio.write_bytes_atomic(target, data)
-            report.written[os.path.normpath(names[i])] = hashlib.sha256(data).hexdigest()
+            record[_WRITTEN] = (os.path.normpath(names[i]), hashlib.sha256(data).hexdigest())
             record["annotated"] = str(target)
         outputs.append(("the annotated image", target, annotate))
     return outputs
+
+
+_WRITTEN = "_written"  # an image record's (annotated file name, sha256) until the report takes it
+READ_AHEAD = 4         # images decoded ahead of the detector by the reader threads
+WRITES_IN_FLIGHT = 8   # images whose drawing / crops / files are being written while detection goes on
+
+
+def _read_ahead(indices: list[int], read, *, depth: int = READ_AHEAD, workers: int = 2):
+    """``(index, read(index))`` in the order of ``indices``, with up to ``depth`` reads running
+    ahead on ``workers`` threads (decoding releases the GIL, so it overlaps detection). Closing
+    the generator cancels the reads not started and waits for the running ones."""
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="retinaface-read")
+    pending: collections.deque = collections.deque()
+    try:
+        it = iter(indices)
+        for i in itertools.islice(it, depth):
+            pending.append((i, pool.submit(read, i)))
+        while pending:
+            i, future = pending.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(read, nxt)))
+            yield i, future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Writes:
+    """Each image's outputs (drawing, encoding, crops, files) written on one thread, in order,
+    while the next images are detected, at most :data:`WRITES_IN_FLIGHT` images behind.
+    :meth:`done` gives back, in submission order, ``(index, record, [(error, fatal)])`` of the
+    images finished (re-raising what a write raised); :meth:`drain` waits for all. After a fatal
+    write error or an exception, the images still queued are not written (``None`` results):
+    nothing is written after the failure that stops the run, as without the thread."""
+
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retinaface-write")
+        self._pending: collections.deque = collections.deque()
+        self._stop = threading.Event()
+
+    def submit(self, i: int, record: dict, outputs: list) -> None:
+        def run():
+            if self._stop.is_set():
+                return None
+            try:
+                results = [_try_write(write, where, what) for what, where, write in outputs]
+            except BaseException:
+                self._stop.set()
+                raise
+            if any(fatal for _, fatal in results):
+                self._stop.set()
+            return results
+        self._pending.append((i, record, self._pool.submit(run)))
+
+    def done(self, *, wait: bool = False, failed_ok: bool = False):
+        while self._pending and (wait or self._pending[0][2].done() or len(self._pending) > WRITES_IN_FLIGHT):
+            i, record, future = self._pending.popleft()
+            if failed_ok and future.exception() is not None:
+                continue
+            results = future.result()
+            if results is not None:
+                yield i, record, results
+
+    def drain(self, *, failed_ok: bool = False):
+        """Wait for every write; ``failed_ok``: leave out the images whose writes raised."""
+        yield from self.done(wait=True, failed_ok=failed_ok)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)
 
 
 def _summary(records: list, image_indices: list[int], video_indices: list[int], threshold: float) -> str:
@@ -534,35 +607,33 @@ def _run(args, out_dir: Path, crops: Path | None) -> int:
     report.save()  # marks the folder as detect's before any image is written
     originals: dict[int, object] = {}  # read once: detected, then drawn, then dropped
 
+    def read(i):
+        try:
+            return fileio.read_image(paths[i], max_pixels=args.max_pixels)
+        except RetinaFaceError as exc:
+            return exc
+        except MemoryError:
+            return ImageError(f"{paths[i]}: out of memory reading the image")
+
+    reads = _read_ahead(image_indices, read)
+
     def load():
-        for i in image_indices:
-            try:
-                originals[i] = fileio.read_image(paths[i], max_pixels=args.max_pixels)
-            except RetinaFaceError as exc:
-                yield exc
-                continue
-            except MemoryError:
-                yield ImageError(f"{paths[i]}: out of memory reading the image")
-                continue
-            yield originals[i]
+        for i, image in reads:
+            if not isinstance(image, Exception):
+                originals[i] = image
+            yield image
 
     failed = 0
-    progress = tqdm(total=len(image_indices), unit="img", disable=len(image_indices) < 2 or args.quiet, file=sys.stderr)
-    try:
-        for k, result in detector.iter_detect(load()):
-            i = image_indices[k]
-            progress.update(1)
-            image = originals.pop(i, None)
-            if isinstance(result, Exception):
-                failed += 1
-                progress.write(f"error: {_show(str(result))}", file=sys.stderr)
-                report.records[i] = {"image": paths[i], "error": str(result)}
-                continue
-            record = {"image": paths[i], "width": image.shape[1], "height": image.shape[0],
-                      "faces": result.to_list()}
-            for what, where, write in _image_outputs(i, image, result, record, report, names, input_names, out_dir,
-                                                    crops, args):
-                error, fatal = _try_write(write, where, what)
+    writes = _Writes()
+
+    def finish(done):
+        """The records of the images whose files are written (in the main thread)."""
+        nonlocal failed
+        for i, record, results in done:
+            written = record.pop(_WRITTEN, None)
+            if written is not None:
+                report.written[written[0]] = written[1]
+            for error, fatal in results:
                 if fatal:
                     report.records[i] = {"image": paths[i], "error": error}
                     raise RetinaFaceError(f"{error}; detect stopped")
@@ -571,7 +642,29 @@ def _run(args, out_dir: Path, crops: Path | None) -> int:
                     record["error"] = error
                     progress.write(f"error: {error}", file=sys.stderr)
             report.records[i] = record
-            report.save_now_and_then()
+
+    progress = tqdm(total=len(image_indices), unit="img", disable=len(image_indices) < 2 or args.quiet, file=sys.stderr)
+    try:
+        try:
+            for k, result in detector.iter_detect(load()):
+                i = image_indices[k]
+                progress.update(1)
+                image = originals.pop(i, None)
+                if isinstance(result, Exception):
+                    failed += 1
+                    progress.write(f"error: {_show(str(result))}", file=sys.stderr)
+                    report.records[i] = {"image": paths[i], "error": str(result)}
+                    continue
+                record = {"image": paths[i], "width": image.shape[1], "height": image.shape[0],
+                          "faces": result.to_list()}
+                writes.submit(i, record, _image_outputs(i, image, result, record, report, names, input_names,
+                                                        out_dir, crops, args))
+                finish(writes.done())
+                report.save_now_and_then()
+            finish(writes.drain())
+        finally:
+            reads.close()
+            writes.close()
         for i, outputs in videos.items():
             report.records[i], error = _run_video(detector, paths[i], out_dir, outputs, args, report.written,
                                                   on_interrupt=lambda record, i=i: report.records.__setitem__(i, record))
@@ -582,6 +675,10 @@ def _run(args, out_dir: Path, crops: Path | None) -> int:
     except BaseException as exc:
         progress.leave = False  # the bar is cleared: the error stays the last line
         progress.close()
+        try:  # every file already written is recorded (the writer thread has finished)
+            finish(writes.drain(failed_ok=True))
+        except RetinaFaceError:
+            pass
         note = report.stopped()
         if isinstance(exc, RetinaFaceError):
             raise RetinaFaceError(f"{exc} ({note})") from None
