@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import errno
 import fnmatch
 import io
+import itertools
 import json
 import math
 import os
@@ -19,6 +21,7 @@ import stat
 import struct
 import tempfile
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
 from pathlib import Path
 
@@ -415,6 +418,33 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
         except OSError as exc:
             raise ImageError(f"{path}: cannot read: {exc.strerror}") from None
     return _decode(path, data, header, max_pixels)
+
+
+READ_AHEAD = 4  # images decoded ahead of the detector by read_ahead's threads
+
+
+def read_ahead(keys: Iterable, read, *, depth: int = READ_AHEAD, workers: int = 2):
+    """``(key, read(key))`` in the order of ``keys``, with up to ``depth`` reads running ahead on
+    ``workers`` threads (file reads and OpenCV's decoding release the GIL, so they overlap the
+    detection of the images before). ``read`` should return its errors rather than raise them.
+    Closing the generator cancels the reads not started and waits for the running ones."""
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="retinaface-read")
+    pending: collections.deque = collections.deque()
+    try:
+        it = iter(keys)
+        for key in itertools.islice(it, depth):
+            pending.append((key, pool.submit(read, key)))
+        while pending:
+            key, future = pending.popleft()
+            nxt = next(it, _END)
+            if nxt is not _END:
+                pending.append((nxt, pool.submit(read, nxt)))
+            yield key, future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+_END = object()
 
 
 def decode_image(data: bytes, name: str, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -107,7 +107,7 @@ def test_read_ahead_keeps_order_and_bounds_the_reads_in_flight():
     import threading
     import time
 
-    from retinaface_tf.commands.detect import READ_AHEAD, _read_ahead
+    from retinaface_tf.fileio import READ_AHEAD, read_ahead
 
     started, lock = [], threading.Lock()
 
@@ -117,9 +117,9 @@ def test_read_ahead_keeps_order_and_bounds_the_reads_in_flight():
         time.sleep(0.01 * (i % 3))  # out-of-order completion
         return i * 10
 
-    assert list(_read_ahead(list(range(20)), read)) == [(i, i * 10) for i in range(20)]
+    assert list(read_ahead(list(range(20)), read)) == [(i, i * 10) for i in range(20)]
     started.clear()
-    gen = _read_ahead(list(range(100)), read)
+    gen = read_ahead(list(range(100)), read)
     assert next(gen) == (0, 0)
     gen.close()
     assert len(started) <= READ_AHEAD + 2  # the first, the ones ahead, and one refill

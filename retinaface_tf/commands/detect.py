@@ -463,28 +463,7 @@ def _image_outputs(i: int, image, result, record: dict, report: _Report, names, 
 
 
 _WRITTEN = "_written"  # an image record's (annotated file name, sha256) until the report takes it
-READ_AHEAD = 4         # images decoded ahead of the detector by the reader threads
 WRITES_IN_FLIGHT = 8   # images whose drawing / crops / files are being written while detection goes on
-
-
-def _read_ahead(indices: list[int], read, *, depth: int = READ_AHEAD, workers: int = 2):
-    """``(index, read(index))`` in the order of ``indices``, with up to ``depth`` reads running
-    ahead on ``workers`` threads (decoding releases the GIL, so it overlaps detection). Closing
-    the generator cancels the reads not started and waits for the running ones."""
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="retinaface-read")
-    pending: collections.deque = collections.deque()
-    try:
-        it = iter(indices)
-        for i in itertools.islice(it, depth):
-            pending.append((i, pool.submit(read, i)))
-        while pending:
-            i, future = pending.popleft()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(read, nxt)))
-            yield i, future.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Writes:
@@ -615,7 +594,7 @@ def _run(args, out_dir: Path, crops: Path | None) -> int:
         except MemoryError:
             return ImageError(f"{paths[i]}: out of memory reading the image")
 
-    reads = _read_ahead(image_indices, read)
+    reads = fileio.read_ahead(image_indices, read)
 
     def load():
         for i, image in reads:

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from retinaface_tf.errors import DetectorError, ImageError, RetinaFaceError
-from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, decode_image, encode_image, to_bgr_uint8
+from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, decode_image, encode_image, read_ahead, to_bgr_uint8
 from retinaface_tf.inference import Detector
 
 # the columns FaceDetector adds (face columns null where ``error`` is set)
@@ -153,8 +153,10 @@ class FaceDetector:
         except (ValueError, TypeError) as exc:
             raise ImageError(f"{label}: {exc}") from None
 
-    def _images(self, columns: dict, n: int) -> list:
-        """Each row's BGR image, or the :class:`RetinaFaceError` that refuses it."""
+    def _images(self, columns: dict, n: int, into: list):
+        """Each row's BGR image, or the :class:`RetinaFaceError` that refuses it, in row order,
+        decoded ahead on reader threads (:func:`~retinaface_tf.fileio.read_ahead`) while the rows
+        before are detected; each also stored in ``into``."""
         encoded = "bytes" in columns
         if not encoded and "image" not in columns:
             raise DetectorError("FaceDetector: the batch has neither a 'bytes' column (read_binary_files) nor an "
@@ -162,28 +164,32 @@ class FaceDetector:
         pixels = columns["bytes" if encoded else "image"]
         paths = columns.get("path")
         errors = columns.get("error")
-        out = []
-        for i in range(n):
+
+        def read(i):
             label = _label(paths, i)
             if errors is not None and errors[i] is not None:  # refused upstream (e.g. unreadable file)
-                out.append(ImageError(str(errors[i])))
-                continue
+                return ImageError(str(errors[i]))
             try:
-                out.append(self._image(pixels[i], label, encoded))
+                return self._image(pixels[i], label, encoded)
             except RetinaFaceError as exc:
-                out.append(exc)
+                return exc
             except (ValueError, TypeError, MemoryError, cv2.error) as exc:
-                out.append(ImageError(f"{label}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
-        return out
+                return ImageError(f"{label}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
+        def decoded():
+            for i, image in read_ahead(range(n), read):
+                into[i] = image
+                yield image
+        return decoded()  # the columns are checked now, the images decoded as they are asked for
 
     # ------------------------------------------------------------------ the call
     def __call__(self, batch):
         pa = _pa()
         columns = _columns(batch)
         n = len(next(iter(columns.values()))) if columns else 0
-        images = self._images(columns, n) if n else []
+        images: list = [None] * n
         results: list = [None] * n
-        for i, result in self.detector.iter_detect(images):
+        for i, result in self.detector.iter_detect(self._images(columns, n, images)):
             results[i] = result
         width, height, boxes, scores, landmarks, error = ([] for _ in range(6))
         crops, matrices, from_landmarks = [], [], []
