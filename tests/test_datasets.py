@@ -316,6 +316,60 @@ def test_killed_driver_then_rerun_processes_only_the_rest(tmp_path, ray_tmp):
     assert sorted(os.listdir(dest)) == ["crops", "faces", "job.json"]
 
 
+def _detector_actor_pids(ray_tmp: str) -> list[int]:
+    """The detector actors of the Ray whose RAY_TMPDIR is ``ray_tmp`` (process title
+    ``ray::MapWorker(MapBatches(_DetectAndWrite))...``)."""
+    marker, pids = f"RAY_TMPDIR={ray_tmp}".encode(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if marker not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if b"_DetectAndWrite" in f.read():
+                    pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_job_is_retried_and_no_row_is_written_twice(tmp_path, ray_tmp):
+    """kill -9 of the detector actor once a part is written: Ray restarts it and retries its
+    batch, the job ends normally, and every input has exactly one row (a retried batch rewrites
+    the same part name)."""
+    wider = _wider(48)
+    listing = tmp_path / "inputs.txt"
+    listing.write_text("\n".join(str(p) for p in wider) + "\n")
+    dest = tmp_path / "out"
+    args = [sys.executable, "-m", "retinaface_tf", "detect-dataset", str(listing), "--output", str(dest),
+            "--workers", "1", "--threads-per-worker", "2"]
+    driver = subprocess.Popen(args, env=_env(ray_tmp), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    killed = []
+    try:
+        deadline = time.monotonic() + JOB_TIMEOUT
+        while time.monotonic() < deadline and driver.poll() is None and not killed:
+            if dest.joinpath("faces").is_dir() and any(n.startswith("part-") for n in os.listdir(dest / "faces")):
+                for pid in _detector_actor_pids(ray_tmp):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.1)
+        out, err = driver.communicate(timeout=JOB_TIMEOUT)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait(timeout=60)
+    assert killed, "no detector actor was seen running after the first part"
+    assert driver.returncode == 0, err[-3000:]
+    assert f"{len(wider)} images, " in out
+    paths = pq.read_table(str(dest / "faces")).column("path").to_pylist()
+    assert sorted(paths) == sorted(str(p) for p in wider)  # each exactly once
+    assert sorted(n for n in os.listdir(dest / "faces") if not n.startswith("part-")) == []
+
+
 MAP_BATCHES = r'''
 import json, os, sys
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
