@@ -17,9 +17,11 @@ optimisation and that network in PyTorch, both 2 threads, median of 10, ms per i
 script as a worker timing ours on the same four cases (640x640, 640x480, 1920x1080 at batch 1,
 640x640 at batch 8 per image), median of ``--repeats`` after 2 warm-up calls:
 
-- ``Detector e2e``: ``Detector()``'s default (fused TensorFlow graph), uint8 pixels → detections
-  at threshold 0.5 (the peers' figures are the network alone);
-- ``Detector e2e litert``: ``Detector(runtime="litert", litert_threads=2)``;
+- ``Detector e2e``: ``Detector()``'s default (``runtime="auto"``: the runtime it chose on this
+  machine, printed, from the on-disk cache or timed at start), uint8 pixels → detections at
+  threshold 0.5 (the peers' figures are the network alone);
+- ``Detector e2e tf`` / ``litert`` / ``onnx``: ``Detector(runtime=...)`` (LiteRT and ONNX Runtime
+  on 2 threads);
 - at 640x640 batch 1, with ``--tflite-dir``: TFLite fp32 and int8 exports end to end.
 
 The order alternates (peer first in odd rounds); each side keeps its best figure per case. The
@@ -83,9 +85,15 @@ def worker(network: str, repeats: int, tflite_dir: str | None) -> dict:
     from retinaface_tf.models.weights import load_model
 
     model, config = load_model(fixture(network))
-    detectors = {"Detector e2e": Detector(model=model, config=config, score_threshold=0.5),
+    default = Detector(model=model, config=config, score_threshold=0.5)  # runtime="auto": chosen here, cached
+    print(f"Detector() chose runtime={default.runtime!r} (timings at 640x640: {default.runtime_timings})",
+          file=sys.stderr)
+    detectors = {"Detector e2e": default,
+                 "Detector e2e tf": Detector(model=model, config=config, score_threshold=0.5, runtime="tf"),
                  "Detector e2e litert": Detector(model=model, config=config, score_threshold=0.5, runtime="litert",
-                                                 litert_threads=2)}
+                                                 threads=2),
+                 "Detector e2e onnx": Detector(model=model, config=config, score_threshold=0.5, runtime="onnx",
+                                               threads=2)}
     photo = cv2.imread(str(bundled_image()))
     out = {}
     for (h, w), batch in CASES:

@@ -22,10 +22,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared"
 
+# Substrings of the TFLite tensor names (``<model>/<layer>_1/...``: the traced graph adds ``_1`` to
+# each layer's scope, so the stem is ``/conv1_``, which no ``layerN_i_conv1_1`` matches).
+_RESNET = {"none": (), "stem": ("/conv1_",), "stem+layer1": ("/conv1_", "/maxpool", "/layer1_"),
+           "heads": ("/ClassHead_", "/BboxHead_", "/LandmarkHead_"),
+           "fpn+ssh+heads": ("/fpn_", "/ssh", "/ClassHead_", "/BboxHead_", "/LandmarkHead_")}
 CANDIDATES = {
-    "resnet50": {"none": (), "stem": ("/conv1/",), "stem+layer1": ("/conv1/", "maxpool", "layer1_")},
-    "mobilenetv2": {"none": (), "stem": ("features_0_",), "stem+block1": ("features_0_", "features_1_")},
-    "resnet18": {"none": (), "stem": ("/conv1/",), "stem+layer1": ("/conv1/", "maxpool", "layer1_")},
+    "resnet50": _RESNET,
+    "mobilenetv2": {"none": (), "stem": ("/features_0_",), "stem+block1": ("/features_0_", "/features_1_")},
+    "resnet18": _RESNET,
 }
 FIXTURES = {"resnet50": "resnet50_random.pth", "mobilenetv2": "yakhyo/yakhyo_mobilenetv2_random.pth",
             "resnet18": "yakhyo/yakhyo_resnet18_random.pth"}
