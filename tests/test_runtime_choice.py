@@ -5,6 +5,8 @@ is rebuilt; an unwritable cache costs nothing but the conversion; ``$RETINAFACE_
 ``runtime=`` force one. The suite runs TensorFlow otherwise (``tests/conftest.py``)."""
 
 import json
+import tempfile
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -175,3 +177,18 @@ def test_entry_key_follows_every_part():
     assert runtime_cache.entry_key(parts) == runtime_cache.entry_key(dict(reversed(parts.items())))
     assert runtime_cache.entry_key(parts) != runtime_cache.entry_key({**parts, "threads": 1})
     assert runtime_cache.entry_key(parts) != runtime_cache.entry_key({**parts, "weights": "b"})
+
+
+def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv(runtime_cache.CACHE_ENV, str(tmp_path / "mine"))
+    assert runtime_cache.cache_root() == tmp_path / "mine"
+    monkeypatch.delenv(runtime_cache.CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert runtime_cache.cache_root() == tmp_path / "xdg" / "retinaface-tf"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+    monkeypatch.setattr(runtime_cache.Path, "home", staticmethod(no_home))
+    root = runtime_cache.cache_root()  # a container without $HOME or a passwd entry: still somewhere writable
+    assert root.name.startswith("retinaface-tf-cache-") and root.parent == Path(tempfile.gettempdir())

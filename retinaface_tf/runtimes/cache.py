@@ -15,7 +15,7 @@ the caller rebuilds and rewrites it. A cache folder that cannot be written costs
 again next time, nothing else.
 
 The root: ``$RETINAFACE_TF_CACHE``, else ``$XDG_CACHE_HOME/retinaface-tf``, else
-``~/.cache/retinaface-tf``.
+``~/.cache/retinaface-tf`` (without a home folder: ``<temp>/retinaface-tf-cache-<uid>``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import json
 import math
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,7 +45,13 @@ def cache_root() -> Path:
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except (RuntimeError, KeyError):  # no $HOME and no passwd entry (some containers)
+            base = os.path.join(tempfile.gettempdir(), f"retinaface-tf-cache-{os.getuid()}")
+            return Path(base)
     return Path(base).expanduser() / "retinaface-tf"
 
 
