@@ -231,16 +231,22 @@ class Detector:
             runtime = "tf"
         if runtime == "auto":
             return self._choose_runtime()
-        try:
-            if runtime == "litert":
-                self._litert = LiteRTNetwork(self.model, num_threads=self.threads, postprocess=self._baked())
-            elif runtime == "onnx":
-                self._onnx = onnx_runtime.OnnxNetwork(self.model, num_threads=self.threads, heads=False,
-                                                      postprocess=self._baked(anchors=True))
-        except ImportError as exc:
-            raise DetectorError(str(exc)) from None
+        if runtime in CONVERTED_RUNTIMES:
+            try:
+                network = self._convert(runtime)
+            except ImportError as exc:
+                raise DetectorError(str(exc)) from None
+            self._litert, self._onnx = (network, None) if runtime == "litert" else (None, network)
         self._add_run_errors(runtime)
         return runtime
+
+    def _convert(self, runtime: str):
+        """The fused network with the baked post-processing, converted for ``runtime`` (``litert``
+        or ``onnx``)."""
+        if runtime == "litert":
+            return LiteRTNetwork(self.model, num_threads=self.threads, postprocess=self._baked())
+        return onnx_runtime.OnnxNetwork(self.model, num_threads=self.threads, heads=False,
+                                        postprocess=self._baked(anchors=True))
 
     def _baked(self, anchors: bool = False) -> dict:
         """The post-processing settings a converted network holds (the ONNX one builds its anchors)."""
@@ -261,10 +267,10 @@ class Detector:
         """``runtime="auto"``: the cached choice for this network, settings and machine, or the
         fastest runtime installed, timed now and cached (see :mod:`retinaface_tf.runtimes.cache`)."""
         available = installed_runtimes()
-        threads = self.threads or runtime_cache.machine_identity()["cores"]
+        machine = runtime_cache.machine_identity()
         key = runtime_cache.entry_key({
             "weights": runtime_cache.weights_digest(self.model), "postprocess": self._baked(anchors=True),
-            "threads": threads, "versions": _versions(), "machine": runtime_cache.machine_identity(),
+            "threads": self.threads or machine["cores"], "versions": _versions(), "machine": machine,
             "runtimes": available})
         entry = runtime_cache.CacheEntry(key)
         record = entry.load(available)
@@ -289,11 +295,8 @@ class Detector:
         networks, failed = {}, {}
         for name in available:
             try:
-                if name == "litert":
-                    networks[name] = LiteRTNetwork(self.model, num_threads=self.threads, postprocess=self._baked())
-                elif name == "onnx":
-                    networks[name] = onnx_runtime.OnnxNetwork(self.model, num_threads=self.threads, heads=False,
-                                                             postprocess=self._baked(anchors=True))
+                if name in CONVERTED_RUNTIMES:
+                    networks[name] = self._convert(name)
             except Exception as exc:  # noqa: BLE001 - a converter that fails here leaves the others to choose from
                 failed[name] = _one_line(exc)
         image = cv2.resize(read_image(bundled_image()), (PROBE_SIZE, PROBE_SIZE), interpolation=cv2.INTER_AREA)
@@ -635,6 +638,8 @@ def _versions() -> dict:
         except importlib.metadata.PackageNotFoundError:
             out[package] = None
     return out
+
+
 STRIDE = 32  # the coarsest feature stride: canvas sides are rounded up to a multiple of it
 HELD_PIXELS = 200_000_000  # mixed sizes: the look-ahead also stops at this many held pixels
 

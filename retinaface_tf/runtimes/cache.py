@@ -33,6 +33,7 @@ import numpy as np
 
 from retinaface_tf import fileio
 from retinaface_tf.errors import RetinaFaceError
+from retinaface_tf.runtimes import available_cores
 
 CACHE_ENV = "RETINAFACE_TF_CACHE"
 FORMAT = 1                     # bumped when an entry's layout changes: older entries are not read
@@ -82,11 +83,7 @@ def machine_identity() -> dict:
                     break
     except OSError:  # not Linux: the platform's own description
         model = platform.processor()
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return {"machine": platform.machine(), "cpu": model, "flags": flags, "cores": cores}
+    return {"machine": platform.machine(), "cpu": model, "flags": flags, "cores": available_cores()}
 
 
 def entry_key(parts: dict) -> str:

@@ -11,7 +11,6 @@ XNNPACK delegate.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import threading
 
@@ -20,6 +19,7 @@ import tensorflow as tf
 
 from retinaface_tf.models.fused import fuse_for_tflite
 from retinaface_tf.ops.nms import detect_from_heads
+from retinaface_tf.runtimes import available_cores
 
 class _NetworkModule(tf.Module):
     """A ``tf.Module`` holding a Keras network for saving: Keras 3 variables are not
@@ -71,11 +71,13 @@ LITERT_MISSING = "the LiteRT runtime needs the ai-edge-litert package: pip insta
 HEAD_KEYS = ("bbox", "classes", "landmarks")
 
 
-def _cores() -> int:
+def _interpreter_class():
+    """LiteRT's ``Interpreter``; :class:`ImportError` naming the package if it is missing."""
     try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+        from ai_edge_litert.interpreter import Interpreter  # optional extra (tflite), deliberately lazy
+    except ImportError:
+        raise ImportError(LITERT_MISSING) from None
+    return Interpreter
 
 
 class LiteRTNetwork:
@@ -99,11 +101,8 @@ class LiteRTNetwork:
     any conversion."""
 
     def __init__(self, model, *, num_threads: int | None = None, postprocess: dict | None = None):
-        try:
-            from ai_edge_litert.interpreter import Interpreter  # noqa: F401  optional extra (tflite), deliberately lazy
-        except ImportError:
-            raise ImportError(LITERT_MISSING) from None
-        self.num_threads = _cores() if num_threads is None else int(num_threads)
+        _interpreter_class()  # the missing extra named before any conversion
+        self.num_threads = available_cores() if num_threads is None else int(num_threads)
         network = fuse_for_tflite(model, input_order="bgr", uint8_input=True)
         post = dict(postprocess) if postprocess is not None else None
 
@@ -143,22 +142,16 @@ class LiteRTNetwork:
         """A network already converted (its :attr:`flatbuffer`, e.g. from the runtime cache),
         opened without TensorFlow work. :class:`ValueError` if it does not hold the ``heads``
         signature."""
-        try:
-            from ai_edge_litert.interpreter import Interpreter  # noqa: F401  optional extra (tflite), deliberately lazy
-        except ImportError:
-            raise ImportError(LITERT_MISSING) from None
         self = cls.__new__(cls)
-        self.num_threads = _cores() if num_threads is None else int(num_threads)
+        self.num_threads = available_cores() if num_threads is None else int(num_threads)
         self._open(bytes(flatbuffer))
         if "heads" not in self._runners:
             raise ValueError("LiteRTNetwork.from_flatbuffer: the model has no 'heads' signature")
         return self
 
     def _open(self, flatbuffer: bytes) -> None:
-        from ai_edge_litert.interpreter import Interpreter  # optional extra (tflite), deliberately lazy
-
         self.flatbuffer = flatbuffer
-        self._interpreter = Interpreter(model_content=self.flatbuffer, num_threads=self.num_threads)
+        self._interpreter = _interpreter_class()(model_content=self.flatbuffer, num_threads=self.num_threads)
         self._runners = {key: self._interpreter.get_signature_runner(key)
                          for key in self._interpreter.get_signature_list()}
         self._lock = threading.Lock()

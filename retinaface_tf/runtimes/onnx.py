@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from retinaface_tf.models.fused import fuse_for_inference, merged_heads
 from retinaface_tf.ops.nms import detect_from_heads
+from retinaface_tf.runtimes import available_cores
 
 ONNX_MISSING = ("the ONNX export and runtime need the onnx, onnxruntime and tf2onnx packages: "
                 "pip install 'retinaface-tf[onnx]'")
@@ -138,13 +139,6 @@ def to_onnx(concrete, *, opset: int = OPSET, doc: str = "", dimension_names: dic
     return proto
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 class OnnxSession:
     """An ONNX Runtime session (CPU, all graph optimisations, ``num_threads`` intra-op threads,
     one inter-op thread: the settings ``../shared/peer/bench_onnx_reference.py`` times the
@@ -154,7 +148,7 @@ class OnnxSession:
     def __init__(self, model: str | os.PathLike | bytes, *, num_threads: int | None = None):
         _, ort, _ = require_onnx()
         options = ort.SessionOptions()
-        options.intra_op_num_threads = _cores() if num_threads is None else int(num_threads)
+        options.intra_op_num_threads = available_cores() if num_threads is None else int(num_threads)
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only
@@ -194,7 +188,7 @@ class OnnxNetwork:
     def __init__(self, model, *, num_threads: int | None = None, postprocess: dict | None = None,
                  opset: int = OPSET, heads: bool = True):
         require_onnx()
-        self.num_threads = _cores() if num_threads is None else int(num_threads)
+        self.num_threads = available_cores() if num_threads is None else int(num_threads)
         network = fuse_for_inference(model, depthwise="native", input_order="bgr", uint8_input=True)
         merged = merged_heads(network) or network
 
@@ -202,16 +196,14 @@ class OnnxNetwork:
         dims = {("images", 0): "batch", ("images", 1): "height", ("images", 2): "width", ("output_scale", 0): "batch",
                 **{(key, 0): "batch" for key in HEAD_KEYS + DETECT_KEYS}}
 
-        keep_heads = heads
-
         @tf.function(input_signature=[images_spec], autograph=False)
-        def heads(images):
+        def heads_fn(images):
             out = network(images, training=False)
             return {key: out[key] for key in HEAD_KEYS}
 
         self.heads_model = self._heads = self.detect_model = self._detect = None
-        if keep_heads:
-            self.heads_model = to_onnx(heads.get_concrete_function(), opset=opset, dimension_names=dims,
+        if heads:
+            self.heads_model = to_onnx(heads_fn.get_concrete_function(), opset=opset, dimension_names=dims,
                                        doc=f"{model.name}: uint8 BGR images -> head outputs")
             self._heads = OnnxSession(self.heads_model.SerializeToString(), num_threads=self.num_threads)
         if postprocess is not None:
@@ -237,7 +229,7 @@ class OnnxNetwork:
         take ``images``, ``output_scale``, ``score_threshold`` and ``iou_threshold``."""
         onnx, _, _ = require_onnx()
         self = cls.__new__(cls)
-        self.num_threads = _cores() if num_threads is None else int(num_threads)
+        self.num_threads = available_cores() if num_threads is None else int(num_threads)
         self.heads_model = self._heads = None
         self.detect_model = onnx.load_model_from_string(bytes(model_bytes))
         self._detect = OnnxSession(bytes(model_bytes), num_threads=self.num_threads)
