@@ -18,13 +18,18 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import keras
-import numpy as np
-import tensorflow as tf
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from retinaface_tf.environment import use_training_settings  # noqa: E402
+
+# what `retinaface-tf train` runs with (oneDNN, the caching allocator), unless told otherwise
+if "--tensorflow-defaults" not in sys.argv:
+    use_training_settings()
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 from machine import cpu_name  # noqa: E402
 from retinaface_tf.config import Config  # noqa: E402
@@ -64,6 +69,8 @@ def main(argv=None) -> int:
     p.add_argument("--label-file", default=os.path.join(SHARED, "label.txt"))
     p.add_argument("--images", default=os.path.join(SHARED, "images"))
     p.add_argument("--json", action="store_true")
+    p.add_argument("--tensorflow-defaults", action="store_true",
+                   help="TensorFlow's own settings, not those `retinaface-tf train` sets (oneDNN, BFC allocator)")
     args = p.parse_args(argv)
 
     cfg = Config.preset("mobilenet025").override({"data.image_size": str(args.image_size),
@@ -96,7 +103,8 @@ def main(argv=None) -> int:
             measure(pipeline, cfg, strategy, steps=args.steps, warmup=args.warmup, batch=args.batch_size), 2)})
     machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "tensorflow": tf.__version__,
                "gpu": [d.name for d in tf.config.list_physical_devices("GPU")],
-               "replicas": strategy.num_replicas_in_sync}
+               "replicas": strategy.num_replicas_in_sync,
+               "settings": {k: os.environ.get(k) for k in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPU_ALLOCATOR_USE_BFC")}}
     if args.json:
         print(json.dumps({"machine": machine, "batch_size": args.batch_size, "image_size": args.image_size,
                           "rows": rows}, indent=1))

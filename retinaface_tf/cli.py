@@ -15,6 +15,7 @@ import sys
 
 from retinaface_tf import (_QUIET_TF_IMPORT, __version__, filtered_stderr, is_tensorflow_log_noise,  # noqa: F401
                            quiet_tensorflow_import)
+from retinaface_tf.environment import use_training_settings
 from retinaface_tf.errors import RetinaFaceError
 
 # TensorFlow's C++ start-up chatter (oneDNN notices, "failed call to cuInit" on machines
@@ -74,6 +75,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     quiet_tensorflow_import()  # before the command's module imports TensorFlow
+    if _command_name(argv) == "train":  # oneDNN and the caching allocator: set before TensorFlow loads
+        use_training_settings()
     try:
         args = build_parser(argv).parse_args(argv)
         return int(args._run(args) or 0)

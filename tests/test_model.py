@@ -111,3 +111,68 @@ def test_new_layers_start_as_pytorch_initialises_them():
     dw = [layer for layer in body.layers if isinstance(layer, keras.layers.DepthwiseConv2D)]
     assert dw and all(np.abs(layer.kernel.numpy()).max() <= 1 / 3 + 1e-7 for layer in dw)
     assert max(np.abs(layer.kernel.numpy()).max() for layer in dw) > 0.3
+
+
+def _bn_pair(channels, rng):
+    from retinaface_tf.models.layers import BN_EPSILON, BN_MOMENTUM, BatchNorm
+
+    ours = BatchNorm(epsilon=BN_EPSILON, momentum=BN_MOMENTUM)
+    keras_bn = keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM)
+    values = [rng.normal(1, 0.2, channels), rng.normal(0, 0.2, channels), np.full(channels, 0.5), np.full(channels, 2.0)]
+    for layer in (ours, keras_bn):
+        layer.build((None, None, None, channels))
+        layer.set_weights([v.astype(np.float32) for v in values])
+    return ours, keras_bn
+
+
+def test_batch_norm_training_step_is_pytorch_batchnorm2d():
+    """The fused training step normalises exactly as Keras' (and PyTorch's) BatchNorm: same
+    output and gradients; the running variance takes the unbiased batch variance (PyTorch's
+    rule; Keras' own layer takes the biased one)."""
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(2, 3, (4, 7, 5, 6)).astype(np.float32))
+    upstream = tf.constant(rng.normal(0, 1, x.shape).astype(np.float32))
+    ours, keras_bn = _bn_pair(6, rng)
+    results = []
+    for layer in (ours, keras_bn):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x, training=True) * upstream)
+        y = layer(x, training=True)  # a second step moves the running statistics again
+        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        results.append([y.numpy()] + [g.numpy() for g in grads])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5)
+    flat = x.numpy().reshape(-1, 6).astype(np.float64)
+    mean, unbiased = flat.mean(0), flat.var(0, ddof=1)
+    expect_mean, expect_var = np.full(6, 0.5), np.full(6, 2.0)
+    for _ in range(2):  # PyTorch: running = (1 - 0.1) * running + 0.1 * batch statistic
+        expect_mean, expect_var = 0.9 * expect_mean + 0.1 * mean, 0.9 * expect_var + 0.1 * unbiased
+    np.testing.assert_allclose(ours.moving_mean.numpy(), expect_mean, rtol=1e-5)
+    np.testing.assert_allclose(ours.moving_variance.numpy(), expect_var, rtol=1e-5)
+    assert not np.allclose(keras_bn.moving_variance.numpy(), expect_var, rtol=1e-4)  # the rule differs
+
+
+def test_batch_norm_inference_and_frozen_layers_are_keras():
+    """Inference, and a frozen layer in training, run Keras' own code: outputs equal, running
+    statistics untouched."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 2, (2, 5, 5, 3)).astype(np.float32)
+    ours, keras_bn = _bn_pair(3, rng)
+    np.testing.assert_array_equal(ours(x, training=False).numpy(), keras_bn(x, training=False).numpy())
+    ours.trainable = keras_bn.trainable = False
+    np.testing.assert_array_equal(ours(x, training=True).numpy(), keras_bn(x, training=True).numpy())
+    np.testing.assert_array_equal(ours.moving_variance.numpy(), np.full(3, 2.0, np.float32))
+
+
+def test_network_batch_norms_are_the_fused_layer(model):
+    from retinaface_tf.models.layers import BatchNorm
+
+    def walk(m):
+        for layer in m.layers:
+            yield layer
+            if isinstance(layer, keras.Model):
+                yield from walk(layer)
+
+    norms = [layer for layer in walk(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) > 30 and all(type(layer) is BatchNorm for layer in norms)

@@ -252,3 +252,36 @@ def test_learning_rate_logger_logs_the_rate_of_the_epochs_last_step():
         logged.append(logs["learning_rate"])
     np.testing.assert_allclose(logged, [1.0, 0.1, 0.01], rtol=1e-6)
     assert float(opt.learning_rate) == pytest.approx(0.01)
+
+
+_SETTINGS_PROBE = textwrap.dedent("""
+    import os, sys
+    from retinaface_tf import cli
+    try:
+        cli.main(["train", "--help"])
+    except SystemExit:
+        pass
+    from tensorflow.python.util import _pywrap_util_port
+    print(os.environ.get("TF_CPU_ALLOCATOR_USE_BFC"), _pywrap_util_port.IsMklEnabled())
+""")
+
+
+@pytest.mark.parametrize("onednn, expect", [(None, "true True"), ("0", "true False")])
+def test_train_command_turns_on_onednn_and_the_caching_allocator(onednn, expect):
+    """`retinaface-tf train` sets oneDNN and the BFC allocator before TensorFlow loads (TensorFlow
+    turns oneDNN on by default only on AVX-512 VNNI / AMX CPUs); a value the user set wins."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPU_ALLOCATOR_USE_BFC")}
+    if onednn is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = onednn
+    out = subprocess.run([sys.executable, "-c", _SETTINGS_PROBE], env=env, capture_output=True, text=True,
+                         timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == expect
+
+
+def test_training_settings_do_nothing_once_tensorflow_is_loaded():
+    from retinaface_tf.environment import TRAINING, use_training_settings
+
+    environ: dict = {}
+    assert use_training_settings(environ) == {} and environ == {}  # tensorflow is imported in this process
+    assert set(TRAINING) == {"TF_ENABLE_ONEDNN_OPTS", "TF_CPU_ALLOCATOR_USE_BFC"}
