@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "retinaface_tf"
 
 LAYERS = (
-    ("errors", "constants", "assets"),  # assets: package data (the demo photo), no code
+    ("errors", "constants", "assets", "environment"),  # assets: package data (the demo photo), no code; environment: settings made before TensorFlow loads
     ("fileio",),
     ("config",),
     ("ops", "convert", "alignment"),  # alignment: numpy + OpenCV only

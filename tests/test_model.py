@@ -114,9 +114,9 @@ def test_new_layers_start_as_pytorch_initialises_them():
 
 
 def _bn_pair(channels, rng):
-    from retinaface_tf.models.layers import BN_EPSILON, BN_MOMENTUM, BatchNorm
+    from retinaface_tf.models.layers import BN_EPSILON, BN_MOMENTUM, BatchNormalization
 
-    ours = BatchNorm(epsilon=BN_EPSILON, momentum=BN_MOMENTUM)
+    ours = BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM)
     keras_bn = keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM)
     values = [rng.normal(1, 0.2, channels), rng.normal(0, 0.2, channels), np.full(channels, 0.5), np.full(channels, 2.0)]
     for layer in (ours, keras_bn):
@@ -166,7 +166,7 @@ def test_batch_norm_inference_and_frozen_layers_are_keras():
 
 
 def test_network_batch_norms_are_the_fused_layer(model):
-    from retinaface_tf.models.layers import BatchNorm
+    from retinaface_tf.models.layers import BatchNormalization
 
     def walk(m):
         for layer in m.layers:
@@ -175,4 +175,4 @@ def test_network_batch_norms_are_the_fused_layer(model):
                 yield from walk(layer)
 
     norms = [layer for layer in walk(model) if isinstance(layer, keras.layers.BatchNormalization)]
-    assert len(norms) > 30 and all(type(layer) is BatchNorm for layer in norms)
+    assert len(norms) > 30 and all(type(layer) is BatchNormalization for layer in norms)

@@ -77,11 +77,12 @@ DEPTHWISE_MODES = ("grouped", "native")
 
 def default_depthwise() -> str:
     """The depthwise form :func:`fuse_for_inference` uses by default: ``"grouped"`` where
-    TensorFlow runs oneDNN (the default of its x86 builds), whose fused kernel runs a grouped
-    convolution with its bias and leaky ReLU in one pass; ``"native"`` elsewhere
-    (``TF_ENABLE_ONEDNN_OPTS=0``, builds without oneDNN), where TensorFlow's own fused kernel
-    refuses grouped convolutions ("Fused conv implementation does not support grouped
-    convolutions") and the grouped graph would fail at its first call."""
+    TensorFlow runs oneDNN (its default on x86 CPUs with AVX-512 VNNI / BF16 or AMX, and wherever
+    ``TF_ENABLE_ONEDNN_OPTS=1``), whose fused kernel runs a grouped convolution with its bias and
+    leaky ReLU in one pass; ``"native"`` elsewhere (other CPUs, ``TF_ENABLE_ONEDNN_OPTS=0``,
+    builds without oneDNN), where TensorFlow's own fused kernel refuses grouped convolutions
+    ("Fused conv implementation does not support grouped convolutions") and the grouped graph
+    would fail at its first call."""
     return "grouped" if _onednn_enabled() else "native"
 
 

@@ -37,9 +37,13 @@ def torch_uniform(fan_in: int) -> keras.initializers.Initializer:
 
 
 @keras.saving.register_keras_serializable(package="retinaface_tf")
-class BatchNorm(layers.BatchNormalization):
+class BatchNormalization(layers.BatchNormalization):
     """Keras' ``BatchNormalization`` whose training step is one fused kernel, with PyTorch's
     running statistics.
+
+    The class keeps Keras' name on purpose: a ``.weights.h5`` file addresses a functional model's
+    layers by their class name (``layers/batch_normalization_3/vars``), so every weights file
+    written before, bundled, converted or trained, loads unchanged.
 
     In training (``training=True`` on a trainable layer over an NHWC map) Keras 3 normalises with
     separate ``Mean`` / ``SquaredDifference`` / ``Mul`` / ``Sub`` passes over the activation map,
@@ -112,7 +116,7 @@ class KerasBlocks:
         x, padding = _pad_and_padding(x, kernel, stride, conv)
         x = layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=False,
                           kernel_initializer=torch_conv_init(), name=conv)(x)
-        x = BatchNorm(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=bn)(x)
+        x = BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=bn)(x)
         if residual is not None:
             x = layers.Add(name=f"{bn}_add")([x, residual])
         return _activation(x, act, act_name or f"{bn}_act")
@@ -122,7 +126,7 @@ class KerasBlocks:
         x, padding = _pad_and_padding(x, kernel, stride, conv)
         x = layers.DepthwiseConv2D(kernel, strides=stride, padding=padding, use_bias=False,
                                    depthwise_initializer=torch_uniform(kernel * kernel), name=conv)(x)
-        x = BatchNorm(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=bn)(x)
+        x = BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=bn)(x)
         return _activation(x, act, act_name or f"{bn}_act")
 
     def max_pool(self, x, *, name: str):
