@@ -94,6 +94,11 @@ def test_a_later_detector_loads_the_cached_choice_without_converting(auto, bundl
     monkeypatch.setattr(inference, "installed_runtimes", lambda: ["tf"])  # nothing to convert
     Detector(model=model, config=config, max_detections=100)
     assert len(_entries(auto)) == 2
+    # TensorFlow's kernels (oneDNN on or off, set by TF_ENABLE_ONEDNN_OPTS before it loads) are another entry
+    other = {"grouped": "native", "native": "grouped"}[inference.default_depthwise()]
+    monkeypatch.setattr(inference, "default_depthwise", lambda: other)
+    Detector(model=model, config=config, max_detections=100)
+    assert len(_entries(auto)) == 3
 
 
 def test_a_damaged_entry_is_rebuilt(auto, bundled_model, tf_detector, photo):
