@@ -52,6 +52,22 @@ class StepTimer(keras.callbacks.Callback):
             self.times.append(time.perf_counter() - self._t)
 
 
+def synthetic_batch(batch: int, size: int):
+    """``batch`` noise images of ``size``² with one matched face each, as ``fit`` takes them
+    (images, targets, masks): a step on it costs what a step on real images does."""
+    from retinaface_tf.data.pipeline import encode_faces
+    from retinaface_tf.ops.anchors import generate_anchors_np
+    from retinaface_tf.ops.faces import Faces
+
+    anchors = tf.constant(generate_anchors_np(size, size))
+    faces = Faces(boxes=[[0.1, 0.1, 0.3, 0.35]], landmarks=[[0.2, 0.2] * 5], has_landmarks=[True],
+                  ids=[0]).to_tensors()
+    targets, masks = encode_faces(faces, anchors)
+    return (tf.random.normal([batch, size, size, 3], 0, 50),
+            {k: tf.stack([v] * batch) for k, v in targets.items()},
+            {k: tf.stack([v] * batch) for k, v in masks.items()})
+
+
 def measure(dataset, cfg, strategy, *, steps: int, warmup: int, batch: int) -> float:
     with strategy.scope():
         model = build_training_model(cfg, steps_per_epoch=steps + warmup, global_batch=batch)
@@ -85,16 +101,7 @@ def main(argv=None) -> int:
                                  repeat=True, seed=0, **dataset_kwargs(cfg))
         batch = next(iter(pipeline))
     else:  # a synthetic batch with a few matched faces: the step costs the same
-        from retinaface_tf.data.pipeline import encode_faces
-        from retinaface_tf.ops.anchors import generate_anchors_np
-        from retinaface_tf.ops.faces import Faces
-        anchors = tf.constant(generate_anchors_np(args.image_size, args.image_size))
-        faces = Faces(boxes=[[0.1, 0.1, 0.3, 0.35]], landmarks=[[0.2, 0.2] * 5], has_landmarks=[True],
-                      ids=[0]).to_tensors()
-        targets, masks = encode_faces(faces, anchors)
-        batch = (tf.random.normal([args.batch_size, args.image_size, args.image_size, 3], 0, 50),
-                 {k: tf.stack([v] * args.batch_size) for k, v in targets.items()},
-                 {k: tf.stack([v] * args.batch_size) for k, v in masks.items()})
+        batch = synthetic_batch(args.batch_size, args.image_size)
     memory = tf.data.Dataset.from_tensors(batch).repeat()
     rows = [{"name": "memory (fixed batch)", "images_per_second": round(
         measure(memory, cfg, strategy, steps=args.steps, warmup=args.warmup, batch=args.batch_size), 2)}]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
 import json
 import os
 import sys
@@ -32,32 +31,16 @@ if "--tensorflow-defaults" not in sys.argv:  # what `retinaface-tf train` runs w
 
 import tensorflow as tf  # noqa: E402
 
+from bench_train import synthetic_batch  # noqa: E402
 from machine import cpu_name  # noqa: E402
+from profile_inference import _load_xspace  # noqa: E402
 from retinaface_tf.config import Config  # noqa: E402
-from retinaface_tf.data.pipeline import encode_faces  # noqa: E402
-from retinaface_tf.ops.anchors import generate_anchors_np  # noqa: E402
-from retinaface_tf.ops.faces import Faces  # noqa: E402
 from retinaface_tf.training import build_training_model, make_strategy  # noqa: E402
 
 
-def synthetic_batch(batch: int, size: int):
-    """A batch of noise images with one matched face each: the step costs what a real one does."""
-    anchors = tf.constant(generate_anchors_np(size, size))
-    faces = Faces(boxes=[[0.1, 0.1, 0.3, 0.35]], landmarks=[[0.2, 0.2] * 5], has_landmarks=[True],
-                  ids=[0]).to_tensors()
-    targets, masks = encode_faces(faces, anchors)
-    return (tf.random.normal([batch, size, size, 3], 0, 50),
-            {k: tf.stack([v] * batch) for k, v in targets.items()},
-            {k: tf.stack([v] * batch) for k, v in masks.items()})
-
-
 def _events(logdir: str):
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
-
-    path = sorted(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True))[-1]
-    space = xplane_pb2.XSpace()
-    with open(path, "rb") as f:
-        space.ParseFromString(f.read())
+    """``(op name, op type, µs)`` of every op the trace in ``logdir`` ran on the host."""
+    space = _load_xspace(logdir)
     plane = next(p for p in space.planes if p.name == "/host:CPU")
     for line in plane.lines:
         for e in line.events:
