@@ -27,7 +27,7 @@ from retinaface_tf.config import Config
 from retinaface_tf.constants import BGR_MEAN
 from retinaface_tf.errors import DetectorError, ImageError, RetinaFaceError
 from retinaface_tf.fileio import DEFAULT_MAX_PIXELS, bundled_image, check_max_pixels, read_image, to_bgr_uint8
-from retinaface_tf.models.fused import default_depthwise, fuse_for_inference, merged_heads
+from retinaface_tf.models.fused import WINOGRAD_CHANNELS, default_depthwise, fuse_for_inference, merged_heads
 from retinaface_tf.models.weights import load_model
 from retinaface_tf.runtimes import cache as runtime_cache
 from retinaface_tf.runtimes import onnx as onnx_runtime
@@ -272,7 +272,8 @@ class Detector:
             "weights": runtime_cache.weights_digest(self.model), "postprocess": self._baked(anchors=True),
             "threads": self.threads or machine["cores"], "versions": _versions(), "machine": machine,
             # TensorFlow's kernels (oneDNN or not: TF_ENABLE_ONEDNN_OPTS) change its timing and graph
-            "tensorflow_depthwise": default_depthwise(), "runtimes": available})
+            "tensorflow_depthwise": default_depthwise(), "tensorflow_winograd": WINOGRAD_CHANNELS,
+            "runtimes": available})
         entry = runtime_cache.CacheEntry(key)
         record = entry.load(available)
         if record is not None:

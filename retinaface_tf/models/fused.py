@@ -40,6 +40,13 @@ What changes (see ``benchmarks/PROFILE.md`` for the profile that motivated each 
   gathers the few rows it keeps from the merged tensor and slices those (``SplitV`` of every
   anchor cost 0.28 ms at 640x480, more than the rest of the post-processing).
 
+- **Winograd for the wide 3x3 convolutions.** Every 3x3 stride-1 convolution with at least
+  :data:`WINOGRAD_CHANNELS` (128) input and output channels (ResNet stages 2-4, the FPN merges
+  and the SSH of the 256-channel FPN) is computed as Winograd F(2x2, 3x3)
+  (:mod:`retinaface_tf.ops.winograd`): 2.25x fewer multiply-adds for some passes over memory,
+  8-19 % faster on ResNet-18 / 50 networks (``benchmarks/winograd.py``); none of mobilenet0.25's
+  layers qualifies. TFLite and ONNX conversions keep the direct convolution.
+
 ``depthwise="native"`` keeps ``DepthwiseConv2dNative`` (+ an explicit ``Pad`` for stride 2),
 e.g. for a TFLite conversion, where ``DEPTHWISE_CONV_2D`` is the kernel XNNPACK expects;
 :func:`fuse_for_tflite` is the whole TFLite form (native depthwise, heads apart, nearest 2x
@@ -54,6 +61,8 @@ How the network is run (TensorFlow, LiteRT) lives in :mod:`retinaface_tf.runtime
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import keras
 import tensorflow as tf
@@ -64,6 +73,7 @@ from retinaface_tf.models.backbones import get_backbone
 from retinaface_tf.models.layers import UpsampleLike
 from retinaface_tf.ops.anchors import region_mask
 from retinaface_tf.ops.nms import HeadColumns
+from retinaface_tf.ops.winograd import winograd_conv3x3, winograd_kernels
 
 try:  # whether TensorFlow runs its oneDNN CPU kernels (private, but what TF's own tests use)
     from tensorflow.python.util._pywrap_util_port import IsMklEnabled as _onednn_enabled
@@ -73,6 +83,11 @@ except ImportError:  # pragma: no cover - another TensorFlow layout: take the po
 
 ACTIVATIONS = (None, "relu", "relu6", "leaky_relu")
 DEPTHWISE_MODES = ("grouped", "native")
+# 3x3 stride-1 convolutions with at least this many input and output channels run as Winograd
+# F(2x2, 3x3) in TensorFlow: measured per layer and per network (benchmarks/winograd.py,
+# RESULTS.md), 64 channels lose at 160x160 maps and 128 gains on every network and size timed,
+# with oneDNN and without.
+WINOGRAD_CHANNELS = 128
 
 
 def default_depthwise() -> str:
@@ -103,10 +118,14 @@ class FusedConv(layers.Layer):
     block's add, in the order TensorFlow fuses as one kernel: ``BiasAdd`` → ``AddV2`` → ``Relu``).
       depthwise: ``None`` (full convolution), ``"grouped"`` (depthwise as a grouped ``Conv2D``)
         or ``"native"`` (``DepthwiseConv2dNative``).
+      winograd: a 3x3 stride-1 full convolution computed as Winograd F(2x2, 3x3)
+        (:mod:`retinaface_tf.ops.winograd`); its weights are then the 16 ``[1, 1, C, K]``
+        transformed kernels ``kernel_00 .. kernel_33`` (:func:`winograd_kernels`), then the bias.
     """
 
     def __init__(self, filters: int, kernel_size: int, *, strides: int = 1, padding: str = "same",
-                 activation: str | None = None, negative_slope: float = 0.0, depthwise: str | None = None, **kwargs):
+                 activation: str | None = None, negative_slope: float = 0.0, depthwise: str | None = None,
+                 winograd: bool = False, **kwargs):
         super().__init__(**kwargs)
         if padding not in ("valid", "same", "symmetric"):
             raise ValueError(f"padding must be 'valid', 'same' or 'symmetric', got {padding!r}")
@@ -114,6 +133,10 @@ class FusedConv(layers.Layer):
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         if depthwise not in (None, *DEPTHWISE_MODES):
             raise ValueError(f"depthwise must be None or one of {DEPTHWISE_MODES}, got {depthwise!r}")
+        if winograd and (int(kernel_size) != 3 or int(strides) != 1 or depthwise or padding == "valid"):
+            raise ValueError("winograd: only a full 3x3 stride-1 convolution with one pixel of padding, got "
+                             f"kernel {kernel_size}, stride {strides}, depthwise {depthwise}, padding {padding!r}")
+        self.winograd = bool(winograd)
         self.filters = int(filters)
         self.kernel_size = int(kernel_size)
         self.strides = int(strides)
@@ -136,7 +159,11 @@ class FusedConv(layers.Layer):
             shape = (k, k, cin, 1)
         else:
             shape = (k, k, cin, self.filters)
-        self.kernel = self.add_weight(name="kernel", shape=shape, initializer="zeros", trainable=False)
+        if self.winograd:
+            self.kernels = [[self.add_weight(name=f"kernel_{a}{b}", shape=(1, 1, cin, self.filters),
+                                             initializer="zeros", trainable=False) for b in range(4)] for a in range(4)]
+        else:
+            self.kernel = self.add_weight(name="kernel", shape=shape, initializer="zeros", trainable=False)
         self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros", trainable=False)
 
     def _tf_padding(self):
@@ -153,14 +180,17 @@ class FusedConv(layers.Layer):
             x, residual = x
         s = self.strides
         padding = self._tf_padding()
-        if self.depthwise == "native":
+        if self.winograd:
+            y = winograd_conv3x3(x, self.kernels, self.bias)
+        elif self.depthwise == "native":
             if isinstance(padding, list):  # DepthwiseConv2dNative cannot take explicit padding
                 x = tf.pad(x, padding)
                 padding = "VALID"
             y = tf.nn.depthwise_conv2d(x, self.kernel, [1, s, s, 1], padding)
         else:  # tf.nn.conv2d with a [k, k, 1, C] filter on C channels is a grouped (depthwise) conv
             y = tf.nn.conv2d(x, self.kernel, s, padding)
-        y = tf.nn.bias_add(y, self.bias)
+        if not self.winograd:
+            y = tf.nn.bias_add(y, self.bias)
         if residual is not None:
             y = y + residual
         if self.activation == "relu":
@@ -191,7 +221,7 @@ class FusedConv(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
                 "strides": self.strides, "padding": self.padding, "activation": self.activation,
-                "negative_slope": self.negative_slope, "depthwise": self.depthwise}
+                "negative_slope": self.negative_slope, "depthwise": self.depthwise, "winograd": self.winograd}
 
 
 @keras.saving.register_keras_serializable(package="retinaface_tf")
@@ -352,16 +382,26 @@ class _Weights:
         return fold_batch_norm(self.layer(name + conv_suffix), self.layer(name + bn_suffix))
 
 
-def _fused(x, kernel, bias, *, stride=1, activation, slope, depthwise=None, name, padding=None):
+def _fused(x, kernel, bias, *, stride=1, activation, slope, depthwise=None, name, padding=None,
+           winograd_channels: int | None = None):
+    """A :class:`FusedConv` named ``name`` over ``x`` holding ``kernel`` and ``bias``; a 3x3
+    stride-1 full convolution with at least ``winograd_channels`` input and output channels is
+    computed as Winograd F(2x2, 3x3) (``None``: never)."""
     k = kernel.shape[0]
     filters = bias.shape[0]
     padding = padding or ("symmetric" if k > 1 else "valid")
+    winograd = (winograd_channels is not None and k == 3 and stride == 1 and depthwise is None and padding != "valid"
+                and min(kernel.shape[2], kernel.shape[3]) >= winograd_channels)
     layer = FusedConv(filters, k, strides=stride, padding=padding, activation=activation,
-                      negative_slope=slope, depthwise=depthwise, name=name)
+                      negative_slope=slope, depthwise=depthwise, winograd=winograd, name=name)
     y = layer(x)
     if depthwise == "grouped":
         kernel = kernel.transpose(0, 1, 3, 2)  # [k, k, C, 1] → [k, k, 1, C]
-    layer.set_weights([kernel, bias])
+    if winograd:
+        u = winograd_kernels(kernel)
+        layer.set_weights([u[a, b][None, None] for a in range(4) for b in range(4)] + [bias])
+    else:
+        layer.set_weights([kernel, bias])
     return y
 
 
@@ -388,8 +428,10 @@ class FusedBlocks:
     ``input_order="rgb"`` into its kernel and, with ``mean`` (a uint8 network input), the mean
     into its bias over a :class:`MeanBorder` of ``kernel // 2`` pixels."""
 
-    def __init__(self, w: _Weights, inputs, *, depthwise: str, sizes=None, input_order: str = "bgr", mean=None):
+    def __init__(self, w: _Weights, inputs, *, depthwise: str, sizes=None, input_order: str = "bgr", mean=None,
+                 winograd_channels: int | None = None):
         self.w, self.depthwise_mode, self.sizes = w, depthwise, sizes
+        self.winograd_channels = winograd_channels
         self.input_order, self.mean = input_order, mean
         self.inputs = inputs
         self._stride = {id(inputs): (inputs, 1)}  # id -> (tensor, stride): the tensor keeps its id alive
@@ -442,7 +484,7 @@ class FusedBlocks:
         else:
             x = self._read(x, kernel)
         y = _fused(x if residual is None else [x, residual], weights, bias, stride=stride, activation=activation,
-                   slope=slope, name=conv, padding=padding)
+                   slope=slope, name=conv, padding=padding, winograd_channels=self.winograd_channels)
         return self._output(y, self._stride_of(source) * stride)
 
     def depthwise(self, x, kernel: int, stride: int, *, act, conv: str, bn: str, act_name: str | None = None):
@@ -470,7 +512,7 @@ def _slope_of(w: _Weights, name: str) -> float:
 
 def fuse_for_inference(model, *, depthwise: str | None = None, merge_heads: bool = True,
                        upsample: str = "resize", masked: bool = False, input_order: str = "bgr",
-                       uint8_input: bool = False) -> keras.Model:
+                       uint8_input: bool = False, winograd_channels: int | None = WINOGRAD_CHANNELS) -> keras.Model:
     """A new inference-only ``keras.Model`` computing ``model``'s outputs (same input, same
     output dict) with batch norm folded and TensorFlow-fusable op patterns (module docstring).
 
@@ -503,6 +545,12 @@ def fuse_for_inference(model, *, depthwise: str | None = None, merge_heads: bool
     the first convolution (no padding of its own) carries the mean in its bias. One pass over the
     image (the cast) instead of a cast and a subtraction; the same outputs to float rounding (the
     first convolution sums raw pixels, then subtracts the mean's share). Not with ``masked``.
+
+    ``winograd_channels``: every 3x3 stride-1 convolution with at least this many input and
+    output channels is computed as Winograd F(2x2, 3x3) (:mod:`retinaface_tf.ops.winograd`: 2.25x
+    fewer multiply-adds, the same outputs to float rounding); default :data:`WINOGRAD_CHANNELS`
+    (ResNet backbones, FPN and SSH of 128+ channels; none of mobilenet0.25's layers); ``None``:
+    none is (TFLite and ONNX conversions, whose runtimes have their own convolution kernels).
     """
     if input_order not in ("bgr", "rgb"):
         raise ValueError(f"input_order must be 'bgr' or 'rgb', got {input_order!r}")
@@ -524,33 +572,35 @@ def fuse_for_inference(model, *, depthwise: str | None = None, merge_heads: bool
     if uint8_input:
         mean = np.asarray(BGR_MEAN if input_order == "bgr" else BGR_MEAN[::-1], np.float64)
     sizes = keras.Input((2,), name="sizes", dtype="int32") if masked else None
-    blocks = FusedBlocks(w, inputs, depthwise=depthwise, sizes=sizes, input_order=input_order, mean=mean)
+    blocks = FusedBlocks(w, inputs, depthwise=depthwise, sizes=sizes, input_order=input_order, mean=mean,
+                         winograd_channels=winograd_channels)
     mask = blocks.region if masked else (lambda y, stride: y)
     # numeric (LeakyReLU) activations are read from the trained layers: the slope passed is not used
     features = spec.features(blocks, inputs, leaky=0.1)
     act, slope = _act(_slope_of(w, "fpn_output1_relu"))
 
+    fused = functools.partial(_fused, winograd_channels=winograd_channels)
     # FPN (strides 8, 16, 32)
     c1, c2, c3 = features
-    o1 = _fused(c1, *w.conv_bn("fpn_output1"), activation=act, slope=slope, name="fpn_output1")
-    o2 = _fused(c2, *w.conv_bn("fpn_output2"), activation=act, slope=slope, name="fpn_output2")
-    o3 = mask(_fused(c3, *w.conv_bn("fpn_output3"), activation=act, slope=slope, name="fpn_output3"), 32)
+    o1 = fused(c1, *w.conv_bn("fpn_output1"), activation=act, slope=slope, name="fpn_output1")
+    o2 = fused(c2, *w.conv_bn("fpn_output2"), activation=act, slope=slope, name="fpn_output2")
+    o3 = mask(fused(c3, *w.conv_bn("fpn_output3"), activation=act, slope=slope, name="fpn_output3"), 32)
     o2 = mask(layers.Add(name="fpn_add2")([o2, up(name="fpn_up3")([o3, o2])]), 16)
-    o2 = mask(_fused(o2, *w.conv_bn("fpn_merge2"), activation=act, slope=slope, name="fpn_merge2"), 16)  # → SSH
+    o2 = mask(fused(o2, *w.conv_bn("fpn_merge2"), activation=act, slope=slope, name="fpn_merge2"), 16)  # → SSH
     o1 = mask(layers.Add(name="fpn_add1")([o1, up(name="fpn_up2")([o2, o1])]), 8)
-    o1 = mask(_fused(o1, *w.conv_bn("fpn_merge1"), activation=act, slope=slope, name="fpn_merge1"), 8)
+    o1 = mask(fused(o1, *w.conv_bn("fpn_merge1"), activation=act, slope=slope, name="fpn_merge1"), 8)
 
     # SSH: relu(concat(a, b, c)) == concat(relu(a), relu(b), relu(c)), the ReLU fused per branch
     contexts = []
     for i, f in enumerate((o1, o2, o3)):
         n, stride = f"ssh{i + 1}", 8 * 2 ** i
-        c3_ = _fused(f, *w.conv_bn(f"{n}_conv3X3"), activation="relu", slope=0.0, name=f"{n}_conv3X3")
-        c5_1 = _fused(f, *w.conv_bn(f"{n}_conv5X5_1"), activation=act, slope=slope, name=f"{n}_conv5X5_1")
+        c3_ = fused(f, *w.conv_bn(f"{n}_conv3X3"), activation="relu", slope=0.0, name=f"{n}_conv3X3")
+        c5_1 = fused(f, *w.conv_bn(f"{n}_conv5X5_1"), activation=act, slope=slope, name=f"{n}_conv5X5_1")
         c5_1 = mask(c5_1, stride)
-        c5 = _fused(c5_1, *w.conv_bn(f"{n}_conv5X5_2"), activation="relu", slope=0.0, name=f"{n}_conv5X5_2")
-        c7_2 = mask(_fused(c5_1, *w.conv_bn(f"{n}_conv7X7_2"), activation=act, slope=slope, name=f"{n}_conv7X7_2"),
+        c5 = fused(c5_1, *w.conv_bn(f"{n}_conv5X5_2"), activation="relu", slope=0.0, name=f"{n}_conv5X5_2")
+        c7_2 = mask(fused(c5_1, *w.conv_bn(f"{n}_conv7X7_2"), activation=act, slope=slope, name=f"{n}_conv7X7_2"),
                     stride)
-        c7 = _fused(c7_2, *w.conv_bn(f"{n}_conv7x7_3"), activation="relu", slope=0.0, name=f"{n}_conv7x7_3")
+        c7 = fused(c7_2, *w.conv_bn(f"{n}_conv7x7_3"), activation="relu", slope=0.0, name=f"{n}_conv7x7_3")
         contexts.append(layers.Concatenate(axis=-1, name=f"{n}_concat")([c3_, c5, c7]))
 
     heads = (("bbox", "BboxHead", 4), ("classes", "ClassHead", 2), ("landmarks", "LandmarkHead", 10))
@@ -618,4 +668,4 @@ def fuse_for_tflite(model, *, input_order: str = "bgr", uint8_input: bool = Fals
     :func:`fuse_for_inference`, and so is ``uint8_input``. What
     :func:`retinaface_tf.serving.export_tflite` converts."""
     return fuse_for_inference(model, depthwise="native", merge_heads=False, upsample="concat", input_order=input_order,
-                              uint8_input=uint8_input)
+                              uint8_input=uint8_input, winograd_channels=None)

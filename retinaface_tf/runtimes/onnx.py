@@ -189,7 +189,8 @@ class OnnxNetwork:
                  opset: int = OPSET, heads: bool = True):
         require_onnx()
         self.num_threads = available_cores() if num_threads is None else int(num_threads)
-        network = fuse_for_inference(model, depthwise="native", input_order="bgr", uint8_input=True)
+        network = fuse_for_inference(model, depthwise="native", input_order="bgr", uint8_input=True,
+                                     winograd_channels=None)
         merged = merged_heads(network) or network
 
         images_spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")

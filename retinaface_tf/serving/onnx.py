@@ -53,7 +53,8 @@ def onnx_network(model, config, channel_order: str = "rgb") -> tuple:
     convolution) and, for RGB input, the channel flip folded into the first convolution as well
     (as the TFLite export's; any backbone). Same outputs as ``model`` to float rounding."""
     order = network_order(config, channel_order)
-    return fuse_for_inference(model, depthwise="native", input_order=order, uint8_input=True), order
+    return fuse_for_inference(model, depthwise="native", input_order=order, uint8_input=True,
+                              winograd_channels=None), order
 
 
 def _is_onnx_model(path: Path) -> bool:
