@@ -152,6 +152,7 @@ def _free_ports(n):
     return ports
 
 
+@pytest.mark.slow  # 20 s; MirroredStrategy on two CPUs in one process stays in the default suite
 def test_multi_worker_mirrored_strategy_two_processes(tmp_path):
     label, images = make_dataset(tmp_path / "data", images=8)
     ports = _free_ports(2)

@@ -54,6 +54,7 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_last_good_state(tmp_path
         np.testing.assert_array_equal(got.numpy(), want)
 
 
+@pytest.mark.slow  # 30 s; a killed run's resume: tests/test_training.py (default suite)
 def test_kill_between_history_and_backup_leaves_no_gap(tmp_path):
     label, images = make_dataset(tmp_path / "data", images=8)
     run = tmp_path / "run"
