@@ -90,6 +90,12 @@ DEPTHWISE_MODES = ("grouped", "native")
 WINOGRAD_CHANNELS = 128
 
 
+def winograd_applies(kernel_size: int, strides: int, depthwise: str | None, padding: str) -> bool:
+    """Whether a :class:`FusedConv` of these settings can run as Winograd F(2x2, 3x3): a full
+    (not depthwise) 3x3 stride-1 convolution with one pixel of padding."""
+    return int(kernel_size) == 3 and int(strides) == 1 and depthwise is None and padding != "valid"
+
+
 def default_depthwise() -> str:
     """The depthwise form :func:`fuse_for_inference` uses by default: ``"grouped"`` where
     TensorFlow runs oneDNN (its default on x86 CPUs with AVX-512 VNNI / BF16 or AMX, and wherever
@@ -133,7 +139,7 @@ class FusedConv(layers.Layer):
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         if depthwise not in (None, *DEPTHWISE_MODES):
             raise ValueError(f"depthwise must be None or one of {DEPTHWISE_MODES}, got {depthwise!r}")
-        if winograd and (int(kernel_size) != 3 or int(strides) != 1 or depthwise or padding == "valid"):
+        if winograd and not winograd_applies(kernel_size, strides, depthwise, padding):
             raise ValueError("winograd: only a full 3x3 stride-1 convolution with one pixel of padding, got "
                              f"kernel {kernel_size}, stride {strides}, depthwise {depthwise}, padding {padding!r}")
         self.winograd = bool(winograd)
@@ -390,7 +396,7 @@ def _fused(x, kernel, bias, *, stride=1, activation, slope, depthwise=None, name
     k = kernel.shape[0]
     filters = bias.shape[0]
     padding = padding or ("symmetric" if k > 1 else "valid")
-    winograd = (winograd_channels is not None and k == 3 and stride == 1 and depthwise is None and padding != "valid"
+    winograd = (winograd_channels is not None and winograd_applies(k, stride, depthwise, padding)
                 and min(kernel.shape[2], kernel.shape[3]) >= winograd_channels)
     layer = FusedConv(filters, k, strides=stride, padding=padding, activation=activation,
                       negative_slope=slope, depthwise=depthwise, winograd=winograd, name=name)

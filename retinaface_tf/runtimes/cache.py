@@ -6,8 +6,8 @@ here, so that every later process loads it in a fraction of a second instead of 
 
 An entry is one folder, ``<root>/runtimes/<key>/``, where ``key`` is the sha256 of everything the
 choice and the converted model depend on (:func:`entry_key`): the weights' bytes, the baked
-post-processing settings, the threads, the package versions, whether TensorFlow runs oneDNN and the
-machine's CPU. It holds ``choice.json`` (the runtime, the timings that chose it, each file's
+post-processing settings, the threads, the package versions, whether TensorFlow runs oneDNN, the
+fused network's Winograd setting and the machine's CPU. It holds ``choice.json`` (the runtime, the timings that chose it, each file's
 sha256) and the chosen runtime's model file, each written to a temporary file and renamed into
 place, the description last. An entry that does not parse, names a runtime this installation lacks,
 or whose file is missing or does not match its sha256 is **damaged**: :meth:`CacheEntry.load`
